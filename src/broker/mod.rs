@@ -1,0 +1,162 @@
+//! RabbitMQ adapter: connections, the topology of contract §1, publishing
+//! with publisher confirms, replies and dead letters.
+
+pub mod topology;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+
+use crate::error::Rejection;
+use crate::settings::AmqpSettings;
+
+pub use topology::Names;
+
+/// A broker fault: the connection, a channel, or a refused publish.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker refused (nacked) a publish to '{0}'")]
+    Nacked(String),
+}
+
+/// Opens a connection named after the role that uses it.
+pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(format!("billing-worker/{role}")));
+    Ok(Connection::connect(settings.url.expose_secret(), props).await?)
+}
+
+/// A channel in confirm mode: every publish waits for the broker's ack.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+/// Properties of a persistent JSON message.
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2)
+}
+
+/// A header table from string pairs.
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in pairs {
+        table.insert(
+            ShortString::from(k),
+            AMQPValue::LongString(LongString::from(v)),
+        );
+    }
+    table
+}
+
+impl Publisher {
+    pub async fn open(connection: &Connection) -> Result<Publisher, BrokerError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher { channel })
+    }
+
+    /// Publishes and waits until the broker has taken responsibility for it.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await?
+            .await?;
+        if confirm.is_nack() {
+            return Err(BrokerError::Nacked(format!("{exchange}/{routing_key}")));
+        }
+        Ok(())
+    }
+
+    /// Publishes many messages and waits for all confirms. Returns how many
+    /// of them, from the first, were confirmed before the first refusal.
+    pub async fn publish_all(
+        &self,
+        messages: Vec<(String, String, Vec<u8>, BasicProperties)>,
+    ) -> Result<usize, BrokerError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for (exchange, routing_key, body, props) in messages {
+            pending.push(
+                self.channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        props,
+                    )
+                    .await?,
+            );
+        }
+        let mut confirmed = 0;
+        for confirm in pending {
+            if confirm.await?.is_nack() {
+                break;
+            }
+            confirmed += 1;
+        }
+        Ok(confirmed)
+    }
+
+    /// Answers a request at its `reply_to`, through the default exchange.
+    pub async fn reply(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        body: &serde_json::Value,
+    ) -> Result<(), BrokerError> {
+        let mut props =
+            BasicProperties::default().with_content_type(ShortString::from("application/json"));
+        if let Some(c) = correlation_id {
+            props = props.with_correlation_id(ShortString::from(c));
+        }
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.publish("", reply_to, &bytes, props).await
+    }
+
+    /// Sends a message, unchanged, to the dead-letter exchange with the
+    /// reason in `x-error-code` / `x-error-message` and where it came from.
+    pub async fn dead_letter(
+        &self,
+        names: &Names,
+        delivery_exchange: &str,
+        routing_key: &str,
+        props: &BasicProperties,
+        body: &[u8],
+        rejection: &Rejection,
+    ) -> Result<(), BrokerError> {
+        let mut table = props.headers().clone().unwrap_or_default();
+        let mut set = |k: &str, v: &str| {
+            table.insert(
+                ShortString::from(k),
+                AMQPValue::LongString(LongString::from(v)),
+            );
+        };
+        set("x-error-code", rejection.code.as_str());
+        set("x-error-message", &rejection.message);
+        set("x-original-routing-key", routing_key);
+        set("x-original-exchange", delivery_exchange);
+        let props = props.clone().with_headers(table).with_delivery_mode(2);
+        self.publish(&names.dlx, routing_key, body, props).await
+    }
+}

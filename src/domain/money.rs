@@ -1,0 +1,93 @@
+//! Currencies and their minor units: amounts stay exact until a bill rounds them.
+
+use std::fmt;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+/// An ISO 4217 alphabetic code: three upper-case ASCII letters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Currency(String);
+
+impl Currency {
+    /// Parses a code; lower case is accepted and upper-cased.
+    pub fn parse(code: &str) -> Result<Currency, String> {
+        let upper = code.trim().to_ascii_uppercase();
+        if upper.len() == 3 && upper.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Currency(upper))
+        } else {
+            Err(format!(
+                "must be a three-letter ISO 4217 code, got '{code}'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Digits after the decimal point of the smallest unit (paisa, cent, ...).
+    /// Codes not listed use two, as most currencies do.
+    pub fn minor_units(&self) -> u32 {
+        match self.0.as_str() {
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF"
+            | "UGX" | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+            "CLF" | "UYW" => 4,
+            _ => 2,
+        }
+    }
+
+    /// Rounds an exact amount to the minor unit, half away from zero
+    /// (the commercial rounding of invoices).
+    pub fn round(&self, amount: Decimal) -> Decimal {
+        amount.round_dp_with_strategy(self.minor_units(), RoundingStrategy::MidpointAwayFromZero)
+    }
+
+    /// Whether an amount is already expressed in whole minor units.
+    pub fn fits_minor_units(&self, amount: Decimal) -> bool {
+        amount.normalize().scale() <= self.minor_units()
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).expect("decimal")
+    }
+
+    #[test]
+    fn parses_and_normalises_codes() {
+        assert_eq!(Currency::parse("inr").expect("ok").as_str(), "INR");
+        assert!(Currency::parse("RUPEE").is_err());
+        assert!(Currency::parse("I1R").is_err());
+    }
+
+    #[test]
+    fn rounds_to_the_minor_unit() {
+        let inr = Currency::parse("INR").expect("ok");
+        assert_eq!(inr.round(d("10.005")), d("10.01"));
+        assert_eq!(inr.round(d("10.004999")), d("10.00"));
+        assert_eq!(inr.round(d("-1.005")), d("-1.01"));
+        let jpy = Currency::parse("JPY").expect("ok");
+        assert_eq!(jpy.round(d("10.5")), d("11"));
+        let kwd = Currency::parse("KWD").expect("ok");
+        assert_eq!(kwd.round(d("1.0005")), d("1.001"));
+    }
+
+    #[test]
+    fn minor_unit_fit() {
+        let inr = Currency::parse("INR").expect("ok");
+        assert!(inr.fits_minor_units(d("10.10")));
+        assert!(inr.fits_minor_units(d("10.100")));
+        assert!(!inr.fits_minor_units(d("10.101")));
+    }
+}

@@ -1,0 +1,198 @@
+//! Prometheus metrics: `billing_` prefix, `_total` counters, `_seconds` durations.
+//! One registry per application, so several workers can live in one process.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// Every metric the worker exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages taken from a queue, by queue role.
+    pub messages_received: IntCounterVec,
+    /// Messages dead-lettered, by queue role and error code.
+    pub dead_letters: IntCounterVec,
+    /// Transient faults met while handling, by role and kind (`database`, `broker`).
+    pub transient_errors: IntCounterVec,
+    /// Provisioning commands by command and outcome (`ok`, `rejected`).
+    pub commands: IntCounterVec,
+    /// Time to handle one provisioning command, commit included.
+    pub command_seconds: HistogramVec,
+    /// Webhooks published by the relay.
+    pub webhooks_published: IntCounterVec,
+    /// Webhooks waiting in the outbox.
+    pub outbox_backlog: IntGauge,
+    /// Age of the oldest unpublished webhook.
+    pub outbox_oldest_age_seconds: Gauge,
+    /// Time to publish one relay batch with confirms.
+    pub outbox_publish_seconds: Histogram,
+    /// 1 when a role is connected and consuming, by role.
+    pub role_up: IntGaugeVec,
+    /// Broker (re)connections, by role.
+    pub broker_connects: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    c
+}
+
+/// Buckets from 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric. Names are static, so failure here
+    /// is a programming error caught by the unit test below.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(h.clone()))
+                .unwrap_or_else(|e| panic!("register {name}: {e}"));
+            h
+        };
+        let outbox_publish_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "billing_outbox_publish_seconds",
+                "Time to publish one outbox batch with confirms",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(outbox_publish_seconds.clone()))
+            .unwrap_or_else(|e| panic!("register: {e}"));
+        let outbox_backlog = IntGauge::new(
+            "billing_outbox_backlog",
+            "Webhooks written and not yet published",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(outbox_backlog.clone()))
+            .unwrap_or_else(|e| panic!("register: {e}"));
+        let outbox_oldest_age_seconds = Gauge::new(
+            "billing_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished webhook",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(outbox_oldest_age_seconds.clone()))
+            .unwrap_or_else(|e| panic!("register: {e}"));
+        let role_up = IntGaugeVec::new(
+            Opts::new("billing_role_up", "1 while a role is connected and working"),
+            &["role"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(role_up.clone()))
+            .unwrap_or_else(|e| panic!("register: {e}"));
+        Metrics {
+            messages_received: counter(
+                &registry,
+                "billing_messages_received_total",
+                "Messages taken from a queue",
+                &["role"],
+            ),
+            dead_letters: counter(
+                &registry,
+                "billing_dead_letters_total",
+                "Messages dead-lettered, by code",
+                &["role", "code"],
+            ),
+            transient_errors: counter(
+                &registry,
+                "billing_transient_errors_total",
+                "Transient faults met, by kind",
+                &["role", "kind"],
+            ),
+            commands: counter(
+                &registry,
+                "billing_commands_total",
+                "Provisioning commands by outcome",
+                &["command", "outcome"],
+            ),
+            command_seconds: histogram_vec(
+                "billing_command_duration_seconds",
+                "Time to handle a provisioning command",
+                &["command"],
+            ),
+            webhooks_published: counter(
+                &registry,
+                "billing_webhooks_published_total",
+                "Webhooks published, by event name",
+                &["event_name"],
+            ),
+            broker_connects: counter(
+                &registry,
+                "billing_broker_connects_total",
+                "Broker connections opened, by role",
+                &["role"],
+            ),
+            outbox_backlog,
+            outbox_oldest_age_seconds,
+            outbox_publish_seconds,
+            role_up,
+            registry,
+        }
+    }
+
+    /// The registry, for roles that add their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_and_renders() {
+        let m = Metrics::new();
+        m.dead_letters
+            .with_label_values(&["usage", "INVALID_JSON"])
+            .inc();
+        m.role_up.with_label_values(&["usage"]).set(1);
+        let text = m.render();
+        assert!(
+            text.contains("billing_dead_letters_total{code=\"INVALID_JSON\",role=\"usage\"} 1"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap_or_default();
+            assert!(name.starts_with("billing_"), "{name}");
+            if line.ends_with("counter") {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Decoding helpers: lenient number forms and errors that name the field.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{ErrorCode, Rejection};
+
+/// Decodes `body` as `T`, turning serde's error into a rejection naming the field.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return Rejection::new(
+                ErrorCode::InvalidJson,
+                format!("body is not valid JSON: {inner}"),
+            );
+        }
+        field_rejection(&path, &inner.to_string())
+    })?;
+    de.end().map_err(|err| {
+        Rejection::new(
+            ErrorCode::InvalidJson,
+            format!("body is not valid JSON: {err}"),
+        )
+    })?;
+    Ok(value)
+}
+
+fn field_rejection(path: &str, message: &str) -> Rejection {
+    // serde reports a missing field at the parent's path: name the field itself.
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(name) = rest.split('`').next()
+    {
+        let field = if path == "." {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        };
+        return Rejection::field(&field, "is required");
+    }
+    let message = message.split(" at line ").next().unwrap_or(message);
+    let field = if path == "." { "body" } else { path };
+    Rejection::field(field, format_args!("is invalid: {message}"))
+}
+
+/// A whole number sent as a JSON number or a numeric string (`"1"`), as the
+/// product's documents do.
+pub fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    struct Whole;
+    impl<'de> serde::de::Visitor<'de> for Whole {
+        type Value = u32;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+            u32::try_from(v)
+                .map_err(|_| E::custom(format!("expected a whole number of at least 0, got {v}")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u32, E> {
+            v.trim()
+                .parse()
+                .map_err(|_| E::custom(format!("expected a whole number, got \"{v}\"")))
+        }
+    }
+    d.deserialize_any(Whole)
+}
+
+/// [`lenient_u32`] for optional fields (absent or null is `None`).
+pub fn lenient_opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "lenient_u32")] u32);
+    Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Sample {
+        #[allow(dead_code)]
+        name: String,
+        #[serde(default, deserialize_with = "lenient_opt_u32")]
+        count: Option<u32>,
+    }
+
+    #[test]
+    fn names_missing_and_wrong_fields() {
+        let err = decode::<Sample>(br#"{"count": 1}"#).expect_err("missing");
+        assert_eq!(err.code, ErrorCode::InvalidField);
+        assert_eq!(err.message, "name is required");
+        let err = decode::<Sample>(br#"{"name": 5}"#).expect_err("wrong type");
+        assert!(
+            err.message.starts_with("name is invalid"),
+            "{}",
+            err.message
+        );
+        let err = decode::<Sample>(br#"{"name": "x", "count": "many"}"#).expect_err("not a number");
+        assert!(
+            err.message.starts_with("count is invalid"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_invalid_json() {
+        let err = decode::<Sample>(b"{not json").expect_err("syntax");
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        let err = decode::<Sample>(br#"{"name": "x"} trailing"#).expect_err("trailing");
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn numbers_may_be_strings() {
+        let s: Sample = decode(br#"{"name": "x", "count": "7"}"#).expect("ok");
+        assert_eq!(s.count, Some(7));
+        let s: Sample = decode(br#"{"name": "x", "count": 7}"#).expect("ok");
+        assert_eq!(s.count, Some(7));
+        let s: Sample = decode(br#"{"name": "x", "count": null}"#).expect("ok");
+        assert_eq!(s.count, None);
+    }
+}

@@ -1,0 +1,202 @@
+//! The inbound envelope (contract §2): tenant, identity, reply address and size.
+
+use lapin::BasicProperties;
+use lapin::types::AMQPValue;
+
+use crate::error::{ErrorCode, Rejection};
+use crate::settings::AuthSettings;
+
+/// Header naming the tenant of a message.
+pub const MERCHANT_HEADER: &str = "x-merchantid";
+
+/// What the worker needs to know about a message besides its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub merchant_id: String,
+    pub message_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+/// Where and how to answer, known even when the rest of the message is bad.
+pub fn reply_address(props: &BasicProperties) -> Option<(String, Option<String>)> {
+    let reply_to = props.reply_to().as_ref()?.as_str().trim();
+    if reply_to.is_empty() {
+        return None;
+    }
+    let correlation = props
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str().to_string());
+    Some((reply_to.to_string(), correlation))
+}
+
+/// Reads a string header, whichever AMQP string type the publisher used.
+pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        _ => None,
+    }
+}
+
+/// Checks size, tenant and (when enabled) the broker-validated user.
+pub fn open(
+    props: &BasicProperties,
+    body: &[u8],
+    max_bytes: usize,
+    auth: &AuthSettings,
+) -> Result<Envelope, Rejection> {
+    if body.len() > max_bytes {
+        return Err(Rejection::new(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "body is {} bytes, more than the limit of {max_bytes}",
+                body.len()
+            ),
+        ));
+    }
+    let merchant_id = header_str(props, MERCHANT_HEADER)
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::MissingMerchant,
+                format!("header {MERCHANT_HEADER} is required and must be a non-empty string"),
+            )
+        })?;
+    if let Err(problem) = crate::domain::ids::check_id(&merchant_id) {
+        return Err(Rejection::new(
+            ErrorCode::MissingMerchant,
+            format!("header {MERCHANT_HEADER} {problem}"),
+        ));
+    }
+    if auth.enabled {
+        let user = props.user_id().as_ref().map(|u| u.as_str().to_string());
+        let allowed = user
+            .as_deref()
+            .and_then(|u| auth.users.get(u))
+            .is_some_and(|merchants| merchants.iter().any(|m| m == &merchant_id));
+        if !allowed {
+            return Err(Rejection::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "user_id {} may not act for {MERCHANT_HEADER} {merchant_id}",
+                    user.as_deref()
+                        .map_or("(none)".to_string(), |u| format!("'{u}'"))
+                ),
+            ));
+        }
+    }
+    let message_id = props
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str().trim().to_string())
+        .filter(|m| !m.is_empty());
+    let (reply_to, correlation_id) = match reply_address(props) {
+        Some((to, correlation)) => (Some(to), correlation),
+        None => (
+            None,
+            props
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_string()),
+        ),
+    };
+    Ok(Envelope {
+        merchant_id,
+        message_id,
+        reply_to,
+        correlation_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldTable;
+    use std::collections::BTreeMap;
+
+    fn props(merchant: Option<&str>) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if let Some(m) = merchant {
+            headers.insert(MERCHANT_HEADER.into(), AMQPValue::LongString(m.into()));
+        }
+        BasicProperties::default().with_headers(headers)
+    }
+
+    fn no_auth() -> AuthSettings {
+        AuthSettings {
+            enabled: false,
+            users: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn reads_the_tenant() {
+        let env = open(
+            &props(Some("m1")).with_message_id("abc".into()),
+            b"{}",
+            10,
+            &no_auth(),
+        )
+        .expect("ok");
+        assert_eq!(env.merchant_id, "m1");
+        assert_eq!(env.message_id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn rejects_missing_tenant_and_large_bodies() {
+        assert_eq!(
+            open(&props(None), b"{}", 10, &no_auth())
+                .expect_err("x")
+                .code,
+            ErrorCode::MissingMerchant
+        );
+        assert_eq!(
+            open(&props(Some(" ")), b"{}", 10, &no_auth())
+                .expect_err("x")
+                .code,
+            ErrorCode::MissingMerchant
+        );
+        assert_eq!(
+            open(&props(Some("m1")), &[b' '; 11], 10, &no_auth())
+                .expect_err("x")
+                .code,
+            ErrorCode::MessageTooLarge
+        );
+    }
+
+    #[test]
+    fn authentication_maps_users_to_merchants() {
+        let auth = AuthSettings {
+            enabled: true,
+            users: BTreeMap::from([("svc".to_string(), vec!["m1".to_string()])]),
+        };
+        assert!(
+            open(
+                &props(Some("m1")).with_user_id("svc".into()),
+                b"{}",
+                10,
+                &auth
+            )
+            .is_ok()
+        );
+        let err = open(
+            &props(Some("m2")).with_user_id("svc".into()),
+            b"{}",
+            10,
+            &auth,
+        )
+        .expect_err("other merchant");
+        assert_eq!(err.code, ErrorCode::Forbidden);
+        assert_eq!(
+            open(&props(Some("m1")), b"{}", 10, &auth)
+                .expect_err("no user")
+                .code,
+            ErrorCode::Forbidden
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! `create`, `get`, `list`, `update_status`, `add_credit`.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use super::catalog::{currency, metric_spec, plan_spec, pricing};
+use super::{Outcome, already_exists, not_found};
+use crate::domain::catalog::PlanModel;
+use crate::domain::execution::{ExecutionStatus, StatusEvent};
+use crate::domain::ids::{check_id, new_execution_id};
+use crate::domain::ledger::{EntryKind, check_grant};
+use crate::error::{ErrorCode, HandleError, Rejection};
+use crate::protocol::documents::{self, Usage};
+use crate::protocol::provisioning::{
+    AddCredit, CreateExecution, ExecutionRef, ListExecutions, MetricOverride, UpdateStatus,
+};
+use crate::protocol::webhook::{EventName, Webhook};
+use crate::store;
+use crate::store::catalog::{MetricRow, PlanRow};
+use crate::store::executions::ExecutionRow;
+
+/// Reference of the ledger grant made by `create`'s free-tier `amount`.
+pub const FREE_TIER_REFERENCE: &str = "free_tier";
+
+/// The metrics an execution is billed on: its plan's, then any extra ones its
+/// per-customer `metric_info` names.
+pub async fn plan_metrics(
+    conn: &mut PgConnection,
+    row: &ExecutionRow,
+    plan: &PlanRow,
+) -> Result<Vec<MetricRow>, sqlx::Error> {
+    let mut ids = plan.metric_ids.clone();
+    for over in row.metric_info.as_array().into_iter().flatten() {
+        if let Some(id) = over.get("metric_id").and_then(Value::as_str)
+            && !ids.iter().any(|m| m == id)
+        {
+            ids.push(id.to_string());
+        }
+    }
+    store::catalog::find_metrics(conn, &row.merchant_id, &ids).await
+}
+
+/// The execution document with its plan, metrics and live usage.
+pub async fn execution_document(
+    conn: &mut PgConnection,
+    row: &ExecutionRow,
+    usage: &Usage,
+) -> Result<Value, HandleError> {
+    let plan = store::catalog::find_plan(conn, &row.merchant_id, &row.plan_id)
+        .await?
+        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
+    let metrics = plan_metrics(conn, row, &plan).await?;
+    let plan_info = documents::plan(&plan, &metrics, &row.metric_info, Some(usage));
+    Ok(documents::execution(row, plan_info))
+}
+
+fn parse_start_date(value: &str) -> Result<DateTime<Utc>, Rejection> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            Rejection::field(
+                "billing_start_date",
+                "must be a date (2026-01-31) or an RFC 3339 time",
+            )
+        })
+}
+
+fn check_optional_id(field: &str, value: &Option<String>) -> Result<(), Rejection> {
+    match value {
+        Some(v) => check_id(v).map_err(|p| Rejection::field(field, p)),
+        None => Ok(()),
+    }
+}
+
+/// Validates `metric_info` against the plan and the catalog; returns what is stored.
+async fn metric_overrides(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    plan: &PlanRow,
+    overrides: Option<Vec<MetricOverride>>,
+) -> Result<Value, HandleError> {
+    let Some(overrides) = overrides.filter(|o| !o.is_empty()) else {
+        return Ok(json!([]));
+    };
+    if plan.plan_model != PlanModel::Variable.as_str() {
+        return Err(Rejection::field(
+            "metric_info",
+            format_args!(
+                "is only accepted for VARIABLE plans; plan '{}' is {}",
+                plan.plan_id, plan.plan_model
+            ),
+        )
+        .into());
+    }
+    let plan_currency = currency("plan_currency", &plan.plan_currency)?;
+    let mut stored = Vec::with_capacity(overrides.len());
+    for (i, over) in overrides.into_iter().enumerate() {
+        let field = format!("metric_info[{i}]");
+        check_id(&over.metric_id)
+            .map_err(|p| Rejection::field(&format!("{field}.metric_id"), p))?;
+        if stored
+            .iter()
+            .any(|s: &Value| s["metric_id"] == over.metric_id.as_str())
+        {
+            return Err(Rejection::field(
+                &format!("{field}.metric_id"),
+                format_args!("repeats '{}'", over.metric_id),
+            )
+            .into());
+        }
+        let metric = store::catalog::find_metric(conn, merchant_id, &over.metric_id)
+            .await?
+            .ok_or_else(|| {
+                not_found(
+                    ErrorCode::MetricNotFound,
+                    &format!("{field}.metric_id"),
+                    &over.metric_id,
+                )
+            })?;
+        if metric_spec(&metric)?.currency != plan_currency {
+            return Err(Rejection::field(
+                &format!("{field}.metric_id"),
+                format_args!(
+                    "is priced in {}, the plan in {}",
+                    metric.currency, plan_currency
+                ),
+            )
+            .into());
+        }
+        let price = pricing(
+            &format!("{field}."),
+            over.pricing_type,
+            over.pricing_model,
+            over.package_size,
+            over.free_units,
+        )?;
+        let mut doc = serde_json::to_value(&price).map_err(|e| {
+            HandleError::Rejected(Rejection::new(ErrorCode::InternalError, e.to_string()))
+        })?;
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert("metric_id".into(), Value::String(over.metric_id));
+        }
+        stored.push(doc);
+    }
+    Ok(Value::Array(stored))
+}
+
+fn webhook(
+    event: EventName,
+    row: &ExecutionRow,
+    now: DateTime<Utc>,
+    extra: Option<(&str, Value)>,
+) -> Webhook {
+    let mut content = json!({ "billing_execution_info": documents::execution_summary(row) });
+    if let (Some((key, value)), Some(obj)) = (extra, content.as_object_mut()) {
+        obj.insert(key.to_string(), value);
+    }
+    Webhook::new(event, &row.merchant_id, now, content)
+}
+
+async fn announce(
+    conn: &mut PgConnection,
+    event: EventName,
+    row: &ExecutionRow,
+    now: DateTime<Utc>,
+    extra: Option<(&str, Value)>,
+) -> Result<(), sqlx::Error> {
+    store::outbox::enqueue(conn, &webhook(event, row, now, extra), Some(&row.id)).await
+}
+
+fn credit_content(amount: Decimal, reference_id: &str, balance: Decimal, currency: &str) -> Value {
+    json!({
+        "amount": documents::num(amount),
+        "reference_id": reference_id,
+        "balance": documents::num(balance),
+        "currency": currency,
+    })
+}
+
+async fn reply_with(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    row: &ExecutionRow,
+    announced: bool,
+) -> Result<Outcome, HandleError> {
+    let usage = crate::usage::live_usage(conn, row).await?;
+    let doc = execution_document(conn, row, &usage).await?;
+    Ok(Outcome {
+        response: documents::success(merchant_id, doc),
+        announced,
+    })
+}
+
+pub(super) async fn create(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    now: DateTime<Utc>,
+    c: CreateExecution,
+) -> Result<Outcome, HandleError> {
+    check_id(&c.plan_id).map_err(|p| Rejection::field("plan_id", p))?;
+    check_id(&c.customer_id).map_err(|p| Rejection::field("customer_id", p))?;
+    check_optional_id("merchant_ref_id", &c.merchant_ref_id)?;
+    check_optional_id("token", &c.token)?;
+    check_optional_id("mandate_id", &c.mandate_id)?;
+    let start = c
+        .billing_start_date
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(parse_start_date)
+        .transpose()?;
+
+    // The merchant's reference makes `create` idempotent: a repeat answers
+    // with the execution it made the first time, and announces nothing.
+    if let Some(reference) = &c.merchant_ref_id
+        && let Some(existing) = store::executions::find_by_ref(conn, merchant_id, reference).await?
+    {
+        return repeat_of(conn, merchant_id, existing, &c).await;
+    }
+
+    let plan = store::catalog::find_plan(conn, merchant_id, &c.plan_id)
+        .await?
+        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &c.plan_id))?;
+    let plan_currency = plan_spec(&plan)?.plan_currency;
+    if store::customers::find(conn, merchant_id, &c.customer_id)
+        .await?
+        .is_none()
+    {
+        return Err(HandleError::Rejected(Rejection::new(
+            ErrorCode::CustomerNotFound,
+            format!(
+                "customer_id '{}' does not exist for this merchant; create it with create_customer first",
+                c.customer_id
+            ),
+        )));
+    }
+    let credit = c.amount.unwrap_or(Decimal::ZERO);
+    check_grant("amount", credit, plan_currency.minor_units(), true)?;
+    let metric_info = metric_overrides(conn, merchant_id, &plan, c.metric_info.clone()).await?;
+    let status = c.status.unwrap_or(ExecutionStatus::Active);
+    let active = status == ExecutionStatus::Active;
+
+    let row = ExecutionRow {
+        id: new_execution_id(),
+        merchant_id: merchant_id.to_string(),
+        customer_id: c.customer_id.clone(),
+        plan_id: c.plan_id.clone(),
+        merchant_ref_id: c.merchant_ref_id.clone(),
+        status: status.as_str().to_string(),
+        credit_balance: Decimal::ZERO,
+        metric_info,
+        billing_start_date: start.or(active.then_some(now)),
+        token: c.token.clone(),
+        mandate_id: c.mandate_id.clone(),
+        activated_at: active.then_some(now),
+        created_at: now,
+        updated_at: now,
+    };
+    let Some(mut row) = store::executions::insert(conn, &row).await? else {
+        // Another process created it with the same reference meanwhile.
+        let reference = c.merchant_ref_id.clone().unwrap_or_default();
+        let existing = store::executions::find_by_ref(conn, merchant_id, &reference)
+            .await?
+            .ok_or_else(|| HandleError::Transient("execution vanished during create".into()))?;
+        return repeat_of(conn, merchant_id, existing, &c).await;
+    };
+    announce(conn, EventName::ExecutionCreated, &row, now, None).await?;
+    if credit > Decimal::ZERO {
+        let entry = store::ledger::append(
+            conn,
+            merchant_id,
+            &row.id,
+            EntryKind::Grant,
+            credit,
+            FREE_TIER_REFERENCE,
+            now,
+        )
+        .await?;
+        row.credit_balance = entry.balance_after;
+        let content = credit_content(
+            credit,
+            FREE_TIER_REFERENCE,
+            entry.balance_after,
+            plan_currency.as_str(),
+        );
+        announce(
+            conn,
+            EventName::ExecutionCreditEvent,
+            &row,
+            now,
+            Some(("credit", content)),
+        )
+        .await?;
+    }
+    reply_with(conn, merchant_id, &row, true).await
+}
+
+async fn repeat_of(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    existing: ExecutionRow,
+    c: &CreateExecution,
+) -> Result<Outcome, HandleError> {
+    if existing.plan_id != c.plan_id || existing.customer_id != c.customer_id {
+        return Err(already_exists(
+            "merchant_ref_id",
+            existing.merchant_ref_id.as_deref().unwrap_or_default(),
+            &format!(
+                " (customer '{}', plan '{}')",
+                existing.customer_id, existing.plan_id
+            ),
+        ));
+    }
+    reply_with(conn, merchant_id, &existing, false).await
+}
+
+pub(super) async fn get(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    c: ExecutionRef,
+) -> Result<Outcome, HandleError> {
+    let row = store::executions::find(conn, merchant_id, &c.billing_execution_info_id)
+        .await?
+        .ok_or_else(|| {
+            not_found(
+                ErrorCode::ExecutionNotFound,
+                "billing_execution_info_id",
+                &c.billing_execution_info_id,
+            )
+        })?;
+    reply_with(conn, merchant_id, &row, false).await
+}
+
+pub(super) async fn list(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    c: ListExecutions,
+) -> Result<Outcome, HandleError> {
+    if store::customers::find(conn, merchant_id, &c.customer_id)
+        .await?
+        .is_none()
+    {
+        return Err(not_found(
+            ErrorCode::CustomerNotFound,
+            "customer_id",
+            &c.customer_id,
+        ));
+    }
+    let rows = store::executions::list_for_customer(conn, merchant_id, &c.customer_id).await?;
+    let mut docs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let usage = crate::usage::live_usage(conn, row).await?;
+        docs.push(execution_document(conn, row, &usage).await?);
+    }
+    let body = json!({ "customer_id": c.customer_id, "billing_execution_info": docs });
+    Ok(Outcome::quiet(documents::success(merchant_id, body)))
+}
+
+async fn lock_execution(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    id: &str,
+) -> Result<ExecutionRow, HandleError> {
+    store::executions::lock(conn, merchant_id, id)
+        .await?
+        .ok_or_else(|| {
+            not_found(
+                ErrorCode::ExecutionNotFound,
+                "billing_execution_info_id",
+                id,
+            )
+        })
+}
+
+pub(super) async fn update_status(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    now: DateTime<Utc>,
+    c: UpdateStatus,
+) -> Result<Outcome, HandleError> {
+    let row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
+    let from =
+        ExecutionStatus::parse(&row.status).ok_or_else(|| super::corrupt("status", &row.status))?;
+    let Some(event) = from.transition(c.status)? else {
+        return reply_with(conn, merchant_id, &row, false).await;
+    };
+    let row = store::executions::set_status(conn, &row.id, c.status.as_str(), now).await?;
+    let name = match event {
+        StatusEvent::Activated => EventName::ExecutionActivated,
+        StatusEvent::Deactivated => EventName::ExecutionDeactivated,
+    };
+    announce(conn, name, &row, now, None).await?;
+    reply_with(conn, merchant_id, &row, true).await
+}
+
+pub(super) async fn add_credit(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    now: DateTime<Utc>,
+    c: AddCredit,
+) -> Result<Outcome, HandleError> {
+    check_id(&c.reference_id).map_err(|p| Rejection::field("reference_id", p))?;
+    let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
+    let plan = store::catalog::find_plan(conn, merchant_id, &row.plan_id)
+        .await?
+        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
+    let plan_currency = plan_spec(&plan)?.plan_currency;
+    check_grant("amount", c.amount, plan_currency.minor_units(), false)?;
+    // The reference makes a grant idempotent: the same grant twice is one grant.
+    if let Some(entry) =
+        store::ledger::find(conn, &row.id, EntryKind::Grant, &c.reference_id).await?
+    {
+        if entry.amount != c.amount {
+            return Err(already_exists(
+                "reference_id",
+                &c.reference_id,
+                &format!(" (a grant of {})", entry.amount),
+            ));
+        }
+        return reply_with(conn, merchant_id, &row, false).await;
+    }
+    let entry = store::ledger::append(
+        conn,
+        merchant_id,
+        &row.id,
+        EntryKind::Grant,
+        c.amount,
+        &c.reference_id,
+        now,
+    )
+    .await?;
+    row.credit_balance = entry.balance_after;
+    row.updated_at = now;
+    let content = credit_content(
+        c.amount,
+        &c.reference_id,
+        entry.balance_after,
+        plan_currency.as_str(),
+    );
+    announce(
+        conn,
+        EventName::ExecutionCreditEvent,
+        &row,
+        now,
+        Some(("credit", content)),
+    )
+    .await?;
+    reply_with(conn, merchant_id, &row, true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_dates_take_two_forms() {
+        assert_eq!(
+            parse_start_date("2026-01-31").expect("date").to_rfc3339(),
+            "2026-01-31T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_start_date("2026-01-31T10:00:00+05:30")
+                .expect("time")
+                .to_rfc3339(),
+            "2026-01-31T04:30:00+00:00"
+        );
+        assert!(parse_start_date("31/01/2026").is_err());
+    }
+}

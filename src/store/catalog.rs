@@ -1,0 +1,203 @@
+//! Metrics and plans of a merchant.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+
+use crate::domain::catalog::{MetricSpec, PlanSpec};
+
+/// A stored metric.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct MetricRow {
+    pub merchant_id: String,
+    pub metric_id: String,
+    pub seq: i64,
+    pub name: String,
+    pub description: String,
+    pub unit: String,
+    pub event_type: String,
+    pub aggregation_type: String,
+    pub aggregation_field: Option<String>,
+    pub pricing_type: String,
+    pub pricing_model: serde_json::Value,
+    pub package_size: Option<Decimal>,
+    pub free_units: Decimal,
+    pub currency: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A stored plan with its metrics in order.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct PlanRow {
+    pub merchant_id: String,
+    pub plan_id: String,
+    pub plan_name: String,
+    pub plan_description: String,
+    pub plan_type: String,
+    pub plan_model: String,
+    pub plan_interval: String,
+    pub plan_rule_type: String,
+    pub plan_rule_value: Option<i32>,
+    pub plan_amount: Decimal,
+    pub plan_currency: String,
+    pub max_amount: Option<Decimal>,
+    pub max_retry: i32,
+    pub plan_action_on_failure: String,
+    pub plan_status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub metric_ids: Vec<String>,
+}
+
+pub async fn find_metric(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    metric_id: &str,
+) -> Result<Option<MetricRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM metrics WHERE merchant_id = $1 AND metric_id = $2")
+        .bind(merchant_id)
+        .bind(metric_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The metrics named, in the order named; missing ones are left out.
+pub async fn find_metrics(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    metric_ids: &[String],
+) -> Result<Vec<MetricRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT m.* FROM UNNEST($2::text[]) WITH ORDINALITY AS wanted(metric_id, n)
+         JOIN metrics m ON m.merchant_id = $1 AND m.metric_id = wanted.metric_id
+         ORDER BY wanted.n",
+    )
+    .bind(merchant_id)
+    .bind(metric_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Inserts a metric; `None` if the id is taken.
+pub async fn insert_metric(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    spec: &MetricSpec,
+    now: DateTime<Utc>,
+) -> Result<Option<MetricRow>, sqlx::Error> {
+    let model =
+        serde_json::to_value(&spec.pricing.tiers).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query_as(
+        "INSERT INTO metrics (merchant_id, metric_id, name, description, unit, event_type, aggregation_type,
+             aggregation_field, pricing_type, pricing_model, package_size, free_units, currency, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
+         ON CONFLICT DO NOTHING RETURNING *",
+    )
+    .bind(merchant_id)
+    .bind(&spec.metric_id)
+    .bind(&spec.name)
+    .bind(&spec.description)
+    .bind(&spec.unit)
+    .bind(&spec.event_type)
+    .bind(spec.aggregation_type.as_str())
+    .bind(&spec.aggregation_field)
+    .bind(spec.pricing.pricing_type.as_str())
+    .bind(model)
+    .bind(spec.pricing.package_size)
+    .bind(spec.pricing.free_units)
+    .bind(spec.currency.as_str())
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+}
+
+const PLAN_SELECT: &str = "SELECT p.*, COALESCE(
+        (SELECT array_agg(pm.metric_id ORDER BY pm.position) FROM plan_metrics pm
+         WHERE pm.merchant_id = p.merchant_id AND pm.plan_id = p.plan_id), '{}') AS metric_ids
+     FROM plans p WHERE p.merchant_id = $1 AND p.plan_id = $2";
+
+pub async fn find_plan(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    plan_id: &str,
+) -> Result<Option<PlanRow>, sqlx::Error> {
+    sqlx::query_as(PLAN_SELECT)
+        .bind(merchant_id)
+        .bind(plan_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Locks a plan row for an update in this transaction.
+pub async fn lock_plan(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    plan_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM plans WHERE merchant_id = $1 AND plan_id = $2 FOR UPDATE",
+    )
+    .bind(merchant_id)
+    .bind(plan_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.is_some())
+}
+
+/// Inserts or replaces a plan and its metric list. `created` tells which.
+pub async fn upsert_plan(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    spec: &PlanSpec,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let created: bool = sqlx::query_scalar(
+        "INSERT INTO plans (merchant_id, plan_id, plan_name, plan_description, plan_type, plan_model, plan_interval,
+             plan_rule_type, plan_rule_value, plan_amount, plan_currency, max_amount, max_retry, plan_action_on_failure,
+             created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
+         ON CONFLICT (merchant_id, plan_id) DO UPDATE SET
+             plan_name = EXCLUDED.plan_name, plan_description = EXCLUDED.plan_description,
+             plan_type = EXCLUDED.plan_type, plan_model = EXCLUDED.plan_model,
+             plan_interval = EXCLUDED.plan_interval, plan_rule_type = EXCLUDED.plan_rule_type,
+             plan_rule_value = EXCLUDED.plan_rule_value, plan_amount = EXCLUDED.plan_amount,
+             plan_currency = EXCLUDED.plan_currency, max_amount = EXCLUDED.max_amount,
+             max_retry = EXCLUDED.max_retry, plan_action_on_failure = EXCLUDED.plan_action_on_failure,
+             updated_at = EXCLUDED.updated_at
+         RETURNING (xmax = 0)",
+    )
+    .bind(merchant_id)
+    .bind(&spec.plan_id)
+    .bind(&spec.plan_name)
+    .bind(&spec.plan_description)
+    .bind(spec.plan_type.as_str())
+    .bind(spec.plan_model.as_str())
+    .bind(spec.plan_interval.as_str())
+    .bind(spec.plan_rule_type.as_str())
+    .bind(spec.plan_rule_value.map(|v| v as i32))
+    .bind(spec.plan_amount)
+    .bind(spec.plan_currency.as_str())
+    .bind(spec.max_amount)
+    .bind(spec.max_retry as i32)
+    .bind(spec.plan_action_on_failure.as_str())
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM plan_metrics WHERE merchant_id = $1 AND plan_id = $2")
+        .bind(merchant_id)
+        .bind(&spec.plan_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO plan_metrics (merchant_id, plan_id, metric_id, position)
+         SELECT $1, $2, m.metric_id, m.n FROM UNNEST($3::text[]) WITH ORDINALITY AS m(metric_id, n)",
+    )
+    .bind(merchant_id)
+    .bind(&spec.plan_id)
+    .bind(&spec.metric_ids)
+    .execute(&mut *conn)
+    .await?;
+    Ok(created)
+}

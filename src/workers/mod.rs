@@ -1,0 +1,94 @@
+//! The worker loops. Each role runs in a supervisor that (re)connects with
+//! backoff, so a broker restart never stops the process.
+
+pub mod outbox_relay;
+pub mod provisioning;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Context;
+use crate::backoff_policy::Backoff;
+
+/// Which roles are connected and working; `/readyz` reads it.
+#[derive(Debug, Default)]
+pub struct Health {
+    roles: RwLock<BTreeMap<&'static str, bool>>,
+}
+
+impl Health {
+    /// Registers a role as not yet up.
+    pub fn register(&self, role: &'static str) {
+        self.write().insert(role, false);
+    }
+
+    pub fn set(&self, role: &'static str, up: bool) {
+        self.write().insert(role, up);
+    }
+
+    /// The roles that are down.
+    pub fn down(&self) -> Vec<&'static str> {
+        let roles = self.roles.read().unwrap_or_else(|p| p.into_inner());
+        roles
+            .iter()
+            .filter(|(_, up)| !**up)
+            .map(|(r, _)| *r)
+            .collect()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<&'static str, bool>> {
+        self.roles.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A session that ran this long before failing was healthy: start the
+/// reconnect delays from the beginning.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Runs `session` until it returns `Ok` (a clean stop) or `cancel` fires,
+/// reconnecting with backoff after each failure.
+pub async fn supervise<F, Fut>(
+    role: &'static str,
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+    mut session: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let amqp = &ctx.settings.amqp;
+    let mut backoff = Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2);
+    ctx.health.register(role);
+    while !cancel.is_cancelled() {
+        let started = Instant::now();
+        ctx.metrics.broker_connects.with_label_values(&[role]).inc();
+        let result = session().await;
+        ctx.health.set(role, false);
+        ctx.metrics.role_up.with_label_values(&[role]).set(0);
+        match result {
+            Ok(()) => break,
+            Err(err) => {
+                if started.elapsed() > HEALTHY_SESSION {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(role, error = %format!("{err:#}"), retry_in = ?delay, "role stopped; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => break,
+                }
+            }
+        }
+    }
+    tracing::info!(role, "role stopped");
+}
+
+/// Marks a role up once it consumes.
+pub fn mark_up(ctx: &Context, role: &'static str) {
+    ctx.health.set(role, true);
+    ctx.metrics.role_up.with_label_values(&[role]).set(1);
+}

@@ -94,6 +94,9 @@ impl Application {
 
         let consumers_stop = CancellationToken::new();
         let relay_stop = CancellationToken::new();
+        for role in ["provisioning", "outbox"] {
+            ctx.health.register(role);
+        }
         let mut consumers = JoinSet::new();
         consumers.spawn(workers::provisioning::run(
             ctx.clone(),

@@ -52,13 +52,12 @@ const LATER_COMMANDS: &[&str] = &["change_plan", "add_billing_plan", "present", 
 
 /// Decodes a provisioning body: first the `command`, then its fields.
 pub fn parse(body: &[u8]) -> Result<Command, Rejection> {
-    #[derive(Deserialize)]
-    struct Head {
-        command: Option<serde_json::Value>,
-    }
-    let head: Head = decode(body)?;
-    let name = match head.command {
-        Some(serde_json::Value::String(s)) => s,
+    let head: serde_json::Value = decode(body)?;
+    let Some(fields) = head.as_object() else {
+        return Err(Rejection::field("body", "must be a JSON object"));
+    };
+    let name = match fields.get("command") {
+        Some(serde_json::Value::String(s)) => s.clone(),
         Some(_) => return Err(Rejection::field("command", "must be a string")),
         None => return Err(Rejection::field("command", "is required")),
     };

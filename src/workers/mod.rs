@@ -40,6 +40,12 @@ impl Health {
             .collect()
     }
 
+    /// Every registered role.
+    pub fn roles(&self) -> Vec<&'static str> {
+        let roles = self.roles.read().unwrap_or_else(|p| p.into_inner());
+        roles.keys().copied().collect()
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<&'static str, bool>> {
         self.roles.write().unwrap_or_else(|p| p.into_inner())
     }

@@ -126,7 +126,12 @@ async fn execute(
     command: Command,
 ) -> Result<Answer, HandleError> {
     let name = command.name();
-    let mut tx = ctx.pool.begin().await?;
+    // No connection is an outage whatever the error says: never the message's fault.
+    let mut tx = ctx
+        .pool
+        .begin()
+        .await
+        .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
     if let Some(message_id) = &env.message_id
         && let Some(response) =
             store::idempotency::find(&mut tx, &env.merchant_id, message_id).await?

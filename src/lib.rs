@@ -15,11 +15,13 @@
 //! - [`broker`]: the RabbitMQ adapter (topology, confirms, replies, dead letters).
 //! - [`workers`]: the loops: receive, decide, commit, ack; the outbox relay.
 //! - [`app`]: start-up, roles, shutdown order; [`http`]: health and metrics.
+//! - [`client`]: `billing-worker send`, a publisher for operators and examples.
 //! - [`settings`], [`clock`], [`metrics`], [`telemetry`], [`backoff_policy`]: plumbing.
 
 pub mod app;
 pub mod backoff_policy;
 pub mod broker;
+pub mod client;
 pub mod clock;
 pub mod domain;
 pub mod error;

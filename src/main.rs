@@ -37,6 +37,26 @@ enum Cmd {
     Run,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Publish one message to billing.in as a merchant and print the answer.
+    Send {
+        /// The tenant (x-merchantid header).
+        #[arg(long)]
+        merchant: String,
+        /// Routing key on billing.in: provisioning.* or usage.*.
+        #[arg(long, default_value = "provisioning.cli")]
+        routing_key: String,
+        /// Optional message_id: repeats with the same id are answered the same.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// Publish without waiting for an answer (usage events have none).
+        #[arg(long)]
+        no_reply: bool,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// The JSON body, or - to read it from standard input.
+        body: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +95,35 @@ async fn run(command: Cmd, settings: Settings) -> anyhow::Result<()> {
             let pool = store::pool(&settings.database)?;
             store::migrate(&pool).await.context("apply migrations")?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Cmd::Send {
+            merchant,
+            routing_key,
+            message_id,
+            no_reply,
+            timeout,
+            body,
+        } => {
+            let body = if body == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                    .context("read standard input")?;
+                buf
+            } else {
+                body.into_bytes()
+            };
+            let request = billing_worker::client::Request {
+                merchant_id: merchant,
+                routing_key,
+                body,
+                message_id,
+                wait: (!no_reply).then_some(timeout),
+            };
+            match billing_worker::client::send(&settings, request).await? {
+                Some(answer) => println!("{}", serde_json::to_string_pretty(&answer)?),
+                None => println!("published"),
+            }
             Ok(())
         }
         Cmd::Run => {

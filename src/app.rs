@@ -59,9 +59,7 @@ impl Application {
 
     /// The bound HTTP address (useful when `http.listen` asks for port 0).
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.ctx.settings.http.listen)
+        self.listener.local_addr().unwrap_or(self.ctx.settings.http.listen)
     }
 
     /// The shared context, for tests and tools that read metrics or the pool.
@@ -94,24 +92,19 @@ impl Application {
 
         let consumers_stop = CancellationToken::new();
         let relay_stop = CancellationToken::new();
-        for role in ["provisioning", "outbox"] {
+        for role in ["provisioning", "usage", "outbox"] {
             ctx.health.register(role);
         }
         let mut consumers = JoinSet::new();
-        consumers.spawn(workers::provisioning::run(
-            ctx.clone(),
-            consumers_stop.clone(),
-        ));
+        consumers.spawn(workers::provisioning::run(ctx.clone(), consumers_stop.clone()));
         let relay = tokio::spawn(workers::outbox_relay::run(ctx.clone(), relay_stop.clone()));
 
         shutdown.cancelled().await;
         tracing::info!("shutting down: finishing work in hand");
         let deadline = tokio::time::Instant::now() + ctx.settings.shutdown.grace_period;
         consumers_stop.cancel();
-        let consumers_done = tokio::time::timeout_at(deadline, async {
-            while consumers.join_next().await.is_some() {}
-        })
-        .await;
+        let consumers_done =
+            tokio::time::timeout_at(deadline, async { while consumers.join_next().await.is_some() {} }).await;
         relay_stop.cancel();
         let relay_done = tokio::time::timeout_at(deadline, relay).await;
         http_stop.cancel();

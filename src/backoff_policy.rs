@@ -58,10 +58,7 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(10), 2.0, Duration::from_secs(10), 0.2);
         for _ in 0..100 {
             let d = b.next_delay();
-            assert!(
-                d >= Duration::from_secs(8) && d <= Duration::from_secs(12),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_secs(8) && d <= Duration::from_secs(12), "{d:?}");
         }
     }
 }

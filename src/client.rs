@@ -26,18 +26,13 @@ pub struct Request {
 }
 
 /// Publishes the request to `billing.in` and returns the answer, if asked for.
-pub async fn send(
-    settings: &Settings,
-    request: Request,
-) -> anyhow::Result<Option<serde_json::Value>> {
+pub async fn send(settings: &Settings, request: Request) -> anyhow::Result<Option<serde_json::Value>> {
     let names = Names::new(&settings.amqp.prefix);
     let connection = broker::connect(&settings.amqp, "cli")
         .await
         .context("connect to the broker")?;
     let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut replies = match request.wait {
         Some(_) => Some(
             channel
@@ -56,10 +51,8 @@ pub async fn send(
         None => None,
     };
     let correlation = uuid::Uuid::new_v4().to_string();
-    let mut props = broker::json_properties().with_headers(broker::headers([(
-        MERCHANT_HEADER,
-        request.merchant_id.as_str(),
-    )]));
+    let mut props =
+        broker::json_properties().with_headers(broker::headers([(MERCHANT_HEADER, request.merchant_id.as_str())]));
     if let Some(id) = &request.message_id {
         props = props.with_message_id(ShortString::from(id.as_str()));
     }
@@ -85,13 +78,7 @@ pub async fn send(
     let answer = tokio::time::timeout(wait, async {
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery?;
-            if delivery
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.as_str())
-                == Some(correlation.as_str())
-            {
+            if delivery.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(correlation.as_str()) {
                 return Ok::<_, anyhow::Error>(Some(serde_json::from_slice(&delivery.data)?));
             }
         }

@@ -32,10 +32,7 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     if problems.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", problems.join("; ")),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", problems.join("; ")))
     }
 }
 

@@ -20,12 +20,7 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Cli {
     /// Folder holding default.toml and the per-environment overlays.
-    #[arg(
-        long,
-        env = "BILLING_CONFIG_DIR",
-        default_value = "config",
-        global = true
-    )]
+    #[arg(long, env = "BILLING_CONFIG_DIR", default_value = "config", global = true)]
     config_dir: PathBuf,
     #[command(subcommand)]
     command: Cmd,
@@ -69,10 +64,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("billing-worker: cannot start the runtime: {err}");
@@ -107,8 +99,7 @@ async fn run(command: Cmd, settings: Settings) -> anyhow::Result<()> {
         } => {
             let body = if body == "-" {
                 let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                    .context("read standard input")?;
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("read standard input")?;
                 buf
             } else {
                 body.into_bytes()
@@ -138,10 +129,7 @@ async fn run(command: Cmd, settings: Settings) -> anyhow::Result<()> {
 /// Fires `shutdown` on SIGTERM or SIGINT.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot listen for signals; stop the worker with SIGKILL");
         return;
     };

@@ -2,8 +2,8 @@
 //! One registry per application, so several workers can live in one process.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the worker exports.
@@ -28,6 +28,16 @@ pub struct Metrics {
     pub outbox_oldest_age_seconds: Gauge,
     /// Time to publish one relay batch with confirms.
     pub outbox_publish_seconds: Histogram,
+    /// Usage events taken from messages.
+    pub usage_events_received: IntCounter,
+    /// Usage events counted for the first time.
+    pub usage_events_counted: IntCounter,
+    /// Usage events already counted before (by `event_id`).
+    pub usage_events_duplicate: IntCounter,
+    /// Valid-looking events per usage batch.
+    pub usage_batch_size: Histogram,
+    /// Time to count one usage batch, commit included.
+    pub usage_commit_seconds: Histogram,
     /// 1 when a role is connected and consuming, by role.
     pub role_up: IntGaugeVec,
     /// Broker (re)connections, by role.
@@ -35,8 +45,7 @@ pub struct Metrics {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("register {name}: {e}"));
@@ -54,11 +63,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                labels,
-            )
-            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
             registry
                 .register(Box::new(h.clone()))
                 .unwrap_or_else(|e| panic!("register {name}: {e}"));
@@ -75,11 +81,8 @@ impl Metrics {
         registry
             .register(Box::new(outbox_publish_seconds.clone()))
             .unwrap_or_else(|e| panic!("register: {e}"));
-        let outbox_backlog = IntGauge::new(
-            "billing_outbox_backlog",
-            "Webhooks written and not yet published",
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
+        let outbox_backlog = IntGauge::new("billing_outbox_backlog", "Webhooks written and not yet published")
+            .unwrap_or_else(|e| panic!("metric: {e}"));
         registry
             .register(Box::new(outbox_backlog.clone()))
             .unwrap_or_else(|e| panic!("register: {e}"));
@@ -99,7 +102,44 @@ impl Metrics {
         registry
             .register(Box::new(role_up.clone()))
             .unwrap_or_else(|e| panic!("register: {e}"));
+        let int_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| panic!("register {name}: {e}"));
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(h.clone()))
+                .unwrap_or_else(|e| panic!("register {name}: {e}"));
+            h
+        };
         Metrics {
+            usage_events_received: int_counter(
+                "billing_usage_events_received_total",
+                "Usage events taken from messages",
+            ),
+            usage_events_counted: int_counter(
+                "billing_usage_events_counted_total",
+                "Usage events counted for the first time",
+            ),
+            usage_events_duplicate: int_counter(
+                "billing_usage_events_duplicate_total",
+                "Usage events already counted (same event_id)",
+            ),
+            usage_batch_size: histogram(
+                "billing_usage_batch_size",
+                "Events per usage batch",
+                vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0],
+            ),
+            usage_commit_seconds: histogram(
+                "billing_usage_commit_duration_seconds",
+                "Time to count one usage batch",
+                LATENCY_BUCKETS.to_vec(),
+            ),
             messages_received: counter(
                 &registry,
                 "billing_messages_received_total",
@@ -178,9 +218,7 @@ mod tests {
     #[test]
     fn registers_and_renders() {
         let m = Metrics::new();
-        m.dead_letters
-            .with_label_values(&["usage", "INVALID_JSON"])
-            .inc();
+        m.dead_letters.with_label_values(&["usage", "INVALID_JSON"]).inc();
         m.role_up.with_label_values(&["usage"]).set(1);
         let text = m.render();
         assert!(

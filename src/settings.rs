@@ -165,17 +165,12 @@ impl Settings {
         environment: Option<&str>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, SettingsError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from(config_dir.join("default.toml")).required(true));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from(config_dir.join("default.toml")).required(true));
         if let Some(env) = environment.filter(|e| !e.is_empty()) {
-            builder = builder.add_source(
-                config::File::from(config_dir.join(format!("{env}.toml"))).required(true),
-            );
+            builder = builder.add_source(config::File::from(config_dir.join(format!("{env}.toml"))).required(true));
         }
-        let vars: config::Map<String, String> = vars
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("BILLING__"))
-            .collect();
+        let vars: config::Map<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("BILLING__")).collect();
         builder = builder.add_source(
             config::Environment::with_prefix("BILLING")
                 .prefix_separator("__")
@@ -197,10 +192,7 @@ impl Settings {
         }
         let db = self.database.url.expose_secret();
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
-            return invalid(
-                "database.url",
-                "must start with postgres:// or postgresql://",
-            );
+            return invalid("database.url", "must start with postgres:// or postgresql://");
         }
         if self.database.max_connections < 2 {
             return invalid("database.max_connections", "must be at least 2");
@@ -218,9 +210,7 @@ impl Settings {
         if self.amqp.provisioning_prefetch == 0 {
             return invalid("amqp.provisioning_prefetch", "must be at least 1");
         }
-        if self.amqp.reconnect_initial.is_zero()
-            || self.amqp.reconnect_max < self.amqp.reconnect_initial
-        {
+        if self.amqp.reconnect_initial.is_zero() || self.amqp.reconnect_max < self.amqp.reconnect_initial {
             return invalid(
                 "amqp.reconnect_max",
                 "must be at least amqp.reconnect_initial, which must be positive",
@@ -266,10 +256,7 @@ impl Settings {
             return invalid("outbox.batch_size", "must be at least 1");
         }
         if self.auth.enabled && self.auth.users.is_empty() {
-            return invalid(
-                "auth.users",
-                "must list at least one user when auth.enabled is true",
-            );
+            return invalid("auth.users", "must list at least one user when auth.enabled is true");
         }
         Ok(())
     }
@@ -286,11 +273,7 @@ mod tests {
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        Settings::load_with(
-            &dir,
-            None,
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
+        Settings::load_with(&dir, None, vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -331,8 +314,7 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let s =
-            load(&[("BILLING__AMQP__URL", "amqp://user:hunter2@host:5672/%2f")]).expect("valid");
+        let s = load(&[("BILLING__AMQP__URL", "amqp://user:hunter2@host:5672/%2f")]).expect("valid");
         let printed = format!("{s:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
     }

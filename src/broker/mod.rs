@@ -24,8 +24,8 @@ pub enum BrokerError {
 
 /// Opens a connection named after the role that uses it.
 pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, BrokerError> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(LongString::from(format!("billing-worker/{role}")));
+    let props =
+        ConnectionProperties::default().with_connection_name(LongString::from(format!("billing-worker/{role}")));
     Ok(Connection::connect(settings.url.expose_secret(), props).await?)
 }
 
@@ -46,10 +46,7 @@ pub fn json_properties() -> BasicProperties {
 pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in pairs {
-        table.insert(
-            ShortString::from(k),
-            AMQPValue::LongString(LongString::from(v)),
-        );
+        table.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
     }
     table
 }
@@ -57,9 +54,7 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Field
 impl Publisher {
     pub async fn open(connection: &Connection) -> Result<Publisher, BrokerError> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Publisher { channel })
     }
 
@@ -125,8 +120,7 @@ impl Publisher {
         correlation_id: Option<&str>,
         body: &serde_json::Value,
     ) -> Result<(), BrokerError> {
-        let mut props =
-            BasicProperties::default().with_content_type(ShortString::from("application/json"));
+        let mut props = BasicProperties::default().with_content_type(ShortString::from("application/json"));
         if let Some(c) = correlation_id {
             props = props.with_correlation_id(ShortString::from(c));
         }
@@ -147,10 +141,7 @@ impl Publisher {
     ) -> Result<(), BrokerError> {
         let mut table = props.headers().clone().unwrap_or_default();
         let mut set = |k: &str, v: &str| {
-            table.insert(
-                ShortString::from(k),
-                AMQPValue::LongString(LongString::from(v)),
-            );
+            table.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
         };
         set("x-error-code", rejection.code.as_str());
         set("x-error-message", &rejection.message);

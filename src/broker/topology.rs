@@ -73,10 +73,7 @@ fn queue_args(settings: &AmqpSettings, dead_letter_to: Option<&str>) -> FieldTab
         // Quorum queues dead-letter a message redelivered this often; the
         // worker never gets there on its own (it holds messages during
         // outages instead of requeueing them), so this only catches poison.
-        args.insert(
-            ShortString::from("x-delivery-limit"),
-            AMQPValue::LongInt(50),
-        );
+        args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongInt(50));
     }
     args
 }
@@ -105,11 +102,7 @@ pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<Names
     let declare_queue = |name: &str, dlx: Option<&str>| {
         let args = queue_args(settings, dlx);
         let name = name.to_string();
-        async move {
-            channel
-                .queue_declare(name.as_str().into(), queue, args)
-                .await
-        }
+        async move { channel.queue_declare(name.as_str().into(), queue, args).await }
     };
     let bind = |queue: &str, exchange: &str, key: &str| {
         let (queue, exchange, key) = (queue.to_string(), exchange.to_string(), key.to_string());

@@ -84,9 +84,7 @@ impl FromStr for AggregationType {
         AggregationType::ALL
             .into_iter()
             .find(|t| t.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| ParseAggregationTypeError {
-                value: s.to_owned(),
-            })
+            .ok_or_else(|| ParseAggregationTypeError { value: s.to_owned() })
     }
 }
 
@@ -120,8 +118,7 @@ fn is_later(current: &Option<Latest>, event: &UsageEvent) -> bool {
     match current {
         None => true,
         Some((timestamp, event_id, value)) => {
-            (&event.timestamp, event.event_id.as_str(), &event.value)
-                > (timestamp, event_id.as_str(), value)
+            (&event.timestamp, event.event_id.as_str(), &event.value) > (timestamp, event_id.as_str(), value)
         }
     }
 }
@@ -159,10 +156,7 @@ pub struct Delta {
 
 impl Delta {
     /// Folds a set of events for one key into a delta.
-    pub fn from_events<'a>(
-        aggregation: AggregationType,
-        events: impl IntoIterator<Item = &'a UsageEvent>,
-    ) -> Delta {
+    pub fn from_events<'a>(aggregation: AggregationType, events: impl IntoIterator<Item = &'a UsageEvent>) -> Delta {
         let mut delta = Delta::default();
         for event in events {
             delta.add(aggregation, event);
@@ -258,10 +252,7 @@ impl Aggregate {
             AggregationType::Count => Decimal::from(self.count),
             AggregationType::Max => self.max.unwrap_or(Decimal::ZERO),
             AggregationType::UniqueCount => Decimal::from(self.unique_count),
-            AggregationType::Latest => self
-                .latest
-                .as_ref()
-                .map_or(Decimal::ZERO, |(_, _, value)| *value),
+            AggregationType::Latest => self.latest.as_ref().map_or(Decimal::ZERO, |(_, _, value)| *value),
         }
     }
 }
@@ -355,10 +346,7 @@ mod tests {
         reversed.reverse();
         assert_eq!(used(AggregationType::Max, &reversed), d("7"));
         assert_eq!(used(AggregationType::Max, &[]), Decimal::ZERO);
-        assert_eq!(
-            used(AggregationType::Max, &[event("-2", 1, "a", None)]),
-            d("-2")
-        );
+        assert_eq!(used(AggregationType::Max, &[event("-2", 1, "a", None)]), d("-2"));
     }
 
     #[test]
@@ -391,11 +379,7 @@ mod tests {
         for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
             let events: Vec<_> = order.iter().map(|&i| tied[i].clone()).collect();
             let delta = Delta::from_events(AggregationType::Latest, &events);
-            assert_eq!(
-                delta.latest,
-                Some((at(100), "c".to_owned(), d("2"))),
-                "{order:?}"
-            );
+            assert_eq!(delta.latest, Some((at(100), "c".to_owned(), d("2"))), "{order:?}");
         }
     }
 
@@ -414,31 +398,11 @@ mod tests {
     fn interleaved_keys_fold_into_one_delta_each() {
         // (execution, metric) keys with their aggregation, events interleaved in one batch.
         let batch = [
-            (
-                ("x1", "api_calls"),
-                AggregationType::Count,
-                event("1", 3, "a", None),
-            ),
-            (
-                ("x1", "storage_gb"),
-                AggregationType::Latest,
-                event("10", 5, "b", None),
-            ),
-            (
-                ("x2", "api_calls"),
-                AggregationType::Count,
-                event("1", 1, "c", None),
-            ),
-            (
-                ("x1", "storage_gb"),
-                AggregationType::Latest,
-                event("12", 2, "d", None),
-            ),
-            (
-                ("x1", "api_calls"),
-                AggregationType::Count,
-                event("1", 4, "e", None),
-            ),
+            (("x1", "api_calls"), AggregationType::Count, event("1", 3, "a", None)),
+            (("x1", "storage_gb"), AggregationType::Latest, event("10", 5, "b", None)),
+            (("x2", "api_calls"), AggregationType::Count, event("1", 1, "c", None)),
+            (("x1", "storage_gb"), AggregationType::Latest, event("12", 2, "d", None)),
+            (("x1", "api_calls"), AggregationType::Count, event("1", 4, "e", None)),
             (
                 ("x1", "seats"),
                 AggregationType::UniqueCount,
@@ -449,11 +413,7 @@ mod tests {
                 AggregationType::UniqueCount,
                 event("0", 6, "g", Some("u1")),
             ),
-            (
-                ("x1", "storage_gb"),
-                AggregationType::Latest,
-                event("11", 9, "h", None),
-            ),
+            (("x1", "storage_gb"), AggregationType::Latest, event("11", 9, "h", None)),
             (
                 ("x1", "seats"),
                 AggregationType::UniqueCount,
@@ -487,25 +447,16 @@ mod tests {
         let mut aggregate = Aggregate::default();
         let first = Delta::from_events(
             AggregationType::UniqueCount,
-            &[
-                event("0", 1, "a", Some("u1")),
-                event("0", 2, "b", Some("u2")),
-            ],
+            &[event("0", 1, "a", Some("u1")), event("0", 2, "b", Some("u2"))],
         );
         aggregate.apply(&first, 2);
         let second = Delta::from_events(
             AggregationType::UniqueCount,
-            &[
-                event("0", 3, "c", Some("u2")),
-                event("0", 4, "d", Some("u3")),
-            ],
+            &[event("0", 3, "c", Some("u2")), event("0", 4, "d", Some("u3"))],
         );
         // The store already had u2, so only u3 is new.
         aggregate.apply(&second, 1);
-        assert_eq!(
-            aggregate.used_till_now(AggregationType::UniqueCount),
-            d("3")
-        );
+        assert_eq!(aggregate.used_till_now(AggregationType::UniqueCount), d("3"));
         assert_eq!(aggregate.count, 4);
         aggregate.apply(&Delta::default(), -5);
         assert_eq!(aggregate.unique_count, 3);
@@ -557,23 +508,14 @@ mod tests {
         match aggregation {
             AggregationType::Sum => events.iter().map(|e| e.value).sum(),
             AggregationType::Count => Decimal::from(events.len()),
-            AggregationType::Max => events
-                .iter()
-                .map(|e| e.value)
-                .max()
-                .unwrap_or(Decimal::ZERO),
+            AggregationType::Max => events.iter().map(|e| e.value).max().unwrap_or(Decimal::ZERO),
             AggregationType::UniqueCount => {
-                let distinct: BTreeSet<_> = events
-                    .iter()
-                    .filter_map(|e| e.unique_value.as_ref())
-                    .collect();
+                let distinct: BTreeSet<_> = events.iter().filter_map(|e| e.unique_value.as_ref()).collect();
                 Decimal::from(distinct.len())
             }
             AggregationType::Latest => events
                 .iter()
-                .max_by(|a, b| {
-                    (a.timestamp, &a.event_id, a.value).cmp(&(b.timestamp, &b.event_id, b.value))
-                })
+                .max_by(|a, b| (a.timestamp, &a.event_id, a.value).cmp(&(b.timestamp, &b.event_id, b.value)))
                 .map_or(Decimal::ZERO, |e| e.value),
         }
     }

@@ -154,10 +154,7 @@ impl PlanSpec {
         if let Some(v) = self.plan_rule_value
             && !(1..=31).contains(&v)
         {
-            return Err(Rejection::field(
-                "plan_rule_value",
-                "must be between 1 and 31",
-            ));
+            return Err(Rejection::field("plan_rule_value", "must be between 1 and 31"));
         }
         if self.plan_amount.is_sign_negative() && !self.plan_amount.is_zero() {
             return Err(Rejection::field("plan_amount", "must not be negative"));
@@ -190,10 +187,7 @@ impl PlanSpec {
         {
             return Err(Rejection::field(
                 "metric_ids",
-                format_args!(
-                    "must name at least one metric for a {} plan",
-                    self.plan_model.as_str()
-                ),
+                format_args!("must name at least one metric for a {} plan", self.plan_model.as_str()),
             ));
         }
         for (i, id) in self.metric_ids.iter().enumerate() {
@@ -237,14 +231,8 @@ pub fn check_text(field: &str, value: &str, required: bool) -> Result<(), Reject
             format_args!("must be at most {MAX_TEXT_LEN} characters"),
         ));
     }
-    if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(Rejection::field(
-            field,
-            "must not contain control characters",
-        ));
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Rejection::field(field, "must not contain control characters"));
     }
     Ok(())
 }
@@ -321,10 +309,7 @@ mod tests {
             (|p| p.max_amount = Some(Decimal::ZERO), "max_amount"),
             (|p| p.max_retry = 21, "max_retry"),
             (|p| p.metric_ids.clear(), "metric_ids"),
-            (
-                |p| p.metric_ids = vec!["a".into(), "a".into()],
-                "metric_ids[1]",
-            ),
+            (|p| p.metric_ids = vec!["a".into(), "a".into()], "metric_ids[1]"),
         ];
         for (mutate, field) in cases {
             let mut p = plan();
@@ -364,10 +349,7 @@ mod tests {
             let parsed = PlanInterval::parse(interval).expect("known");
             assert_eq!(parsed.as_str(), interval);
         }
-        assert_eq!(
-            PlanModel::parse("USAGE_CALCULATION"),
-            Some(PlanModel::UsageCalculation)
-        );
+        assert_eq!(PlanModel::parse("USAGE_CALCULATION"), Some(PlanModel::UsageCalculation));
         assert_eq!(ActionOnFailure::parse("retry"), None);
     }
 }

@@ -55,11 +55,7 @@ impl ExecutionStatus {
             )),
             (from, to) => Err(Rejection::new(
                 ErrorCode::InvalidState,
-                format!(
-                    "status cannot change from {} to {}",
-                    from.as_str(),
-                    to.as_str()
-                ),
+                format!("status cannot change from {} to {}", from.as_str(), to.as_str()),
             )),
         }
     }

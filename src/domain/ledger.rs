@@ -30,12 +30,7 @@ impl EntryKind {
 }
 
 /// Checks a credit grant: positive and in whole minor units of the currency.
-pub fn check_grant(
-    field: &str,
-    amount: Decimal,
-    minor_units: u32,
-    allow_zero: bool,
-) -> Result<(), Rejection> {
+pub fn check_grant(field: &str, amount: Decimal, minor_units: u32, allow_zero: bool) -> Result<(), Rejection> {
     if amount.is_sign_negative() && !amount.is_zero() {
         return Err(Rejection::field(field, "must not be negative"));
     }
@@ -61,12 +56,10 @@ pub fn apply_credit(balance: Decimal, due: Decimal) -> (Decimal, Decimal) {
 /// Replays entries to a balance; `None` if any prefix would go negative,
 /// which the store must never allow.
 pub fn replay(entries: &[(EntryKind, Decimal)]) -> Option<Decimal> {
-    entries
-        .iter()
-        .try_fold(Decimal::ZERO, |balance, (kind, amount)| {
-            let next = balance + kind.signed(*amount);
-            (next >= Decimal::ZERO).then_some(next)
-        })
+    entries.iter().try_fold(Decimal::ZERO, |balance, (kind, amount)| {
+        let next = balance + kind.signed(*amount);
+        (next >= Decimal::ZERO).then_some(next)
+    })
 }
 
 #[cfg(test)]

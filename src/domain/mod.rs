@@ -7,4 +7,5 @@ pub mod execution;
 pub mod ids;
 pub mod ledger;
 pub mod money;
+pub mod period;
 pub mod pricing;

@@ -15,9 +15,7 @@ impl Currency {
         if upper.len() == 3 && upper.bytes().all(|b| b.is_ascii_uppercase()) {
             Ok(Currency(upper))
         } else {
-            Err(format!(
-                "must be a three-letter ISO 4217 code, got '{code}'"
-            ))
+            Err(format!("must be a three-letter ISO 4217 code, got '{code}'"))
         }
     }
 
@@ -29,8 +27,8 @@ impl Currency {
     /// Codes not listed use two, as most currencies do.
     pub fn minor_units(&self) -> u32 {
         match self.0.as_str() {
-            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF"
-            | "UGX" | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI" | "VND"
+            | "VUV" | "XAF" | "XOF" | "XPF" => 0,
             "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
             "CLF" | "UYW" => 4,
             _ => 2,

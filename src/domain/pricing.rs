@@ -74,9 +74,7 @@ impl FromStr for PricingType {
         PricingType::ALL
             .into_iter()
             .find(|t| t.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| PricingError::UnknownPricingType {
-                value: s.to_owned(),
-            })
+            .ok_or_else(|| PricingError::UnknownPricingType { value: s.to_owned() })
     }
 }
 
@@ -116,9 +114,7 @@ impl Serialize for UpTo {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             // Same number-not-string form as every other decimal on the wire.
-            UpTo::Finite(bound) => {
-                rust_decimal::serde::arbitrary_precision::serialize(bound, serializer)
-            }
+            UpTo::Finite(bound) => rust_decimal::serde::arbitrary_precision::serialize(bound, serializer),
             UpTo::Infinity => serializer.serialize_str(INFINITY),
         }
     }
@@ -173,19 +169,15 @@ impl<'de> Visitor<'de> for UpToVisitor {
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<UpTo, E> {
         // serde_json::Value passes a number as f64 only when the f64's shortest
         // form is the original text; rust_decimal rebuilds those digits exactly.
-        rust_decimal::serde::arbitrary_precision::deserialize(de::value::F64Deserializer::<E>::new(
-            value,
-        ))
-        .map(UpTo::Finite)
+        rust_decimal::serde::arbitrary_precision::deserialize(de::value::F64Deserializer::<E>::new(value))
+            .map(UpTo::Finite)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<UpTo, A::Error> {
         // serde_json's arbitrary_precision hands numbers over as a one-entry
         // map; rust_decimal knows that token and reads the digits exactly.
-        rust_decimal::serde::arbitrary_precision::deserialize(
-            de::value::MapAccessDeserializer::new(map),
-        )
-        .map(UpTo::Finite)
+        rust_decimal::serde::arbitrary_precision::deserialize(de::value::MapAccessDeserializer::new(map))
+            .map(UpTo::Finite)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<UpTo, E> {
@@ -343,9 +335,7 @@ pub enum PricingError {
         index: usize,
     },
     /// TIERED or VOLUME whose last tier is bounded.
-    #[error(
-        "pricing_model[{index}].up_to must be INFINITY on the last tier of {pricing_type} pricing"
-    )]
+    #[error("pricing_model[{index}].up_to must be INFINITY on the last tier of {pricing_type} pricing")]
     LastTierBounded {
         /// Position of the last tier in `pricing_model`.
         index: usize,
@@ -368,9 +358,7 @@ impl PricingError {
     pub fn field(&self) -> String {
         match self {
             PricingError::UnknownPricingType { .. } => "pricing_type".to_owned(),
-            PricingError::NoTiers | PricingError::NotSingleTier { .. } => {
-                "pricing_model".to_owned()
-            }
+            PricingError::NoTiers | PricingError::NotSingleTier { .. } => "pricing_model".to_owned(),
             PricingError::NegativeUnitAmount { index } => {
                 format!("pricing_model[{index}].unit_amount")
             }
@@ -381,9 +369,7 @@ impl PricingError {
             | PricingError::LastTierBounded { index, .. } => {
                 format!("pricing_model[{index}].up_to")
             }
-            PricingError::MissingPackageSize | PricingError::NonPositivePackageSize => {
-                "package_size".to_owned()
-            }
+            PricingError::MissingPackageSize | PricingError::NonPositivePackageSize => "package_size".to_owned(),
             PricingError::NegativeFreeUnits => "free_units".to_owned(),
         }
     }
@@ -528,17 +514,11 @@ impl Pricing {
         let mut lower = Decimal::ZERO;
         for (index, tier) in self.tiers.iter().enumerate() {
             // The last tier takes whatever is left, whatever its up_to says.
-            let upper = if index == last {
-                None
-            } else {
-                tier.up_to.finite()
-            };
+            let upper = if index == last { None } else { tier.up_to.finite() };
             let top = upper.map_or(billable, |bound| billable.min(bound));
             let inside = top.checked_sub(lower)?.max(Decimal::ZERO);
             if index == 0 || !inside.is_zero() {
-                let charge = inside
-                    .checked_mul(tier.unit_amount)?
-                    .checked_add(tier.flat_fee)?;
+                let charge = inside.checked_mul(tier.unit_amount)?.checked_add(tier.flat_fee)?;
                 total = total.checked_add(charge)?;
             }
             match upper {
@@ -556,9 +536,7 @@ impl Pricing {
             .find(|tier| tier.up_to.covers(billable))
             .or_else(|| self.tiers.last());
         match tier {
-            Some(tier) => billable
-                .checked_mul(tier.unit_amount)?
-                .checked_add(tier.flat_fee),
+            Some(tier) => billable.checked_mul(tier.unit_amount)?.checked_add(tier.flat_fee),
             None => Some(Decimal::ZERO),
         }
     }
@@ -609,12 +587,7 @@ mod tests {
         ]
     }
 
-    fn pricing(
-        pricing_type: PricingType,
-        tiers: Vec<Tier>,
-        package_size: Option<&str>,
-        free: &str,
-    ) -> Pricing {
+    fn pricing(pricing_type: PricingType, tiers: Vec<Tier>, package_size: Option<&str>, free: &str) -> Pricing {
         Pricing::new(pricing_type, tiers, package_size.map(d), d(free)).expect("valid test pricing")
     }
 
@@ -631,12 +604,7 @@ mod tests {
 
     #[test]
     fn fixed_prices_every_unit_exactly() {
-        let fixed = pricing(
-            PricingType::Fixed,
-            vec![tier("0.0001", None, "0")],
-            None,
-            "0",
-        );
+        let fixed = pricing(PricingType::Fixed, vec![tier("0.0001", None, "0")], None, "0");
         check_table(
             &fixed,
             &[
@@ -657,10 +625,7 @@ mod tests {
     #[test]
     fn fixed_consumes_free_units_first() {
         let fixed = pricing(PricingType::Fixed, vec![tier("2", None, "0")], None, "10");
-        check_table(
-            &fixed,
-            &[("0", "0"), ("10", "0"), ("11", "2"), ("15.5", "11")],
-        );
+        check_table(&fixed, &[("0", "0"), ("10", "0"), ("11", "2"), ("15.5", "11")]);
     }
 
     #[test]
@@ -691,13 +656,7 @@ mod tests {
         let tiered = pricing(PricingType::Tiered, tiers, None, "0");
         check_table(
             &tiered,
-            &[
-                ("0", "0"),
-                ("10", "10"),
-                ("10.1", "17"),
-                ("20", "17"),
-                ("21", "22"),
-            ],
+            &[("0", "0"), ("10", "10"), ("10.1", "17"), ("20", "17"), ("21", "22")],
         );
     }
 
@@ -721,12 +680,7 @@ mod tests {
 
     #[test]
     fn package_rounds_up_after_free_units() {
-        let package = pricing(
-            PricingType::Package,
-            vec![tier("25", None, "0")],
-            Some("10"),
-            "5",
-        );
+        let package = pricing(PricingType::Package, vec![tier("25", None, "0")], Some("10"), "5");
         check_table(
             &package,
             &[
@@ -744,16 +698,8 @@ mod tests {
 
     #[test]
     fn package_with_fractional_size_is_exact() {
-        let package = pricing(
-            PricingType::Package,
-            vec![tier("1.5", None, "0")],
-            Some("0.3"),
-            "0",
-        );
-        check_table(
-            &package,
-            &[("0.3", "1.5"), ("0.6", "3"), ("0.61", "4.5"), ("1", "6")],
-        );
+        let package = pricing(PricingType::Package, vec![tier("1.5", None, "0")], Some("0.3"), "0");
+        check_table(&package, &[("0.3", "1.5"), ("0.6", "3"), ("0.61", "4.5"), ("1", "6")]);
     }
 
     #[test]
@@ -764,12 +710,7 @@ mod tests {
         check_table(&volume, &[("50", "5"), ("150", "105"), ("151", "50.5")]);
     }
 
-    fn rejected(
-        pricing_type: PricingType,
-        tiers: Vec<Tier>,
-        package_size: Option<&str>,
-        free: &str,
-    ) -> PricingError {
+    fn rejected(pricing_type: PricingType, tiers: Vec<Tier>, package_size: Option<&str>, free: &str) -> PricingError {
         match Pricing::new(pricing_type, tiers, package_size.map(d), d(free)) {
             Ok(pricing) => panic!("expected rejection of {pricing:?}"),
             Err(error) => error,
@@ -795,12 +736,7 @@ mod tests {
                 "pricing_model must contain at least one tier",
             ),
             (
-                rejected(
-                    PricingType::Fixed,
-                    vec![tier("-0.01", None, "0")],
-                    None,
-                    "0",
-                ),
+                rejected(PricingType::Fixed, vec![tier("-0.01", None, "0")], None, "0"),
                 "pricing_model[0].unit_amount",
                 "pricing_model[0].unit_amount must not be negative",
             ),
@@ -873,12 +809,7 @@ mod tests {
                 "pricing_model[1].up_to must be INFINITY on the last tier of TIERED pricing",
             ),
             (
-                rejected(
-                    PricingType::Volume,
-                    vec![tier("1", Some("10"), "0")],
-                    None,
-                    "0",
-                ),
+                rejected(PricingType::Volume, vec![tier("1", Some("10"), "0")], None, "0"),
                 "pricing_model[0].up_to",
                 "pricing_model[0].up_to must be INFINITY on the last tier of VOLUME pricing",
             ),
@@ -888,22 +819,12 @@ mod tests {
                 "package_size is required for PACKAGE pricing",
             ),
             (
-                rejected(
-                    PricingType::Package,
-                    vec![tier("25", None, "0")],
-                    Some("0"),
-                    "0",
-                ),
+                rejected(PricingType::Package, vec![tier("25", None, "0")], Some("0"), "0"),
                 "package_size",
                 "package_size must be greater than 0",
             ),
             (
-                rejected(
-                    PricingType::Package,
-                    vec![tier("25", None, "0")],
-                    Some("-10"),
-                    "0",
-                ),
+                rejected(PricingType::Package, vec![tier("25", None, "0")], Some("-10"), "0"),
                 "package_size",
                 "package_size must be greater than 0",
             ),
@@ -921,37 +842,22 @@ mod tests {
 
     #[test]
     fn single_tier_types_accept_a_bounded_tier() {
-        let fixed = pricing(
-            PricingType::Fixed,
-            vec![tier("2", Some("10"), "0")],
-            None,
-            "0",
-        );
+        let fixed = pricing(PricingType::Fixed, vec![tier("2", Some("10"), "0")], None, "0");
         assert_eq!(fixed.price(d("20")), d("40"));
-        let package = pricing(
-            PricingType::Package,
-            vec![tier("5", Some("10"), "0")],
-            Some("10"),
-            "0",
-        );
+        let package = pricing(PricingType::Package, vec![tier("5", Some("10"), "0")], Some("10"), "0");
         assert_eq!(package.price(d("20")), d("10"));
     }
 
     #[test]
     fn pricing_type_names() {
         for pricing_type in PricingType::ALL {
-            assert_eq!(
-                PricingType::from_str(pricing_type.as_str()),
-                Ok(pricing_type)
-            );
+            assert_eq!(PricingType::from_str(pricing_type.as_str()), Ok(pricing_type));
             assert_eq!(pricing_type.to_string(), pricing_type.as_str());
             let wire = serde_json::to_value(pricing_type).expect("serialize pricing type");
             assert_eq!(wire, json!(pricing_type.as_str()));
         }
         assert_eq!("volume".parse::<PricingType>(), Ok(PricingType::Volume));
-        let error = "GRADUATED"
-            .parse::<PricingType>()
-            .expect_err("unknown name");
+        let error = "GRADUATED".parse::<PricingType>().expect_err("unknown name");
         assert_eq!(error.field(), "pricing_type");
         assert_eq!(
             error.to_string(),
@@ -972,14 +878,10 @@ mod tests {
             assert_eq!(parsed.up_to, UpTo::Finite(d("100")), "{text}");
             assert_eq!(parsed.flat_fee, Decimal::ZERO, "{text}");
         }
-        let precise: Tier = serde_json::from_str(
-            r#"{"unit_amount": 0.123456789012345678901234567, "flat_fee": "2.50"}"#,
-        )
-        .expect("tier");
-        assert_eq!(
-            precise.unit_amount.to_string(),
-            "0.123456789012345678901234567"
-        );
+        let precise: Tier =
+            serde_json::from_str(r#"{"unit_amount": 0.123456789012345678901234567, "flat_fee": "2.50"}"#)
+                .expect("tier");
+        assert_eq!(precise.unit_amount.to_string(), "0.123456789012345678901234567");
         assert_eq!(precise.flat_fee.to_string(), "2.50");
         assert_eq!(precise.up_to, UpTo::Infinity);
     }
@@ -993,28 +895,13 @@ mod tests {
             ("null", UpTo::Infinity),
             ("100", UpTo::Finite(d("100"))),
             ("-1", UpTo::Finite(d("-1"))),
-            (
-                "18446744073709551615",
-                UpTo::Finite(d("18446744073709551615")),
-            ),
-            (
-                "18446744073709551616",
-                UpTo::Finite(d("18446744073709551616")),
-            ),
-            (
-                "-18446744073709551616",
-                UpTo::Finite(d("-18446744073709551616")),
-            ),
+            ("18446744073709551615", UpTo::Finite(d("18446744073709551615"))),
+            ("18446744073709551616", UpTo::Finite(d("18446744073709551616"))),
+            ("-18446744073709551616", UpTo::Finite(d("-18446744073709551616"))),
             ("0.1", UpTo::Finite(d("0.1"))),
             ("1.10", UpTo::Finite(d("1.10"))),
-            (
-                "0.30000000000000004",
-                UpTo::Finite(d("0.30000000000000004")),
-            ),
-            (
-                "123456789012345678.9",
-                UpTo::Finite(d("123456789012345678.9")),
-            ),
+            ("0.30000000000000004", UpTo::Finite(d("0.30000000000000004"))),
+            ("123456789012345678.9", UpTo::Finite(d("123456789012345678.9"))),
             ("100.25", UpTo::Finite(d("100.25"))),
             ("1e3", UpTo::Finite(d("1000"))),
             (r#""100.25""#, UpTo::Finite(d("100.25"))),
@@ -1040,10 +927,7 @@ mod tests {
 
     #[test]
     fn up_to_serializes_as_number_or_infinity() {
-        assert_eq!(
-            serde_json::to_string(&UpTo::Infinity).expect("json"),
-            r#""INFINITY""#
-        );
+        assert_eq!(serde_json::to_string(&UpTo::Infinity).expect("json"), r#""INFINITY""#);
         assert_eq!(
             serde_json::to_string(&UpTo::Finite(d("100.50"))).expect("json"),
             "100.50"
@@ -1064,10 +948,7 @@ mod tests {
             "free_units": "0"
         }"#;
         let parsed: Pricing = serde_json::from_str(wire).expect("pricing");
-        assert_eq!(
-            parsed,
-            pricing(PricingType::Tiered, graduated_tiers(), None, "0")
-        );
+        assert_eq!(parsed, pricing(PricingType::Tiered, graduated_tiers(), None, "0"));
         let text = serde_json::to_string(&parsed).expect("json");
         assert_eq!(
             text,
@@ -1083,15 +964,11 @@ mod tests {
         assert_eq!(package.package_size, Some(d("10")));
         assert_eq!(package.price(d("16")), d("50"));
         let text = serde_json::to_string(&package).expect("json");
-        assert_eq!(
-            serde_json::from_str::<Pricing>(&text).expect("pricing"),
-            package
-        );
+        assert_eq!(serde_json::from_str::<Pricing>(&text).expect("pricing"), package);
 
-        let defaults: Pricing = serde_json::from_str(
-            r#"{"pricing_type":"FIXED","pricing_model":[{"unit_amount":"0.0001","up_to":null}]}"#,
-        )
-        .expect("pricing");
+        let defaults: Pricing =
+            serde_json::from_str(r#"{"pricing_type":"FIXED","pricing_model":[{"unit_amount":"0.0001","up_to":null}]}"#)
+                .expect("pricing");
         assert_eq!(defaults.free_units, Decimal::ZERO);
         assert_eq!(defaults.package_size, None);
         assert_eq!(defaults.tiers[0].up_to, UpTo::Infinity);
@@ -1109,10 +986,8 @@ mod tests {
                 .contains("pricing_model[1].up_to must be greater than pricing_model[0].up_to"),
             "{error}"
         );
-        let error = serde_json::from_str::<Pricing>(
-            r#"{"pricing_type":"FLAT","pricing_model":[{"unit_amount":1}]}"#,
-        )
-        .expect_err("unknown type");
+        let error = serde_json::from_str::<Pricing>(r#"{"pricing_type":"FLAT","pricing_model":[{"unit_amount":1}]}"#)
+            .expect_err("unknown type");
         assert!(error.to_string().contains("PACKAGE"), "{error}");
     }
 
@@ -1165,8 +1040,7 @@ mod tests {
     fn units() -> impl Strategy<Value = Decimal> {
         prop_oneof![
             Just(Decimal::ZERO),
-            (-1_000i64..100_000, 0u32..=2)
-                .prop_map(|(mantissa, scale)| Decimal::new(mantissa, scale)),
+            (-1_000i64..100_000, 0u32..=2).prop_map(|(mantissa, scale)| Decimal::new(mantissa, scale)),
             (-1_000_000_000i64..1_000_000_000_000, 0u32..=3)
                 .prop_map(|(mantissa, scale)| Decimal::new(mantissa, scale)),
         ]
@@ -1175,8 +1049,7 @@ mod tests {
     fn positive() -> impl Strategy<Value = Decimal> {
         prop_oneof![
             (1i64..1_000, 0u32..=2).prop_map(|(mantissa, scale)| Decimal::new(mantissa, scale)),
-            (1i64..100_000_000, 0u32..=3)
-                .prop_map(|(mantissa, scale)| Decimal::new(mantissa, scale)),
+            (1i64..100_000_000, 0u32..=3).prop_map(|(mantissa, scale)| Decimal::new(mantissa, scale)),
         ]
     }
 
@@ -1204,15 +1077,13 @@ mod tests {
     }
 
     fn single_tier() -> impl Strategy<Value = Vec<Tier>> {
-        (amount(), amount(), prop::option::of(positive())).prop_map(
-            |(unit_amount, flat_fee, bound)| {
-                vec![Tier {
-                    unit_amount,
-                    up_to: bound.map_or(UpTo::Infinity, UpTo::Finite),
-                    flat_fee,
-                }]
-            },
-        )
+        (amount(), amount(), prop::option::of(positive())).prop_map(|(unit_amount, flat_fee, bound)| {
+            vec![Tier {
+                unit_amount,
+                up_to: bound.map_or(UpTo::Infinity, UpTo::Finite),
+                flat_fee,
+            }]
+        })
     }
 
     fn valid_pricing() -> impl Strategy<Value = Pricing> {

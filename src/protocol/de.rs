@@ -1,30 +1,22 @@
 //! Decoding helpers: lenient number forms and errors that name the field.
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{ErrorCode, Rejection};
 
 /// Decodes `body` as `T`, turning serde's error into a rejection naming the field.
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            return Rejection::new(
-                ErrorCode::InvalidJson,
-                format!("body is not valid JSON: {inner}"),
-            );
+            return Rejection::new(ErrorCode::InvalidJson, format!("body is not valid JSON: {inner}"));
         }
         field_rejection(&path, &inner.to_string())
     })?;
-    de.end().map_err(|err| {
-        Rejection::new(
-            ErrorCode::InvalidJson,
-            format!("body is not valid JSON: {err}"),
-        )
-    })?;
+    de.end()
+        .map_err(|err| Rejection::new(ErrorCode::InvalidJson, format!("body is not valid JSON: {err}")))?;
     Ok(value)
 }
 
@@ -58,8 +50,7 @@ pub fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
             u32::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
-            u32::try_from(v)
-                .map_err(|_| E::custom(format!("expected a whole number of at least 0, got {v}")))
+            u32::try_from(v).map_err(|_| E::custom(format!("expected a whole number of at least 0, got {v}")))
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u32, E> {
             v.trim()
@@ -95,17 +86,9 @@ mod tests {
         assert_eq!(err.code, ErrorCode::InvalidField);
         assert_eq!(err.message, "name is required");
         let err = decode::<Sample>(br#"{"name": 5}"#).expect_err("wrong type");
-        assert!(
-            err.message.starts_with("name is invalid"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("name is invalid"), "{}", err.message);
         let err = decode::<Sample>(br#"{"name": "x", "count": "many"}"#).expect_err("not a number");
-        assert!(
-            err.message.starts_with("count is invalid"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("count is invalid"), "{}", err.message);
     }
 
     #[test]

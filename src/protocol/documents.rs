@@ -46,11 +46,7 @@ pub type Usage = HashMap<String, (Decimal, Decimal)>;
 
 /// A metric, with live usage when shown inside an execution. `pricing`
 /// replaces the metric's own pricing for per-customer (`VARIABLE`) prices.
-pub fn metric(
-    row: &MetricRow,
-    pricing: Option<&Value>,
-    usage: Option<(Decimal, Decimal)>,
-) -> Value {
+pub fn metric(row: &MetricRow, pricing: Option<&Value>, usage: Option<(Decimal, Decimal)>) -> Value {
     let mut doc = json!({
         "id": row.seq,
         "metric_id": row.metric_id,
@@ -71,12 +67,7 @@ pub fn metric(
         "updated_at": timestamp(row.updated_at),
     });
     if let (Some(over), Some(obj)) = (pricing, doc.as_object_mut()) {
-        for key in [
-            "pricing_type",
-            "pricing_model",
-            "package_size",
-            "free_units",
-        ] {
+        for key in ["pricing_type", "pricing_model", "package_size", "free_units"] {
             if let Some(v) = over.get(key) {
                 obj.insert(key.to_string(), v.clone());
             }
@@ -90,12 +81,7 @@ pub fn metric(
 }
 
 /// A plan as `plan_info`; `metric_info` carries usage when `usage` is given.
-pub fn plan(
-    row: &PlanRow,
-    metrics: &[MetricRow],
-    overrides: &Value,
-    usage: Option<&Usage>,
-) -> Value {
+pub fn plan(row: &PlanRow, metrics: &[MetricRow], overrides: &Value, usage: Option<&Usage>) -> Value {
     let metric_info: Vec<Value> = metrics
         .iter()
         .map(|m| {
@@ -103,11 +89,7 @@ pub fn plan(
                 list.iter()
                     .find(|o| o.get("metric_id").and_then(Value::as_str) == Some(&m.metric_id))
             });
-            let used = usage.map(|u| {
-                u.get(&m.metric_id)
-                    .copied()
-                    .unwrap_or((Decimal::ZERO, Decimal::ZERO))
-            });
+            let used = usage.map(|u| u.get(&m.metric_id).copied().unwrap_or((Decimal::ZERO, Decimal::ZERO)));
             metric(m, over, used)
         })
         .collect();
@@ -201,10 +183,7 @@ mod tests {
 
     #[test]
     fn failures_have_the_contract_shape() {
-        let doc = failure(&Rejection::new(
-            ErrorCode::PlanNotFound,
-            "plan_id 'x' does not exist",
-        ));
+        let doc = failure(&Rejection::new(ErrorCode::PlanNotFound, "plan_id 'x' does not exist"));
         assert_eq!(doc["success"], false);
         assert_eq!(doc["error_code"], "PLAN_NOT_FOUND");
         assert_eq!(doc["error_message"], "plan_id 'x' does not exist");

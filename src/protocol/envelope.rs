@@ -24,10 +24,7 @@ pub fn reply_address(props: &BasicProperties) -> Option<(String, Option<String>)
     if reply_to.is_empty() {
         return None;
     }
-    let correlation = props
-        .correlation_id()
-        .as_ref()
-        .map(|c| c.as_str().to_string());
+    let correlation = props.correlation_id().as_ref().map(|c| c.as_str().to_string());
     Some((reply_to.to_string(), correlation))
 }
 
@@ -52,10 +49,7 @@ pub fn open(
     if body.len() > max_bytes {
         return Err(Rejection::new(
             ErrorCode::MessageTooLarge,
-            format!(
-                "body is {} bytes, more than the limit of {max_bytes}",
-                body.len()
-            ),
+            format!("body is {} bytes, more than the limit of {max_bytes}", body.len()),
         ));
     }
     let merchant_id = header_str(props, MERCHANT_HEADER)
@@ -84,8 +78,7 @@ pub fn open(
                 ErrorCode::Forbidden,
                 format!(
                     "user_id {} may not act for {MERCHANT_HEADER} {merchant_id}",
-                    user.as_deref()
-                        .map_or("(none)".to_string(), |u| format!("'{u}'"))
+                    user.as_deref().map_or("(none)".to_string(), |u| format!("'{u}'"))
                 ),
             ));
         }
@@ -97,13 +90,7 @@ pub fn open(
         .filter(|m| !m.is_empty());
     let (reply_to, correlation_id) = match reply_address(props) {
         Some((to, correlation)) => (Some(to), correlation),
-        None => (
-            None,
-            props
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.as_str().to_string()),
-        ),
+        None => (None, props.correlation_id().as_ref().map(|c| c.as_str().to_string())),
     };
     Ok(Envelope {
         merchant_id,
@@ -136,13 +123,7 @@ mod tests {
 
     #[test]
     fn reads_the_tenant() {
-        let env = open(
-            &props(Some("m1")).with_message_id("abc".into()),
-            b"{}",
-            10,
-            &no_auth(),
-        )
-        .expect("ok");
+        let env = open(&props(Some("m1")).with_message_id("abc".into()), b"{}", 10, &no_auth()).expect("ok");
         assert_eq!(env.merchant_id, "m1");
         assert_eq!(env.message_id.as_deref(), Some("abc"));
     }
@@ -150,15 +131,11 @@ mod tests {
     #[test]
     fn rejects_missing_tenant_and_large_bodies() {
         assert_eq!(
-            open(&props(None), b"{}", 10, &no_auth())
-                .expect_err("x")
-                .code,
+            open(&props(None), b"{}", 10, &no_auth()).expect_err("x").code,
             ErrorCode::MissingMerchant
         );
         assert_eq!(
-            open(&props(Some(" ")), b"{}", 10, &no_auth())
-                .expect_err("x")
-                .code,
+            open(&props(Some(" ")), b"{}", 10, &no_auth()).expect_err("x").code,
             ErrorCode::MissingMerchant
         );
         assert_eq!(
@@ -175,27 +152,11 @@ mod tests {
             enabled: true,
             users: BTreeMap::from([("svc".to_string(), vec!["m1".to_string()])]),
         };
-        assert!(
-            open(
-                &props(Some("m1")).with_user_id("svc".into()),
-                b"{}",
-                10,
-                &auth
-            )
-            .is_ok()
-        );
-        let err = open(
-            &props(Some("m2")).with_user_id("svc".into()),
-            b"{}",
-            10,
-            &auth,
-        )
-        .expect_err("other merchant");
+        assert!(open(&props(Some("m1")).with_user_id("svc".into()), b"{}", 10, &auth).is_ok());
+        let err = open(&props(Some("m2")).with_user_id("svc".into()), b"{}", 10, &auth).expect_err("other merchant");
         assert_eq!(err.code, ErrorCode::Forbidden);
         assert_eq!(
-            open(&props(Some("m1")), b"{}", 10, &auth)
-                .expect_err("no user")
-                .code,
+            open(&props(Some("m1")), b"{}", 10, &auth).expect_err("no user").code,
             ErrorCode::Forbidden
         );
     }

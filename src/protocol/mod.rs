@@ -5,4 +5,5 @@ pub mod de;
 pub mod documents;
 pub mod envelope;
 pub mod provisioning;
+pub mod usage;
 pub mod webhook;

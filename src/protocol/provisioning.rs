@@ -226,8 +226,7 @@ mod tests {
         let metric = br#"{"command":"create_metric","metric_id":"m","name":"M","aggregation_type":"SUM",
             "pricing_type":"FIXED","pricing_model":[{"unit_amount":"0.10","up_to":"INFINITY"}],"currency":"INR"}"#;
         assert!(matches!(parse(metric), Ok(Command::CreateMetric(_))));
-        let plan =
-            br#"{"command":"create_plan","plan_id":"p","max_retry":"4","plan_rule_value":9}"#;
+        let plan = br#"{"command":"create_plan","plan_id":"p","max_retry":"4","plan_rule_value":9}"#;
         match parse(plan) {
             Ok(Command::CreatePlan(p)) => {
                 assert_eq!(p.max_retry, Some(4));
@@ -256,22 +255,13 @@ mod tests {
         );
         let err = parse(br#"{"command":"create","plan_id":"p"}"#).expect_err("missing");
         assert_eq!(err.message, "customer_id is required");
-        let err = parse(
-            br#"{"command":"update_status","billing_execution_info_id":"e","status":"PAUSED"}"#,
-        )
-        .expect_err("bad enum");
-        assert!(
-            err.message.starts_with("status is invalid"),
-            "{}",
-            err.message
-        );
-        let err = parse(br#"{"command":"add_credit","billing_execution_info_id":"e","amount":"lots","reference_id":"r"}"#)
-            .expect_err("bad amount");
-        assert!(
-            err.message.starts_with("amount is invalid"),
-            "{}",
-            err.message
-        );
+        let err = parse(br#"{"command":"update_status","billing_execution_info_id":"e","status":"PAUSED"}"#)
+            .expect_err("bad enum");
+        assert!(err.message.starts_with("status is invalid"), "{}", err.message);
+        let err =
+            parse(br#"{"command":"add_credit","billing_execution_info_id":"e","amount":"lots","reference_id":"r"}"#)
+                .expect_err("bad amount");
+        assert!(err.message.starts_with("amount is invalid"), "{}", err.message);
     }
 
     #[test]

@@ -57,12 +57,7 @@ pub struct Webhook {
 
 impl Webhook {
     /// Builds the document `{id, event_name, event_value, date_created, merchant_id, content}`.
-    pub fn new(
-        event: EventName,
-        merchant_id: &str,
-        now: DateTime<Utc>,
-        content: serde_json::Value,
-    ) -> Webhook {
+    pub fn new(event: EventName, merchant_id: &str, now: DateTime<Utc>, content: serde_json::Value) -> Webhook {
         let id = new_event_id();
         let payload = json!({
             "id": id,

@@ -7,8 +7,7 @@ use sqlx::PgConnection;
 use super::{Outcome, already_exists, corrupt, not_found};
 use crate::domain::aggregation::AggregationType;
 use crate::domain::catalog::{
-    ActionOnFailure, MetricSpec, PlanInterval, PlanModel, PlanRuleType, PlanSpec, PlanType,
-    check_text,
+    ActionOnFailure, MetricSpec, PlanInterval, PlanModel, PlanRuleType, PlanSpec, PlanType, check_text,
 };
 use crate::domain::ids::check_id;
 use crate::domain::money::Currency;
@@ -28,13 +27,8 @@ pub(super) fn pricing(
     package_size: Option<Decimal>,
     free_units: Option<Decimal>,
 ) -> Result<Pricing, Rejection> {
-    Pricing::new(
-        pricing_type,
-        tiers,
-        package_size,
-        free_units.unwrap_or(Decimal::ZERO),
-    )
-    .map_err(|e| Rejection::new(ErrorCode::InvalidField, format!("{prefix}{e}")))
+    Pricing::new(pricing_type, tiers, package_size, free_units.unwrap_or(Decimal::ZERO))
+        .map_err(|e| Rejection::new(ErrorCode::InvalidField, format!("{prefix}{e}")))
 }
 
 pub(super) fn currency(field: &str, code: &str) -> Result<Currency, Rejection> {
@@ -42,9 +36,9 @@ pub(super) fn currency(field: &str, code: &str) -> Result<Currency, Rejection> {
 }
 
 /// The definition a stored metric was created with.
-pub(super) fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
-    let tiers: Vec<Tier> = serde_json::from_value(row.pricing_model.clone())
-        .map_err(|e| corrupt("pricing_model", e))?;
+pub(crate) fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
+    let tiers: Vec<Tier> =
+        serde_json::from_value(row.pricing_model.clone()).map_err(|e| corrupt("pricing_model", e))?;
     let pricing_type = row
         .pricing_type
         .parse::<PricingType>()
@@ -73,13 +67,7 @@ pub(super) async fn create_metric(
     c: CreateMetric,
 ) -> Result<Outcome, HandleError> {
     let spec = MetricSpec {
-        pricing: pricing(
-            "",
-            c.pricing_type,
-            c.pricing_model,
-            c.package_size,
-            c.free_units,
-        )?,
+        pricing: pricing("", c.pricing_type, c.pricing_model, c.package_size, c.free_units)?,
         currency: currency("currency", &c.currency)?,
         metric_id: c.metric_id,
         name: c.name,
@@ -123,8 +111,7 @@ pub(super) fn plan_spec(row: &PlanRow) -> Result<PlanSpec, HandleError> {
         plan_rule_type: parse("plan_rule_type", &row.plan_rule_type, PlanRuleType::parse)?,
         plan_rule_value: row.plan_rule_value.map(|v| v.max(0) as u32),
         plan_amount: row.plan_amount,
-        plan_currency: Currency::parse(&row.plan_currency)
-            .map_err(|e| corrupt("plan_currency", e))?,
+        plan_currency: Currency::parse(&row.plan_currency).map_err(|e| corrupt("plan_currency", e))?,
         max_amount: row.max_amount,
         max_retry: row.max_retry.max(0) as u32,
         plan_action_on_failure: parse(
@@ -154,10 +141,7 @@ fn new_plan_spec(f: PlanFields) -> Result<PlanSpec, Rejection> {
         plan_rule_type: f.plan_rule_type.unwrap_or(PlanRuleType::On),
         plan_rule_value: f.plan_rule_value,
         plan_amount: f.plan_amount.unwrap_or(Decimal::ZERO),
-        plan_currency: currency(
-            "plan_currency",
-            &required("plan_currency", f.plan_currency)?,
-        )?,
+        plan_currency: currency("plan_currency", &required("plan_currency", f.plan_currency)?)?,
         max_amount: f.max_amount,
         max_retry: f.max_retry.unwrap_or(DEFAULT_MAX_RETRY),
         plan_action_on_failure: f.plan_action_on_failure.unwrap_or(ActionOnFailure::Retry),
@@ -219,11 +203,7 @@ async fn plan_metric_rows(
     let rows = store::catalog::find_metrics(conn, merchant_id, &spec.metric_ids).await?;
     for (i, id) in spec.metric_ids.iter().enumerate() {
         let Some(row) = rows.iter().find(|r| &r.metric_id == id) else {
-            return Err(not_found(
-                ErrorCode::MetricNotFound,
-                &format!("metric_ids[{i}]"),
-                id,
-            ));
+            return Err(not_found(ErrorCode::MetricNotFound, &format!("metric_ids[{i}]"), id));
         };
         spec.check_metric(i, &metric_spec(row)?)?;
     }
@@ -300,10 +280,7 @@ pub(super) async fn update_plan(
 fn check_email(email: &str) -> Result<(), Rejection> {
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
         })
         && !email.chars().any(char::is_whitespace);
     if valid {
@@ -359,9 +336,7 @@ pub(super) async fn create_customer(
             let existing = store::customers::find(conn, merchant_id, &row.customer_id)
                 .await?
                 .ok_or_else(|| HandleError::Transient("customer vanished during create".into()))?;
-            if (&existing.name, &existing.email, &existing.mobile)
-                != (&row.name, &row.email, &row.mobile)
-            {
+            if (&existing.name, &existing.email, &existing.mobile) != (&row.name, &row.email, &row.mobile) {
                 return Err(already_exists("customer_id", &row.customer_id, ""));
             }
             existing
@@ -398,8 +373,7 @@ mod tests {
         assert_eq!(spec.max_retry, DEFAULT_MAX_RETRY);
         assert_eq!(spec.plan_action_on_failure, ActionOnFailure::Retry);
         assert_eq!(spec.plan_currency.as_str(), "INR");
-        let fields: PlanFields =
-            serde_json::from_str(r#"{"plan_id":"p","plan_name":"P"}"#).expect("fields");
+        let fields: PlanFields = serde_json::from_str(r#"{"plan_id":"p","plan_name":"P"}"#).expect("fields");
         assert_eq!(
             new_plan_spec(fields).expect_err("incomplete").message,
             "plan_type is required"

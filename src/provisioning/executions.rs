@@ -12,7 +12,7 @@ use crate::domain::execution::{ExecutionStatus, StatusEvent};
 use crate::domain::ids::{check_id, new_execution_id};
 use crate::domain::ledger::{EntryKind, check_grant};
 use crate::error::{ErrorCode, HandleError, Rejection};
-use crate::protocol::documents::{self, Usage};
+use crate::protocol::documents;
 use crate::protocol::provisioning::{
     AddCredit, CreateExecution, ExecutionRef, ListExecutions, MetricOverride, UpdateStatus,
 };
@@ -20,6 +20,7 @@ use crate::protocol::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::catalog::{MetricRow, PlanRow};
 use crate::store::executions::ExecutionRow;
+use crate::usage::PeriodBasis;
 
 /// Reference of the ledger grant made by `create`'s free-tier `amount`.
 pub const FREE_TIER_REFERENCE: &str = "free_tier";
@@ -42,17 +43,28 @@ pub async fn plan_metrics(
     store::catalog::find_metrics(conn, &row.merchant_id, &ids).await
 }
 
-/// The execution document with its plan, metrics and live usage.
+/// The execution document with its plan, metrics and live usage at `now`.
 pub async fn execution_document(
     conn: &mut PgConnection,
     row: &ExecutionRow,
-    usage: &Usage,
+    now: DateTime<Utc>,
 ) -> Result<Value, HandleError> {
     let plan = store::catalog::find_plan(conn, &row.merchant_id, &row.plan_id)
         .await?
         .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
     let metrics = plan_metrics(conn, row, &plan).await?;
-    let plan_info = documents::plan(&plan, &metrics, &row.metric_info, Some(usage));
+    let specs = crate::usage::effective_metrics(&metrics, &row.metric_info)?;
+    let basis = PeriodBasis {
+        plan_interval: &plan.plan_interval,
+        plan_rule_type: &plan.plan_rule_type,
+        plan_rule_value: plan.plan_rule_value,
+        billing_start_date: row.billing_start_date,
+        activated_at: row.activated_at,
+        created_at: row.created_at,
+        billed_until: row.billed_until,
+    };
+    let usage = crate::usage::live_usage(conn, &row.id, basis, &specs, now).await?;
+    let plan_info = documents::plan(&plan, &metrics, &row.metric_info, Some(&usage));
     Ok(documents::execution(row, plan_info))
 }
 
@@ -64,12 +76,7 @@ fn parse_start_date(value: &str) -> Result<DateTime<Utc>, Rejection> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
-        .ok_or_else(|| {
-            Rejection::field(
-                "billing_start_date",
-                "must be a date (2026-01-31) or an RFC 3339 time",
-            )
-        })
+        .ok_or_else(|| Rejection::field("billing_start_date", "must be a date (2026-01-31) or an RFC 3339 time"))
 }
 
 fn check_optional_id(field: &str, value: &Option<String>) -> Result<(), Rejection> {
@@ -103,12 +110,8 @@ async fn metric_overrides(
     let mut stored = Vec::with_capacity(overrides.len());
     for (i, over) in overrides.into_iter().enumerate() {
         let field = format!("metric_info[{i}]");
-        check_id(&over.metric_id)
-            .map_err(|p| Rejection::field(&format!("{field}.metric_id"), p))?;
-        if stored
-            .iter()
-            .any(|s: &Value| s["metric_id"] == over.metric_id.as_str())
-        {
+        check_id(&over.metric_id).map_err(|p| Rejection::field(&format!("{field}.metric_id"), p))?;
+        if stored.iter().any(|s: &Value| s["metric_id"] == over.metric_id.as_str()) {
             return Err(Rejection::field(
                 &format!("{field}.metric_id"),
                 format_args!("repeats '{}'", over.metric_id),
@@ -127,10 +130,7 @@ async fn metric_overrides(
         if metric_spec(&metric)?.currency != plan_currency {
             return Err(Rejection::field(
                 &format!("{field}.metric_id"),
-                format_args!(
-                    "is priced in {}, the plan in {}",
-                    metric.currency, plan_currency
-                ),
+                format_args!("is priced in {}, the plan in {}", metric.currency, plan_currency),
             )
             .into());
         }
@@ -141,9 +141,8 @@ async fn metric_overrides(
             over.package_size,
             over.free_units,
         )?;
-        let mut doc = serde_json::to_value(&price).map_err(|e| {
-            HandleError::Rejected(Rejection::new(ErrorCode::InternalError, e.to_string()))
-        })?;
+        let mut doc = serde_json::to_value(&price)
+            .map_err(|e| HandleError::Rejected(Rejection::new(ErrorCode::InternalError, e.to_string())))?;
         if let Some(obj) = doc.as_object_mut() {
             obj.insert("metric_id".into(), Value::String(over.metric_id));
         }
@@ -152,12 +151,7 @@ async fn metric_overrides(
     Ok(Value::Array(stored))
 }
 
-fn webhook(
-    event: EventName,
-    row: &ExecutionRow,
-    now: DateTime<Utc>,
-    extra: Option<(&str, Value)>,
-) -> Webhook {
+fn webhook(event: EventName, row: &ExecutionRow, now: DateTime<Utc>, extra: Option<(&str, Value)>) -> Webhook {
     let mut content = json!({ "billing_execution_info": documents::execution_summary(row) });
     if let (Some((key, value)), Some(obj)) = (extra, content.as_object_mut()) {
         obj.insert(key.to_string(), value);
@@ -188,10 +182,10 @@ async fn reply_with(
     conn: &mut PgConnection,
     merchant_id: &str,
     row: &ExecutionRow,
+    now: DateTime<Utc>,
     announced: bool,
 ) -> Result<Outcome, HandleError> {
-    let usage = crate::usage::live_usage(conn, row).await?;
-    let doc = execution_document(conn, row, &usage).await?;
+    let doc = execution_document(conn, row, now).await?;
     Ok(Outcome {
         response: documents::success(merchant_id, doc),
         announced,
@@ -221,7 +215,7 @@ pub(super) async fn create(
     if let Some(reference) = &c.merchant_ref_id
         && let Some(existing) = store::executions::find_by_ref(conn, merchant_id, reference).await?
     {
-        return repeat_of(conn, merchant_id, existing, &c).await;
+        return repeat_of(conn, merchant_id, now, existing, &c).await;
     }
 
     let plan = store::catalog::find_plan(conn, merchant_id, &c.plan_id)
@@ -259,6 +253,7 @@ pub(super) async fn create(
         token: c.token.clone(),
         mandate_id: c.mandate_id.clone(),
         activated_at: active.then_some(now),
+        billed_until: None,
         created_at: now,
         updated_at: now,
     };
@@ -268,7 +263,7 @@ pub(super) async fn create(
         let existing = store::executions::find_by_ref(conn, merchant_id, &reference)
             .await?
             .ok_or_else(|| HandleError::Transient("execution vanished during create".into()))?;
-        return repeat_of(conn, merchant_id, existing, &c).await;
+        return repeat_of(conn, merchant_id, now, existing, &c).await;
     };
     announce(conn, EventName::ExecutionCreated, &row, now, None).await?;
     if credit > Decimal::ZERO {
@@ -283,12 +278,7 @@ pub(super) async fn create(
         )
         .await?;
         row.credit_balance = entry.balance_after;
-        let content = credit_content(
-            credit,
-            FREE_TIER_REFERENCE,
-            entry.balance_after,
-            plan_currency.as_str(),
-        );
+        let content = credit_content(credit, FREE_TIER_REFERENCE, entry.balance_after, plan_currency.as_str());
         announce(
             conn,
             EventName::ExecutionCreditEvent,
@@ -298,12 +288,13 @@ pub(super) async fn create(
         )
         .await?;
     }
-    reply_with(conn, merchant_id, &row, true).await
+    reply_with(conn, merchant_id, &row, now, true).await
 }
 
 async fn repeat_of(
     conn: &mut PgConnection,
     merchant_id: &str,
+    now: DateTime<Utc>,
     existing: ExecutionRow,
     c: &CreateExecution,
 ) -> Result<Outcome, HandleError> {
@@ -311,18 +302,16 @@ async fn repeat_of(
         return Err(already_exists(
             "merchant_ref_id",
             existing.merchant_ref_id.as_deref().unwrap_or_default(),
-            &format!(
-                " (customer '{}', plan '{}')",
-                existing.customer_id, existing.plan_id
-            ),
+            &format!(" (customer '{}', plan '{}')", existing.customer_id, existing.plan_id),
         ));
     }
-    reply_with(conn, merchant_id, &existing, false).await
+    reply_with(conn, merchant_id, &existing, now, false).await
 }
 
 pub(super) async fn get(
     conn: &mut PgConnection,
     merchant_id: &str,
+    now: DateTime<Utc>,
     c: ExecutionRef,
 ) -> Result<Outcome, HandleError> {
     let row = store::executions::find(conn, merchant_id, &c.billing_execution_info_id)
@@ -334,48 +323,34 @@ pub(super) async fn get(
                 &c.billing_execution_info_id,
             )
         })?;
-    reply_with(conn, merchant_id, &row, false).await
+    reply_with(conn, merchant_id, &row, now, false).await
 }
 
 pub(super) async fn list(
     conn: &mut PgConnection,
     merchant_id: &str,
+    now: DateTime<Utc>,
     c: ListExecutions,
 ) -> Result<Outcome, HandleError> {
     if store::customers::find(conn, merchant_id, &c.customer_id)
         .await?
         .is_none()
     {
-        return Err(not_found(
-            ErrorCode::CustomerNotFound,
-            "customer_id",
-            &c.customer_id,
-        ));
+        return Err(not_found(ErrorCode::CustomerNotFound, "customer_id", &c.customer_id));
     }
     let rows = store::executions::list_for_customer(conn, merchant_id, &c.customer_id).await?;
     let mut docs = Vec::with_capacity(rows.len());
     for row in &rows {
-        let usage = crate::usage::live_usage(conn, row).await?;
-        docs.push(execution_document(conn, row, &usage).await?);
+        docs.push(execution_document(conn, row, now).await?);
     }
     let body = json!({ "customer_id": c.customer_id, "billing_execution_info": docs });
     Ok(Outcome::quiet(documents::success(merchant_id, body)))
 }
 
-async fn lock_execution(
-    conn: &mut PgConnection,
-    merchant_id: &str,
-    id: &str,
-) -> Result<ExecutionRow, HandleError> {
+async fn lock_execution(conn: &mut PgConnection, merchant_id: &str, id: &str) -> Result<ExecutionRow, HandleError> {
     store::executions::lock(conn, merchant_id, id)
         .await?
-        .ok_or_else(|| {
-            not_found(
-                ErrorCode::ExecutionNotFound,
-                "billing_execution_info_id",
-                id,
-            )
-        })
+        .ok_or_else(|| not_found(ErrorCode::ExecutionNotFound, "billing_execution_info_id", id))
 }
 
 pub(super) async fn update_status(
@@ -385,10 +360,9 @@ pub(super) async fn update_status(
     c: UpdateStatus,
 ) -> Result<Outcome, HandleError> {
     let row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
-    let from =
-        ExecutionStatus::parse(&row.status).ok_or_else(|| super::corrupt("status", &row.status))?;
+    let from = ExecutionStatus::parse(&row.status).ok_or_else(|| super::corrupt("status", &row.status))?;
     let Some(event) = from.transition(c.status)? else {
-        return reply_with(conn, merchant_id, &row, false).await;
+        return reply_with(conn, merchant_id, &row, now, false).await;
     };
     let row = store::executions::set_status(conn, &row.id, c.status.as_str(), now).await?;
     let name = match event {
@@ -396,7 +370,7 @@ pub(super) async fn update_status(
         StatusEvent::Deactivated => EventName::ExecutionDeactivated,
     };
     announce(conn, name, &row, now, None).await?;
-    reply_with(conn, merchant_id, &row, true).await
+    reply_with(conn, merchant_id, &row, now, true).await
 }
 
 pub(super) async fn add_credit(
@@ -413,9 +387,7 @@ pub(super) async fn add_credit(
     let plan_currency = plan_spec(&plan)?.plan_currency;
     check_grant("amount", c.amount, plan_currency.minor_units(), false)?;
     // The reference makes a grant idempotent: the same grant twice is one grant.
-    if let Some(entry) =
-        store::ledger::find(conn, &row.id, EntryKind::Grant, &c.reference_id).await?
-    {
+    if let Some(entry) = store::ledger::find(conn, &row.id, EntryKind::Grant, &c.reference_id).await? {
         if entry.amount != c.amount {
             return Err(already_exists(
                 "reference_id",
@@ -423,7 +395,7 @@ pub(super) async fn add_credit(
                 &format!(" (a grant of {})", entry.amount),
             ));
         }
-        return reply_with(conn, merchant_id, &row, false).await;
+        return reply_with(conn, merchant_id, &row, now, false).await;
     }
     let entry = store::ledger::append(
         conn,
@@ -437,12 +409,7 @@ pub(super) async fn add_credit(
     .await?;
     row.credit_balance = entry.balance_after;
     row.updated_at = now;
-    let content = credit_content(
-        c.amount,
-        &c.reference_id,
-        entry.balance_after,
-        plan_currency.as_str(),
-    );
+    let content = credit_content(c.amount, &c.reference_id, entry.balance_after, plan_currency.as_str());
     announce(
         conn,
         EventName::ExecutionCreditEvent,
@@ -451,7 +418,7 @@ pub(super) async fn add_credit(
         Some(("credit", content)),
     )
     .await?;
-    reply_with(conn, merchant_id, &row, true).await
+    reply_with(conn, merchant_id, &row, now, true).await
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use sqlx::PgConnection;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::provisioning::Command;
 
+pub(crate) use catalog::metric_spec;
 pub use executions::{execution_document, plan_metrics};
 
 /// What a command produced.
@@ -44,8 +45,8 @@ pub async fn execute(
         Command::UpdatePlan(c) => catalog::update_plan(conn, merchant_id, now, c).await,
         Command::CreateCustomer(c) => catalog::create_customer(conn, merchant_id, now, c).await,
         Command::Create(c) => executions::create(conn, merchant_id, now, c).await,
-        Command::Get(c) => executions::get(conn, merchant_id, c).await,
-        Command::List(c) => executions::list(conn, merchant_id, c).await,
+        Command::Get(c) => executions::get(conn, merchant_id, now, c).await,
+        Command::List(c) => executions::list(conn, merchant_id, now, c).await,
         Command::UpdateStatus(c) => executions::update_status(conn, merchant_id, now, c).await,
         Command::AddCredit(c) => executions::add_credit(conn, merchant_id, now, c).await,
     }
@@ -66,7 +67,7 @@ fn already_exists(field: &str, value: &str, hint: &str) -> HandleError {
 }
 
 /// Stored data that no longer parses is a fault of this service, not of the message.
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> HandleError {
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> HandleError {
     HandleError::Rejected(Rejection::new(
         ErrorCode::InternalError,
         format!("stored {what} is unreadable: {detail}"),

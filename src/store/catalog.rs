@@ -87,8 +87,7 @@ pub async fn insert_metric(
     spec: &MetricSpec,
     now: DateTime<Utc>,
 ) -> Result<Option<MetricRow>, sqlx::Error> {
-    let model =
-        serde_json::to_value(&spec.pricing.tiers).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let model = serde_json::to_value(&spec.pricing.tiers).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query_as(
         "INSERT INTO metrics (merchant_id, metric_id, name, description, unit, event_type, aggregation_type,
              aggregation_field, pricing_type, pricing_model, package_size, free_units, currency, created_at, updated_at)
@@ -131,18 +130,13 @@ pub async fn find_plan(
 }
 
 /// Locks a plan row for an update in this transaction.
-pub async fn lock_plan(
-    conn: &mut PgConnection,
-    merchant_id: &str,
-    plan_id: &str,
-) -> Result<bool, sqlx::Error> {
-    let found: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM plans WHERE merchant_id = $1 AND plan_id = $2 FOR UPDATE",
-    )
-    .bind(merchant_id)
-    .bind(plan_id)
-    .fetch_optional(conn)
-    .await?;
+pub async fn lock_plan(conn: &mut PgConnection, merchant_id: &str, plan_id: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM plans WHERE merchant_id = $1 AND plan_id = $2 FOR UPDATE")
+            .bind(merchant_id)
+            .bind(plan_id)
+            .fetch_optional(conn)
+            .await?;
     Ok(found.is_some())
 }
 

@@ -28,10 +28,7 @@ pub async fn find(
 }
 
 /// Inserts a customer; `None` if the id is taken (the caller decides what a repeat means).
-pub async fn insert(
-    conn: &mut PgConnection,
-    row: &CustomerRow,
-) -> Result<Option<CustomerRow>, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, row: &CustomerRow) -> Result<Option<CustomerRow>, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO customers (merchant_id, customer_id, name, email, mobile, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING *",

@@ -19,16 +19,13 @@ pub struct ExecutionRow {
     pub token: Option<String>,
     pub mandate_id: Option<String>,
     pub activated_at: Option<DateTime<Utc>>,
+    pub billed_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 /// One execution of this merchant; another merchant's id finds nothing.
-pub async fn find(
-    conn: &mut PgConnection,
-    merchant_id: &str,
-    id: &str,
-) -> Result<Option<ExecutionRow>, sqlx::Error> {
+pub async fn find(conn: &mut PgConnection, merchant_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions WHERE merchant_id = $1 AND id = $2")
         .bind(merchant_id)
         .bind(id)
@@ -38,11 +35,7 @@ pub async fn find(
 
 /// Like [`find`], locking the row until the transaction ends, so changes to
 /// one execution (and the webhooks they write) happen one after another.
-pub async fn lock(
-    conn: &mut PgConnection,
-    merchant_id: &str,
-    id: &str,
-) -> Result<Option<ExecutionRow>, sqlx::Error> {
+pub async fn lock(conn: &mut PgConnection, merchant_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions WHERE merchant_id = $1 AND id = $2 FOR UPDATE")
         .bind(merchant_id)
         .bind(id)
@@ -76,10 +69,7 @@ pub async fn list_for_customer(
 }
 
 /// Inserts an execution; `None` when its `merchant_ref_id` is taken.
-pub async fn insert(
-    conn: &mut PgConnection,
-    row: &ExecutionRow,
-) -> Result<Option<ExecutionRow>, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, row: &ExecutionRow) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO executions (id, merchant_id, customer_id, plan_id, merchant_ref_id, status, credit_balance,
              metric_info, billing_start_date, token, mandate_id, activated_at, created_at, updated_at)

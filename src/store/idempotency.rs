@@ -9,13 +9,11 @@ pub async fn find(
     merchant_id: &str,
     message_id: &str,
 ) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT response FROM processed_messages WHERE merchant_id = $1 AND message_id = $2",
-    )
-    .bind(merchant_id)
-    .bind(message_id)
-    .fetch_optional(conn)
-    .await
+    sqlx::query_scalar("SELECT response FROM processed_messages WHERE merchant_id = $1 AND message_id = $2")
+        .bind(merchant_id)
+        .bind(message_id)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Records the answer; `false` when another process recorded one first.

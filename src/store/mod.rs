@@ -7,6 +7,7 @@ pub mod executions;
 pub mod idempotency;
 pub mod ledger;
 pub mod outbox;
+pub mod usage;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,8 +24,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A pool that connects lazily, so the worker starts (and reports not ready)
 /// while the database is still down.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(settings.url.expose_secret())?
-        .application_name("billing-worker");
+    let options = PgConnectOptions::from_str(settings.url.expose_secret())?.application_name("billing-worker");
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.connect_timeout)
@@ -41,11 +41,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 /// Whether the database answers now.
 pub async fn ping(pool: &PgPool) -> bool {
     matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query("SELECT 1").execute(pool)
-        )
-        .await,
+        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(pool)).await,
         Ok(Ok(_))
     )
 }

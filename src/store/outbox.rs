@@ -61,11 +61,7 @@ pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingR
 }
 
 /// Marks webhooks as published.
-pub async fn mark_published(
-    conn: &mut PgConnection,
-    seqs: &[i64],
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+pub async fn mark_published(conn: &mut PgConnection, seqs: &[i64], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = ANY($1)")
         .bind(seqs)
         .bind(now)
@@ -75,10 +71,7 @@ pub async fn mark_published(
 }
 
 /// How many webhooks wait, and the age of the oldest in seconds.
-pub async fn backlog(
-    conn: &mut PgConnection,
-    now: DateTime<Utc>,
-) -> Result<(i64, f64), sqlx::Error> {
+pub async fn backlog(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(i64, f64), sqlx::Error> {
     let (count, oldest): (i64, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT count(*), min(created_at) FROM outbox WHERE published_at IS NULL")
             .fetch_one(conn)

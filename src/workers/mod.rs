@@ -3,6 +3,7 @@
 
 pub mod outbox_relay;
 pub mod provisioning;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,11 +34,7 @@ impl Health {
     /// The roles that are down.
     pub fn down(&self) -> Vec<&'static str> {
         let roles = self.roles.read().unwrap_or_else(|p| p.into_inner());
-        roles
-            .iter()
-            .filter(|(_, up)| !**up)
-            .map(|(r, _)| *r)
-            .collect()
+        roles.iter().filter(|(_, up)| !**up).map(|(r, _)| *r).collect()
     }
 
     /// Every registered role.
@@ -57,12 +54,8 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// Runs `session` until it returns `Ok` (a clean stop) or `cancel` fires,
 /// reconnecting with backoff after each failure.
-pub async fn supervise<F, Fut>(
-    role: &'static str,
-    ctx: Arc<Context>,
-    cancel: CancellationToken,
-    mut session: F,
-) where
+pub async fn supervise<F, Fut>(role: &'static str, ctx: Arc<Context>, cancel: CancellationToken, mut session: F)
+where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {

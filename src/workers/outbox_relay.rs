@@ -29,16 +29,12 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let connection = broker::connect(&ctx.settings.amqp, ROLE)
-        .await
-        .context("connect")?;
+    let connection = broker::connect(&ctx.settings.amqp, ROLE).await.context("connect")?;
     let channel = connection.create_channel().await.context("open channel")?;
     broker::topology::declare(&channel, &ctx.settings.amqp)
         .await
         .context("declare topology")?;
-    let publisher = Publisher::open(&connection)
-        .await
-        .context("open publisher")?;
+    let publisher = Publisher::open(&connection).await.context("open publisher")?;
     mark_up(&ctx, ROLE);
     loop {
         let stopping = tokio::select! {
@@ -110,10 +106,7 @@ async fn relay_batch(ctx: &Context, publisher: &Publisher) -> Result<usize, Rela
         .map(|row| {
             let props = broker::json_properties()
                 .with_message_id(ShortString::from(row.id.as_str()))
-                .with_headers(broker::headers([(
-                    MERCHANT_HEADER,
-                    row.merchant_id.as_str(),
-                )]))
+                .with_headers(broker::headers([(MERCHANT_HEADER, row.merchant_id.as_str())]))
                 .with_timestamp(ctx.clock.now().timestamp().max(0) as u64)
                 .with_type(ShortString::from(row.event_name.as_str()));
             let body = serde_json::to_vec(&row.payload).unwrap_or_default();

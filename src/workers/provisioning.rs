@@ -33,21 +33,14 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let connection = broker::connect(&ctx.settings.amqp, ROLE)
-        .await
-        .context("connect")?;
+    let connection = broker::connect(&ctx.settings.amqp, ROLE).await.context("connect")?;
     let channel = connection.create_channel().await.context("open channel")?;
     broker::topology::declare(&channel, &ctx.settings.amqp)
         .await
         .context("declare topology")?;
-    let publisher = Publisher::open(&connection)
-        .await
-        .context("open publisher")?;
+    let publisher = Publisher::open(&connection).await.context("open publisher")?;
     channel
-        .basic_qos(
-            ctx.settings.amqp.provisioning_prefetch,
-            BasicQosOptions::default(),
-        )
+        .basic_qos(ctx.settings.amqp.provisioning_prefetch, BasicQosOptions::default())
         .await
         .context("set prefetch")?;
     let mut consumer = channel
@@ -120,11 +113,7 @@ async fn handle(ctx: &Context, delivery: &Delivery) -> Handled {
     }
 }
 
-async fn execute(
-    ctx: &Context,
-    env: &envelope::Envelope,
-    command: Command,
-) -> Result<Answer, HandleError> {
+async fn execute(ctx: &Context, env: &envelope::Envelope, command: Command) -> Result<Answer, HandleError> {
     let name = command.name();
     // No connection is an outage whatever the error says: never the message's fault.
     let mut tx = ctx
@@ -133,16 +122,14 @@ async fn execute(
         .await
         .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
     if let Some(message_id) = &env.message_id
-        && let Some(response) =
-            store::idempotency::find(&mut tx, &env.merchant_id, message_id).await?
+        && let Some(response) = store::idempotency::find(&mut tx, &env.merchant_id, message_id).await?
     {
         return Ok(Answer {
             response,
             announced: false,
         });
     }
-    let outcome =
-        crate::provisioning::execute(&mut tx, &env.merchant_id, ctx.clock.now(), command).await?;
+    let outcome = crate::provisioning::execute(&mut tx, &env.merchant_id, ctx.clock.now(), command).await?;
     if let Some(message_id) = &env.message_id
         && !command_is_query(name)
         && !store::idempotency::save(
@@ -180,10 +167,7 @@ async fn process(
     delivery: Delivery,
     cancel: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    ctx.metrics
-        .messages_received
-        .with_label_values(&[ROLE])
-        .inc();
+    ctx.metrics.messages_received.with_label_values(&[ROLE]).inc();
     let started = Instant::now();
     let mut backoff = Backoff::new(
         ctx.settings.amqp.reconnect_initial,
@@ -219,18 +203,12 @@ async fn process(
                 ctx.outbox_wake.notify_one();
             }
             if let Some((to, correlation)) = &reply {
-                publisher
-                    .reply(to, correlation.as_deref(), &answer.response)
-                    .await?;
+                publisher.reply(to, correlation.as_deref(), &answer.response).await?;
             }
-            ctx.metrics
-                .commands
-                .with_label_values(&[command_name, "ok"])
-                .inc();
+            ctx.metrics.commands.with_label_values(&[command_name, "ok"]).inc();
         }
         Err(rejection) => {
-            let answer_only =
-                reply.is_some() && command_is_query(command_name) && is_lookup_miss(&rejection);
+            let answer_only = reply.is_some() && command_is_query(command_name) && is_lookup_miss(&rejection);
             if !answer_only {
                 dead_letter(ctx, publisher, &delivery, &rejection).await?;
             }

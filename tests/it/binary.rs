@@ -28,20 +28,11 @@ fn worker(sandbox: &Sandbox, args: &[&str]) -> Command {
 #[tokio::test]
 async fn migrate_applies_the_schema() {
     let sandbox = Sandbox::new().await;
-    let out = worker(&sandbox, &["migrate"])
-        .output()
+    let out = worker(&sandbox, &["migrate"]).output().await.expect("run migrate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let db = sqlx::PgPool::connect(secrecy::ExposeSecret::expose_secret(&sandbox.settings.database.url))
         .await
-        .expect("run migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let db = sqlx::PgPool::connect(secrecy::ExposeSecret::expose_secret(
-        &sandbox.settings.database.url,
-    ))
-    .await
-    .expect("db");
+        .expect("db");
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('metrics', 'plans', 'executions', 'credit_ledger', 'outbox')",
     )
@@ -97,20 +88,15 @@ async fn run_serves_and_stops_on_sigterm_with_exit_code_zero() {
     assert_eq!(status.code(), Some(0), "SIGTERM stops with exit code 0");
 
     // Quorum queues by default: remove them like the harness does.
-    let conn = lapin::Connection::connect(
-        &crate::helpers::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("amqp");
+    let conn = lapin::Connection::connect(&crate::helpers::amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("amqp");
     let channel = conn.create_channel().await.expect("channel");
     for queue in billing_worker::broker::Names::new(&sandbox.settings.amqp.prefix).queues() {
         let _ = channel.queue_delete(queue.into(), Default::default()).await;
     }
     for exchange in billing_worker::broker::Names::new(&sandbox.settings.amqp.prefix).exchanges() {
-        let _ = channel
-            .exchange_delete(exchange.into(), Default::default())
-            .await;
+        let _ = channel.exchange_delete(exchange.into(), Default::default()).await;
     }
     sandbox.drop_database().await;
 }

@@ -15,12 +15,48 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_code() {
         "x".repeat(app.settings.amqp.max_message_bytes)
     );
     let cases: Vec<(&str, Vec<u8>, bool, &str, &str)> = vec![
-        ("malformed JSON", b"{\"command\": ".to_vec(), true, "INVALID_JSON", "body"),
-        ("missing merchant", br#"{"command":"get","billing_execution_info_id":"x"}"#.to_vec(), false, "MISSING_MERCHANT", "header x-merchantid"),
-        ("unknown command", br#"{"command":"explode"}"#.to_vec(), true, "UNKNOWN_COMMAND", "command"),
-        ("oversize body", oversize.into_bytes(), true, "MESSAGE_TOO_LARGE", "body"),
-        ("wrong type", br#"{"command":"add_credit","billing_execution_info_id":"e","amount":[1],"reference_id":"r"}"#.to_vec(), true, "INVALID_FIELD", "amount"),
-        ("missing field", br#"{"command":"create_customer"}"#.to_vec(), true, "INVALID_FIELD", "customer_id"),
+        (
+            "malformed JSON",
+            b"{\"command\": ".to_vec(),
+            true,
+            "INVALID_JSON",
+            "body",
+        ),
+        (
+            "missing merchant",
+            br#"{"command":"get","billing_execution_info_id":"x"}"#.to_vec(),
+            false,
+            "MISSING_MERCHANT",
+            "header x-merchantid",
+        ),
+        (
+            "unknown command",
+            br#"{"command":"explode"}"#.to_vec(),
+            true,
+            "UNKNOWN_COMMAND",
+            "command",
+        ),
+        (
+            "oversize body",
+            oversize.into_bytes(),
+            true,
+            "MESSAGE_TOO_LARGE",
+            "body",
+        ),
+        (
+            "wrong type",
+            br#"{"command":"add_credit","billing_execution_info_id":"e","amount":[1],"reference_id":"r"}"#.to_vec(),
+            true,
+            "INVALID_FIELD",
+            "amount",
+        ),
+        (
+            "missing field",
+            br#"{"command":"create_customer"}"#.to_vec(),
+            true,
+            "INVALID_FIELD",
+            "customer_id",
+        ),
         ("not an object", b"[1, 2]".to_vec(), true, "INVALID_FIELD", "body"),
     ];
     for (what, body, with_merchant_header, code, field) in cases {
@@ -46,8 +82,7 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_code() {
     seed_catalog(&mut app, "m1").await;
     let metrics = app.http_get("/metrics").await.1;
     assert!(
-        metrics
-            .contains(r#"billing_dead_letters_total{code="INVALID_JSON",role="provisioning"} 1"#),
+        metrics.contains(r#"billing_dead_letters_total{code="INVALID_JSON",role="provisioning"} 1"#),
         "{metrics}"
     );
     app.teardown().await;
@@ -66,22 +101,13 @@ async fn bad_input_without_reply_to_is_still_dead_lettered() {
     assert_eq!(dead.code, "INVALID_JSON");
     assert_eq!(dead.routing_key, "provisioning.x");
     // A failed command with no one to tell is dead-lettered too, never silent.
-    let body =
-        serde_json::to_vec(&json!({"command": "create", "plan_id": "nope", "customer_id": "c"}))
-            .expect("json");
-    app.publish_raw(
-        "provisioning.x",
-        &body,
-        with_merchant(BasicProperties::default(), "m1"),
-    )
-    .await;
+    let body = serde_json::to_vec(&json!({"command": "create", "plan_id": "nope", "customer_id": "c"})).expect("json");
+    app.publish_raw("provisioning.x", &body, with_merchant(BasicProperties::default(), "m1"))
+        .await;
     assert_eq!(app.next_dead_letter().await.code, "PLAN_NOT_FOUND");
     // A lookup that finds nothing, asked with reply_to, is only an answer.
     let answer = app
-        .call(
-            "m1",
-            json!({"command": "get", "billing_execution_info_id": "nope"}),
-        )
+        .call("m1", json!({"command": "get", "billing_execution_info_id": "nope"}))
         .await;
     assert_eq!(answer["error_code"], "EXECUTION_NOT_FOUND");
     assert_eq!(app.queue_depth(&app.names.dead.clone()).await, 0);
@@ -102,16 +128,16 @@ async fn a_database_outage_is_waited_out_not_dead_lettered() {
     .execute(&admin)
     .await
     .expect("close the database");
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
-        .bind(&db_name)
-        .execute(&admin)
-        .await
-        .expect("cut connections");
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db_name)
+    .execute(&admin)
+    .await
+    .expect("cut connections");
 
     let correlation = "during-outage";
-    let body =
-        serde_json::to_vec(&json!({"command": "create_customer", "customer_id": "c-outage"}))
-            .expect("json");
+    let body = serde_json::to_vec(&json!({"command": "create_customer", "customer_id": "c-outage"})).expect("json");
     let props = with_merchant(BasicProperties::default(), "m1")
         .with_reply_to(ShortString::from(app.reply_queue_name()))
         .with_correlation_id(ShortString::from(correlation));
@@ -135,10 +161,7 @@ async fn a_database_outage_is_waited_out_not_dead_lettered() {
     .await
     .expect("reopen the database");
     let answer = app.reply(correlation).await;
-    assert_eq!(
-        answer["success"], true,
-        "processed after recovery: {answer}"
-    );
+    assert_eq!(answer["success"], true, "processed after recovery: {answer}");
     assert_eq!(
         app.queue_depth(&app.names.dead.clone()).await,
         0,

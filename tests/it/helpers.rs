@@ -10,8 +10,8 @@ use billing_worker::broker::Names;
 use billing_worker::clock::{SharedClock, SystemClock};
 use billing_worker::settings::{QueueType, Settings};
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -26,13 +26,11 @@ use tokio_util::sync::CancellationToken;
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub fn admin_database_url() -> String {
-    std::env::var("BILLING_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("BILLING_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn amqp_url() -> String {
-    std::env::var("BILLING_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("BILLING_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 fn database_url(name: &str) -> String {
@@ -72,8 +70,7 @@ impl Sandbox {
             .await
             .expect("create test database");
         let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let mut settings =
-            Settings::load_with(&config, None, std::iter::empty()).expect("default settings");
+        let mut settings = Settings::load_with(&config, None, std::iter::empty()).expect("default settings");
         settings.database.url = SecretString::from(database_url(&db_name));
         settings.database.max_connections = 8;
         settings.amqp.url = SecretString::from(amqp_url());
@@ -218,17 +215,11 @@ impl TestApp {
 
     /// Sends a provisioning command as merchant `merchant` and waits for the answer.
     pub async fn call(&mut self, merchant: &str, command: Value) -> Value {
-        self.call_with(merchant, command, BasicProperties::default())
-            .await
+        self.call_with(merchant, command, BasicProperties::default()).await
     }
 
     /// Like [`TestApp::call`], with extra properties (a `message_id`, say).
-    pub async fn call_with(
-        &mut self,
-        merchant: &str,
-        command: Value,
-        props: BasicProperties,
-    ) -> Value {
+    pub async fn call_with(&mut self, merchant: &str, command: Value, props: BasicProperties) -> Value {
         let body = serde_json::to_vec(&command).expect("json");
         let props = with_merchant(props, merchant);
         self.request(&body, props).await
@@ -254,10 +245,7 @@ impl TestApp {
             }
             match self
                 .channel
-                .basic_get(
-                    self.reply_queue.as_str().into(),
-                    BasicGetOptions { no_ack: true },
-                )
+                .basic_get(self.reply_queue.as_str().into(), BasicGetOptions { no_ack: true })
                 .await
                 .expect("get")
             {
@@ -353,9 +341,7 @@ impl TestApp {
             let result = tokio::time::timeout(DEADLINE, handle)
                 .await
                 .expect("worker stops within the deadline");
-            result
-                .expect("worker task")
-                .expect("worker stopped cleanly");
+            result.expect("worker task").expect("worker stopped cleanly");
         }
     }
 
@@ -407,10 +393,7 @@ pub fn header(props: &BasicProperties, name: &str) -> Option<String> {
 /// Adds the tenant header.
 pub fn with_merchant(props: BasicProperties, merchant: &str) -> BasicProperties {
     let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(
-        "x-merchantid".into(),
-        AMQPValue::LongString(LongString::from(merchant)),
-    );
+    headers.insert("x-merchantid".into(), AMQPValue::LongString(LongString::from(merchant)));
     props.with_headers(headers)
 }
 
@@ -435,20 +418,14 @@ where
 
 /// A minimal HTTP/1.0 GET: (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect http");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect http");
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .expect("send");
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.expect("read");
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = raw
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
@@ -482,7 +459,10 @@ pub async fn seed_catalog(app: &mut TestApp, merchant: &str) {
         .await;
     assert_eq!(r["success"], true, "{r}");
     let r = app
-        .call(merchant, serde_json::json!({"command": "create_customer", "customer_id": "cth_1", "email": "a@example.com"}))
+        .call(
+            merchant,
+            serde_json::json!({"command": "create_customer", "customer_id": "cth_1", "email": "a@example.com"}),
+        )
         .await;
     assert_eq!(r["success"], true, "{r}");
 }

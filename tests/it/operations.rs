@@ -18,10 +18,7 @@ async fn health_readiness_and_metrics_answer() {
         metrics.contains(r#"billing_commands_total{command="create_metric",outcome="ok"} 1"#),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("billing_command_duration_seconds_bucket"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("billing_command_duration_seconds_bucket"), "{metrics}");
     assert!(
         metrics.contains(r#"billing_role_up{role="provisioning"} 1"#),
         "{metrics}"
@@ -57,11 +54,10 @@ async fn shutdown_finishes_cleanly() {
     app.stop_worker().await;
     // Nothing was left unacked or unpublished.
     assert_eq!(app.queue_depth(&app.names.provisioning.clone()).await, 0);
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&app.db)
-            .await
-            .expect("count");
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
     assert_eq!(unpublished, 0);
     app.teardown().await;
 }

@@ -12,16 +12,20 @@ use crate::helpers::{Sandbox, TestApp, eventually, header, seed_catalog};
 async fn webhooks_carry_their_id_tenant_and_name_in_order() {
     let mut app = TestApp::spawn().await;
     seed_catalog(&mut app, "m1").await;
-    let created = app.call("m1", json!({"command": "create", "plan_id": "test_3", "customer_id": "cth_1", "status": "CREATED"})).await;
-    let id = created["billing_execution_info_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    for (i, status) in ["ACTIVE", "INACTIVE", "ACTIVE", "INACTIVE"]
-        .iter()
-        .enumerate()
-    {
-        let r = app.call("m1", json!({"command": "update_status", "billing_execution_info_id": id, "status": status})).await;
+    let created = app
+        .call(
+            "m1",
+            json!({"command": "create", "plan_id": "test_3", "customer_id": "cth_1", "status": "CREATED"}),
+        )
+        .await;
+    let id = created["billing_execution_info_id"].as_str().expect("id").to_string();
+    for (i, status) in ["ACTIVE", "INACTIVE", "ACTIVE", "INACTIVE"].iter().enumerate() {
+        let r = app
+            .call(
+                "m1",
+                json!({"command": "update_status", "billing_execution_info_id": id, "status": status}),
+            )
+            .await;
         assert_eq!(r["success"], true, "{i}: {r}");
     }
     let mut seen = Vec::new();
@@ -50,11 +54,10 @@ async fn webhooks_carry_their_id_tenant_and_name_in_order() {
             "BILLING_EXECUTION_DEACTIVATED"
         ]
     );
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&app.db)
-            .await
-            .expect("count");
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
     assert_eq!(unpublished, 0);
     app.teardown().await;
 }
@@ -94,10 +97,7 @@ async fn a_crash_before_publishing_loses_no_webhook() {
     let handle = tokio::spawn(restarted.run(stop.clone()));
     let (routing_key, props, _) = app.next_webhook().await;
     assert_eq!(routing_key, "BILLING_EXECUTION_CREATED");
-    assert_eq!(
-        props.message_id().as_ref().map(|m| m.as_str()),
-        Some("evt_crash")
-    );
+    assert_eq!(props.message_id().as_ref().map(|m| m.as_str()), Some("evt_crash"));
     stop.cancel();
     handle.await.expect("task").expect("clean stop");
     app.teardown().await;
@@ -124,11 +124,10 @@ async fn a_republished_webhook_keeps_its_id() {
     eventually("marked again", || {
         let db = app.db.clone();
         async move {
-            let left: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&db)
-                    .await
-                    .ok()?;
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&db)
+                .await
+                .ok()?;
             (left == 0).then_some(())
         }
     })

@@ -1,0 +1,224 @@
+//! Usage tables: events (the idempotency keys), aggregates, distinct values
+//! and announced thresholds. Every write is one set-based statement per batch.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+
+/// What an event needs to be checked and placed: its execution and plan.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExecutionContext {
+    pub id: String,
+    pub merchant_id: String,
+    pub customer_id: String,
+    pub plan_id: String,
+    pub merchant_ref_id: Option<String>,
+    pub status: String,
+    pub credit_balance: Decimal,
+    pub metric_info: serde_json::Value,
+    pub billing_start_date: Option<DateTime<Utc>>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub billed_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub plan_interval: String,
+    pub plan_rule_type: String,
+    pub plan_rule_value: Option<i32>,
+    pub plan_currency: String,
+    pub max_amount: Option<Decimal>,
+    pub metric_ids: Vec<String>,
+}
+
+/// The contexts of the given (merchant, execution) pairs that exist.
+pub async fn contexts(
+    conn: &mut PgConnection,
+    merchants: &[String],
+    ids: &[String],
+) -> Result<Vec<ExecutionContext>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT e.id, e.merchant_id, e.customer_id, e.plan_id, e.merchant_ref_id, e.status, e.credit_balance, e.metric_info,
+                e.billing_start_date, e.activated_at, e.billed_until, e.created_at,
+                p.plan_interval, p.plan_rule_type, p.plan_rule_value, p.plan_currency, p.max_amount,
+                COALESCE((SELECT array_agg(pm.metric_id) FROM plan_metrics pm
+                          WHERE pm.merchant_id = e.merchant_id AND pm.plan_id = e.plan_id), '{}') AS metric_ids
+         FROM UNNEST($1::text[], $2::text[]) AS k(merchant_id, id)
+         JOIN executions e ON e.id = k.id AND e.merchant_id = k.merchant_id
+         JOIN plans p ON p.merchant_id = e.merchant_id AND p.plan_id = e.plan_id",
+    )
+    .bind(merchants)
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// Column arrays of new events.
+#[derive(Debug, Default)]
+pub struct EventRows {
+    pub merchant_id: Vec<String>,
+    pub event_id: Vec<String>,
+    pub execution_id: Vec<String>,
+    pub metric_id: Vec<String>,
+    pub period_start: Vec<DateTime<Utc>>,
+    pub value: Vec<Decimal>,
+    pub ts: Vec<DateTime<Utc>>,
+}
+
+/// Inserts events whose (merchant, event_id) is new and returns the keys
+/// inserted. Repeats, however late, insert nothing. Keys must be unique
+/// within `rows`.
+pub async fn insert_events(conn: &mut PgConnection, rows: &EventRows) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO usage_events (merchant_id, event_id, execution_id, metric_id, period_start, value, ts)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[], $7::timestamptz[])
+         ON CONFLICT DO NOTHING
+         RETURNING merchant_id, event_id",
+    )
+    .bind(&rows.merchant_id)
+    .bind(&rows.event_id)
+    .bind(&rows.execution_id)
+    .bind(&rows.metric_id)
+    .bind(&rows.period_start)
+    .bind(&rows.value)
+    .bind(&rows.ts)
+    .fetch_all(conn)
+    .await
+}
+
+/// Inserts distinct values of UNIQUE_COUNT metrics; returns the key of each
+/// value that was new in its period.
+pub async fn insert_unique_values(
+    conn: &mut PgConnection,
+    execution_id: &[String],
+    metric_id: &[String],
+    period_start: &[DateTime<Utc>],
+    value: &[String],
+) -> Result<Vec<(String, String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO usage_unique_values (execution_id, metric_id, period_start, value)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[])
+         ON CONFLICT DO NOTHING
+         RETURNING execution_id, metric_id, period_start",
+    )
+    .bind(execution_id)
+    .bind(metric_id)
+    .bind(period_start)
+    .bind(value)
+    .fetch_all(conn)
+    .await
+}
+
+/// Column arrays of aggregate deltas, one row per key, sorted by key so that
+/// concurrent workers lock rows in the same order.
+#[derive(Debug, Default)]
+pub struct AggregateDeltas {
+    pub execution_id: Vec<String>,
+    pub metric_id: Vec<String>,
+    pub period_start: Vec<DateTime<Utc>>,
+    pub sum: Vec<Decimal>,
+    pub count: Vec<i64>,
+    pub max: Vec<Option<Decimal>>,
+    pub latest_ts: Vec<Option<DateTime<Utc>>>,
+    pub latest_event_id: Vec<Option<String>>,
+    pub latest_value: Vec<Option<Decimal>>,
+    pub unique_count: Vec<i64>,
+}
+
+/// Adds deltas to the running aggregates in one statement.
+pub async fn add_aggregates(conn: &mut PgConnection, d: &AggregateDeltas) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO usage_aggregates AS a (execution_id, metric_id, period_start, sum, count, max,
+             latest_ts, latest_event_id, latest_value, unique_count)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::numeric[], $5::int8[], $6::numeric[],
+             $7::timestamptz[], $8::text[], $9::numeric[], $10::int8[])
+         ON CONFLICT (execution_id, metric_id, period_start) DO UPDATE SET
+             sum = a.sum + EXCLUDED.sum,
+             count = a.count + EXCLUDED.count,
+             max = GREATEST(a.max, EXCLUDED.max),
+             unique_count = a.unique_count + EXCLUDED.unique_count,
+             latest_ts = CASE WHEN EXCLUDED.latest_ts IS NOT NULL AND (a.latest_ts IS NULL
+                     OR (EXCLUDED.latest_ts, EXCLUDED.latest_event_id) > (a.latest_ts, a.latest_event_id))
+                 THEN EXCLUDED.latest_ts ELSE a.latest_ts END,
+             latest_value = CASE WHEN EXCLUDED.latest_ts IS NOT NULL AND (a.latest_ts IS NULL
+                     OR (EXCLUDED.latest_ts, EXCLUDED.latest_event_id) > (a.latest_ts, a.latest_event_id))
+                 THEN EXCLUDED.latest_value ELSE a.latest_value END,
+             latest_event_id = CASE WHEN EXCLUDED.latest_ts IS NOT NULL AND (a.latest_ts IS NULL
+                     OR (EXCLUDED.latest_ts, EXCLUDED.latest_event_id) > (a.latest_ts, a.latest_event_id))
+                 THEN EXCLUDED.latest_event_id ELSE a.latest_event_id END",
+    )
+    .bind(&d.execution_id)
+    .bind(&d.metric_id)
+    .bind(&d.period_start)
+    .bind(&d.sum)
+    .bind(&d.count)
+    .bind(&d.max)
+    .bind(&d.latest_ts)
+    .bind(&d.latest_event_id)
+    .bind(&d.latest_value)
+    .bind(&d.unique_count)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A stored aggregate.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AggregateRow {
+    pub execution_id: String,
+    pub metric_id: String,
+    pub period_start: DateTime<Utc>,
+    pub sum: Decimal,
+    pub count: i64,
+    pub max: Option<Decimal>,
+    pub latest_ts: Option<DateTime<Utc>>,
+    pub latest_event_id: Option<String>,
+    pub latest_value: Option<Decimal>,
+    pub unique_count: i64,
+}
+
+/// Aggregates of the given (execution, period) pairs.
+pub async fn aggregates(
+    conn: &mut PgConnection,
+    execution_id: &[String],
+    period_start: &[DateTime<Utc>],
+) -> Result<Vec<AggregateRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.* FROM UNNEST($1::text[], $2::timestamptz[]) AS k(execution_id, period_start)
+         JOIN usage_aggregates a ON a.execution_id = k.execution_id AND a.period_start = k.period_start",
+    )
+    .bind(execution_id)
+    .bind(period_start)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records a threshold for a period; `true` the first time only.
+pub async fn record_threshold(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    period_start: DateTime<Utc>,
+    kind: &str,
+    amount: Decimal,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO usage_thresholds (execution_id, period_start, kind, amount, created_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(execution_id)
+    .bind(period_start)
+    .bind(kind)
+    .bind(amount)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Locks executions (in id order, so concurrent writers never deadlock)
+/// before webhooks about them are written.
+pub async fn lock_executions(conn: &mut PgConnection, ids: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM executions WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! The usage role: take messages as they come, close a batch by size or
+//! time, count it in one transaction, dead-letter what is wrong, then ack
+//! the whole batch at once (`multiple`), only after the commit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use super::{mark_up, supervise};
+use crate::app::Context;
+use crate::backoff_policy::Backoff;
+use crate::broker::{self, BrokerError, Publisher};
+use crate::error::{HandleError, Rejection};
+use crate::protocol::envelope;
+use crate::protocol::usage::{Decoded, decode_message};
+use crate::usage::ingest::{Candidate, Limits, Report, ingest};
+
+const ROLE: &str = "usage";
+
+/// Runs the role until `cancel` fires; reconnects on broker faults.
+pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
+    let session_ctx = ctx.clone();
+    supervise(ROLE, ctx, cancel.clone(), move || {
+        session(session_ctx.clone(), cancel.clone())
+    })
+    .await;
+}
+
+/// A message of the batch and what its body holds.
+struct Message {
+    delivery: Delivery,
+    received_at: DateTime<Utc>,
+    content: Result<(String, Vec<Decoded>), Rejection>,
+}
+
+impl Message {
+    fn new(ctx: &Context, delivery: Delivery) -> Message {
+        let settings = &ctx.settings;
+        let content = envelope::open(
+            &delivery.properties,
+            &delivery.data,
+            settings.amqp.max_message_bytes,
+            &settings.auth,
+        )
+        .and_then(|env| {
+            Ok((
+                env.merchant_id,
+                decode_message(&delivery.data, settings.usage.max_events_per_message)?,
+            ))
+        });
+        Message {
+            delivery,
+            received_at: ctx.clock.now(),
+            content,
+        }
+    }
+
+    fn events(&self) -> usize {
+        self.content.as_ref().map_or(1, |(_, events)| events.len())
+    }
+}
+
+async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let usage = &ctx.settings.usage;
+    let connection = broker::connect(&ctx.settings.amqp, ROLE).await.context("connect")?;
+    let channel = connection.create_channel().await.context("open channel")?;
+    broker::topology::declare(&channel, &ctx.settings.amqp)
+        .await
+        .context("declare topology")?;
+    let publisher = Publisher::open(&connection).await.context("open publisher")?;
+    channel
+        .basic_qos(usage.prefetch, BasicQosOptions::default())
+        .await
+        .context("set prefetch")?;
+    let mut consumer = channel
+        .basic_consume(
+            ctx.names.usage.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("consume")?;
+    mark_up(&ctx, ROLE);
+    let mut stopping = false;
+    while !stopping {
+        let mut batch = Vec::new();
+        let mut events = 0;
+        let first = tokio::select! {
+            _ = cancel.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let message = Message::new(&ctx, delivery(first)?);
+        events += message.events();
+        batch.push(message);
+        let deadline = tokio::time::Instant::now() + usage.batch_timeout;
+        while events < usage.batch_size {
+            tokio::select! {
+                biased;
+                next = consumer.next() => {
+                    let message = Message::new(&ctx, delivery(next)?);
+                    events += message.events();
+                    batch.push(message);
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = cancel.cancelled() => {
+                    stopping = true;
+                    break;
+                }
+            }
+        }
+        if !settle(&ctx, &publisher, batch, &cancel).await? {
+            break;
+        }
+    }
+    // Anything not acked returns to the queue when the channel closes.
+    let _ = channel.close(200, "shutdown".into()).await;
+    let _ = connection.close(200, "shutdown".into()).await;
+    Ok(())
+}
+
+fn delivery(next: Option<Result<Delivery, lapin::Error>>) -> anyhow::Result<Delivery> {
+    match next {
+        Some(Ok(delivery)) => Ok(delivery),
+        Some(Err(err)) => Err(err).context("consumer failed"),
+        None => anyhow::bail!("consumer was cancelled by the broker"),
+    }
+}
+
+/// Where a candidate event came from: its message and its text in the body.
+type Origin = (usize, std::ops::Range<usize>);
+
+/// Counts, dead-letters and acks one batch. `false` if shutdown came first
+/// (the batch stays unacked and is redelivered).
+async fn settle(
+    ctx: &Context,
+    publisher: &Publisher,
+    batch: Vec<Message>,
+    cancel: &CancellationToken,
+) -> Result<bool, BrokerError> {
+    let metrics = &ctx.metrics;
+    let mut candidates = Vec::new();
+    let mut origins: Vec<Origin> = Vec::new();
+    let mut dead: Vec<(usize, Option<std::ops::Range<usize>>, Rejection)> = Vec::new();
+    for (m, message) in batch.iter().enumerate() {
+        match &message.content {
+            Err(rejection) => dead.push((m, None, rejection.clone())),
+            Ok((merchant, events)) => {
+                for decoded in events {
+                    match &decoded.event {
+                        Ok(event) => {
+                            candidates.push(Candidate {
+                                merchant_id: merchant.clone(),
+                                event: event.clone(),
+                                received_at: message.received_at,
+                            });
+                            origins.push((m, decoded.span.clone()));
+                        }
+                        Err(rejection) => dead.push((m, Some(decoded.span.clone()), rejection.clone())),
+                    }
+                }
+            }
+        }
+    }
+    metrics
+        .usage_events_received
+        .inc_by((candidates.len() + dead.len()) as u64);
+    metrics.usage_batch_size.observe(candidates.len() as f64);
+
+    if !candidates.is_empty() {
+        let Some(outcome) = count_with_retry(ctx, &candidates, cancel).await else {
+            return Ok(false);
+        };
+        match outcome {
+            Ok(report) => {
+                for (i, rejection) in report.rejected {
+                    let (m, span) = origins[i].clone();
+                    dead.push((m, Some(span), rejection));
+                }
+                metrics.usage_events_counted.inc_by(report.counted as u64);
+                metrics.usage_events_duplicate.inc_by(report.duplicates as u64);
+                if report.announced {
+                    ctx.outbox_wake.notify_one();
+                }
+            }
+            // A fault that is not an outage: count message by message so
+            // that only the message that cannot be counted is set aside.
+            Err(rejection) if batch.len() > 1 => {
+                tracing::warn!(error = %rejection, "batch failed; counting its messages one by one");
+                return settle_one_by_one(ctx, publisher, batch, cancel).await;
+            }
+            Err(rejection) => dead.push((0, None, rejection)),
+        }
+    }
+
+    for (m, span, rejection) in &dead {
+        let d = &batch[*m].delivery;
+        let body = span.as_ref().map_or(d.data.as_slice(), |s| &d.data[s.clone()]);
+        metrics
+            .dead_letters
+            .with_label_values(&[ROLE, rejection.code.as_str()])
+            .inc();
+        publisher
+            .dead_letter(
+                &ctx.names,
+                d.exchange.as_str(),
+                d.routing_key.as_str(),
+                &d.properties,
+                body,
+                rejection,
+            )
+            .await?;
+    }
+    if let Some(last) = batch.last() {
+        last.delivery.acker.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    Ok(true)
+}
+
+async fn settle_one_by_one(
+    ctx: &Context,
+    publisher: &Publisher,
+    batch: Vec<Message>,
+    cancel: &CancellationToken,
+) -> Result<bool, BrokerError> {
+    for message in batch {
+        if !Box::pin(settle(ctx, publisher, vec![message], cancel)).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Runs the batch's transaction until it commits or is refused; holds on
+/// through database outages. `None` if shutdown came first.
+async fn count_with_retry(
+    ctx: &Context,
+    candidates: &[Candidate],
+    cancel: &CancellationToken,
+) -> Option<Result<Report, Rejection>> {
+    let amqp = &ctx.settings.amqp;
+    let mut backoff = Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2);
+    let limits = Limits {
+        future_tolerance: chrono::Duration::from_std(ctx.settings.usage.future_tolerance)
+            .unwrap_or(chrono::Duration::minutes(5)),
+    };
+    loop {
+        let started = Instant::now();
+        match count(ctx, candidates, limits).await {
+            Ok(report) => {
+                ctx.metrics
+                    .usage_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return Some(Ok(report));
+            }
+            Err(HandleError::Rejected(rejection)) => return Some(Err(rejection)),
+            Err(HandleError::Transient(reason)) => {
+                ctx.metrics
+                    .transient_errors
+                    .with_label_values(&[ROLE, "database"])
+                    .inc();
+                let delay = backoff.next_delay();
+                tracing::warn!(reason = %reason, retry_in = ?delay, "transient fault; holding the batch");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+async fn count(ctx: &Context, candidates: &[Candidate], limits: Limits) -> Result<Report, HandleError> {
+    let mut tx = ctx
+        .pool
+        .begin()
+        .await
+        .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
+    let report = ingest(&mut tx, candidates, limits, ctx.clock.now()).await?;
+    tx.commit().await?;
+    Ok(report)
+}

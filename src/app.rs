@@ -97,6 +97,7 @@ impl Application {
         }
         let mut consumers = JoinSet::new();
         consumers.spawn(workers::provisioning::run(ctx.clone(), consumers_stop.clone()));
+        consumers.spawn(workers::usage::run(ctx.clone(), consumers_stop.clone()));
         let relay = tokio::spawn(workers::outbox_relay::run(ctx.clone(), relay_stop.clone()));
 
         shutdown.cancelled().await;

@@ -934,6 +934,7 @@ mod tests {
 
     #[test]
     fn a_start_on_the_anchor_gets_whole_periods() {
+        use chrono::TimeZone;
         let start = Utc.with_ymd_and_hms(2026, 1, 20, 0, 0, 0).single().expect("date");
         let quarterly = Schedule::new(PlanInterval::Quarterly, start, Some(20));
         assert_eq!(

@@ -182,7 +182,7 @@ mod tests {
                 .message
                 .starts_with("events")
         );
-        let many = format!("{{\"events\":[{}]}}", vec!["{}"; 11].join(","));
+        let many = format!("{{\"events\":[{}]}}", ["{}"; 11].join(","));
         assert!(
             decode_message(many.as_bytes(), 10)
                 .expect_err("x")

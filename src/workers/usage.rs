@@ -200,6 +200,8 @@ async fn settle(
         }
     }
 
+    // Dead letters leave in the order their events were sent.
+    dead.sort_by_key(|(m, span, _)| (*m, span.as_ref().map_or(0, |s| s.start)));
     for (m, span, rejection) in &dead {
         let d = &batch[*m].delivery;
         let body = span.as_ref().map_or(d.data.as_slice(), |s| &d.data[s.clone()]);

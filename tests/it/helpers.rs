@@ -195,6 +195,49 @@ impl TestApp {
         .await;
     }
 
+    /// Starts another worker process on the same database and topology.
+    pub async fn spawn_peer(&self, clock: SharedClock) -> Peer {
+        let mut settings = self.settings.clone();
+        settings.http.listen = "127.0.0.1:0".parse().expect("addr");
+        let app = Application::build(settings, clock).await.expect("build peer");
+        let ctx = app.context();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(app.run(stop.clone()));
+        eventually("peer ready", || {
+            let ctx = ctx.clone();
+            async move { (!ctx.health.roles().is_empty() && ctx.health.down().is_empty()).then_some(()) }
+        })
+        .await;
+        Peer {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Publishes usage (one event or `{"events": [...]}`) as `merchant`.
+    pub async fn publish_usage(&self, merchant: &str, body: &Value) {
+        let bytes = serde_json::to_vec(body).expect("json");
+        self.publish_raw(
+            "usage.test",
+            &bytes,
+            with_merchant(BasicProperties::default(), merchant),
+        )
+        .await;
+    }
+
+    /// Waits until `sql` (returning one bigint) equals `expected`.
+    pub async fn wait_for_count(&self, what: &str, sql: &'static str, expected: i64) {
+        let db = self.db.clone();
+        eventually(what, || {
+            let db = db.clone();
+            async move {
+                let n: Option<i64> = sqlx::query_scalar(sql).fetch_one(&db).await.ok();
+                (n == Some(expected)).then_some(())
+            }
+        })
+        .await;
+    }
+
     /// Publishes a raw message to `billing.in` with the given routing key.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
         let confirm = self
@@ -370,6 +413,25 @@ impl TestApp {
         }
         self.db.close().await;
         drop_database(&self.db_name).await;
+    }
+}
+
+/// Another worker process on the same sandbox.
+pub struct Peer {
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Peer {
+    /// Stops it gracefully.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(handle) = self.handle.take() {
+            let result = tokio::time::timeout(DEADLINE, handle)
+                .await
+                .expect("peer stops in time");
+            result.expect("peer task").expect("peer stopped cleanly");
+        }
     }
 }
 

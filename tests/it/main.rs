@@ -8,3 +8,4 @@ mod dead_letters;
 mod operations;
 mod outbox;
 mod provisioning;
+mod usage;

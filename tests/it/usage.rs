@@ -383,3 +383,71 @@ async fn thresholds_are_announced_once_per_period() {
     assert_eq!(total, Decimal::from(10));
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn usage_of_a_billed_period_counts_in_the_open_one() {
+    let mut app = TestApp::spawn().await;
+    let id = metered(&mut app, "m1", "0", None).await;
+    // The execution started 40 days ago and its first month is billed.
+    let start = Utc::now() - Duration::days(40);
+    let billed_until = start.checked_add_months(chrono::Months::new(1)).expect("date");
+    sqlx::query("UPDATE executions SET billing_start_date = $2, billed_until = $3 WHERE id = $1")
+        .bind(&id)
+        .bind(start)
+        .bind(billed_until)
+        .execute(&app.db)
+        .await
+        .expect("age the execution");
+    let late = json!({"event_id": "late", "billing_execution_info_id": id, "metric_id": "storage", "value": 2,
+                      "timestamp": (start + Duration::days(1)).to_rfc3339()});
+    app.publish_usage("m1", &late).await;
+    app.publish_usage("m1", &event("fresh", &id, "storage", json!(3), 1))
+        .await;
+    app.wait_for_count("both counted", "SELECT count(*) FROM usage_events", 2)
+        .await;
+
+    let periods: Vec<chrono::DateTime<Utc>> = sqlx::query_scalar("SELECT DISTINCT period_start FROM usage_events")
+        .fetch_all(&app.db)
+        .await
+        .expect("periods");
+    assert_eq!(periods.len(), 1, "both land in one period");
+    assert_eq!(
+        periods[0].timestamp_micros(),
+        billed_until.timestamp_micros(),
+        "the open period, never the billed one"
+    );
+    let doc = app
+        .call("m1", json!({"command": "get", "billing_execution_info_id": id}))
+        .await;
+    assert_eq!(used(&doc, "storage"), (json!(5), json!(12.5)));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn live_usage_is_priced_with_the_customers_tiers() {
+    let mut app = TestApp::spawn().await;
+    crate::helpers::seed_catalog(&mut app, "m1").await;
+    let plan = json!({"command": "create_plan", "plan_id": "var", "plan_name": "Variable", "plan_type": "POST_DEBIT",
+        "plan_model": "VARIABLE", "plan_interval": "MONTHLY", "plan_currency": "INR", "metric_ids": ["storage"]});
+    assert_eq!(app.call("m1", plan).await["success"], true);
+    let created = app.call("m1", json!({"command": "create", "plan_id": "var", "customer_id": "cth_1",
+        "metric_info": [{"metric_id": "storage", "pricing_type": "TIERED", "free_units": 10,
+            "pricing_model": [{"unit_amount": 2, "up_to": 100, "flat_fee": 5}, {"unit_amount": "0.5", "up_to": "INFINITY"}]}]})).await;
+    let id = created["billing_execution_info_id"].as_str().expect("id").to_string();
+    app.publish_usage(
+        "m1",
+        &json!({"events": [
+            event("v1", &id, "storage", json!(100), 3),
+            event("v2", &id, "storage", json!(60), 2),
+        ]}),
+    )
+    .await;
+    app.wait_for_count("counted", "SELECT count(*) FROM usage_events", 2)
+        .await;
+    let doc = app
+        .call("m1", json!({"command": "get", "billing_execution_info_id": id}))
+        .await;
+    // 160 used, 10 free: 100 x 2 + 5 flat fee in the first tier, 50 x 0.5 in the second.
+    assert_eq!(used(&doc, "storage"), (json!(160), json!(230)));
+    app.teardown().await;
+}

@@ -3,9 +3,9 @@
 
 pub mod topology;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use secrecy::ExposeSecret;
 
 use crate::error::Rejection;
@@ -27,6 +27,49 @@ pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, 
     let props =
         ConnectionProperties::default().with_connection_name(LongString::from(format!("billing-worker/{role}")));
     Ok(Connection::connect(settings.url.expose_secret(), props).await?)
+}
+
+/// What a role holds on the broker: its connection, a channel to consume on
+/// (with the topology declared), and a publisher in confirm mode.
+pub struct Session {
+    pub connection: Connection,
+    pub channel: Channel,
+    pub publisher: Publisher,
+}
+
+impl Session {
+    /// Connects, declares the topology and opens the publisher.
+    pub async fn open(settings: &AmqpSettings, role: &str) -> Result<Session, BrokerError> {
+        let connection = connect(settings, role).await?;
+        let channel = connection.create_channel().await?;
+        topology::declare(&channel, settings).await?;
+        let publisher = Publisher::open(&connection).await?;
+        Ok(Session {
+            connection,
+            channel,
+            publisher,
+        })
+    }
+
+    /// Starts consuming `queue` with at most `prefetch` unacked messages.
+    pub async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
+        self.channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        Ok(self
+            .channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?)
+    }
+
+    /// Closes the channel and the connection; unacked messages go back to their queues.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "shutdown".into()).await;
+        let _ = self.connection.close(200, "shutdown".into()).await;
+    }
 }
 
 /// A channel in confirm mode: every publish waits for the broker's ack.

@@ -169,6 +169,38 @@ async fn announce(
     store::outbox::enqueue(conn, &webhook(event, row, now, extra), Some(&row.id)).await
 }
 
+/// Grants credit through the ledger and announces it; `row` follows the balance.
+async fn grant(
+    conn: &mut PgConnection,
+    row: &mut ExecutionRow,
+    amount: Decimal,
+    reference_id: &str,
+    currency: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let entry = store::ledger::append(
+        conn,
+        &row.merchant_id,
+        &row.id,
+        EntryKind::Grant,
+        amount,
+        reference_id,
+        now,
+    )
+    .await?;
+    row.credit_balance = entry.balance_after;
+    row.updated_at = now;
+    let content = credit_content(amount, reference_id, entry.balance_after, currency);
+    announce(
+        conn,
+        EventName::ExecutionCreditEvent,
+        row,
+        now,
+        Some(("credit", content)),
+    )
+    .await
+}
+
 fn credit_content(amount: Decimal, reference_id: &str, balance: Decimal, currency: &str) -> Value {
     json!({
         "amount": documents::num(amount),
@@ -267,26 +299,7 @@ pub(super) async fn create(
     };
     announce(conn, EventName::ExecutionCreated, &row, now, None).await?;
     if credit > Decimal::ZERO {
-        let entry = store::ledger::append(
-            conn,
-            merchant_id,
-            &row.id,
-            EntryKind::Grant,
-            credit,
-            FREE_TIER_REFERENCE,
-            now,
-        )
-        .await?;
-        row.credit_balance = entry.balance_after;
-        let content = credit_content(credit, FREE_TIER_REFERENCE, entry.balance_after, plan_currency.as_str());
-        announce(
-            conn,
-            EventName::ExecutionCreditEvent,
-            &row,
-            now,
-            Some(("credit", content)),
-        )
-        .await?;
+        grant(conn, &mut row, credit, FREE_TIER_REFERENCE, plan_currency.as_str(), now).await?;
     }
     reply_with(conn, merchant_id, &row, now, true).await
 }
@@ -397,27 +410,7 @@ pub(super) async fn add_credit(
         }
         return reply_with(conn, merchant_id, &row, now, false).await;
     }
-    let entry = store::ledger::append(
-        conn,
-        merchant_id,
-        &row.id,
-        EntryKind::Grant,
-        c.amount,
-        &c.reference_id,
-        now,
-    )
-    .await?;
-    row.credit_balance = entry.balance_after;
-    row.updated_at = now;
-    let content = credit_content(c.amount, &c.reference_id, entry.balance_after, plan_currency.as_str());
-    announce(
-        conn,
-        EventName::ExecutionCreditEvent,
-        &row,
-        now,
-        Some(("credit", content)),
-    )
-    .await?;
+    grant(conn, &mut row, c.amount, &c.reference_id, plan_currency.as_str(), now).await?;
     reply_with(conn, merchant_id, &row, now, true).await
 }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{mark_up, supervise};
 use crate::app::Context;
-use crate::broker::{self, Publisher};
+use crate::broker::{self, Publisher, Session};
 use crate::error::is_transient;
 use crate::protocol::envelope::MERCHANT_HEADER;
 use crate::store;
@@ -29,12 +29,9 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let connection = broker::connect(&ctx.settings.amqp, ROLE).await.context("connect")?;
-    let channel = connection.create_channel().await.context("open channel")?;
-    broker::topology::declare(&channel, &ctx.settings.amqp)
+    let session = Session::open(&ctx.settings.amqp, ROLE)
         .await
-        .context("declare topology")?;
-    let publisher = Publisher::open(&connection).await.context("open publisher")?;
+        .context("open broker session")?;
     mark_up(&ctx, ROLE);
     loop {
         let stopping = tokio::select! {
@@ -42,12 +39,12 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
             _ = ctx.outbox_wake.notified() => false,
             _ = tokio::time::sleep(ctx.settings.outbox.poll_interval) => false,
         };
-        drain(&ctx, &publisher).await?;
+        drain(&ctx, &session.publisher).await?;
         if stopping {
             break;
         }
     }
-    let _ = connection.close(200, "shutdown".into()).await;
+    session.close().await;
     Ok(())
 }
 

@@ -6,14 +6,13 @@ use std::time::Instant;
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{mark_up, supervise};
 use crate::app::Context;
 use crate::backoff_policy::Backoff;
-use crate::broker::{self, BrokerError, Publisher};
+use crate::broker::{BrokerError, Publisher, Session};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::{
     documents, envelope,
@@ -33,23 +32,11 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let connection = broker::connect(&ctx.settings.amqp, ROLE).await.context("connect")?;
-    let channel = connection.create_channel().await.context("open channel")?;
-    broker::topology::declare(&channel, &ctx.settings.amqp)
+    let session = Session::open(&ctx.settings.amqp, ROLE)
         .await
-        .context("declare topology")?;
-    let publisher = Publisher::open(&connection).await.context("open publisher")?;
-    channel
-        .basic_qos(ctx.settings.amqp.provisioning_prefetch, BasicQosOptions::default())
-        .await
-        .context("set prefetch")?;
-    let mut consumer = channel
-        .basic_consume(
-            ctx.names.provisioning.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .context("open broker session")?;
+    let mut consumer = session
+        .consume(&ctx.names.provisioning, ctx.settings.amqp.provisioning_prefetch)
         .await
         .context("consume")?;
     mark_up(&ctx, ROLE);
@@ -62,11 +49,9 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 None => anyhow::bail!("consumer was cancelled by the broker"),
             },
         };
-        process(&ctx, &publisher, delivery, &cancel).await?;
+        process(&ctx, &session.publisher, delivery, &cancel).await?;
     }
-    // Unacked messages go back to the queue when the channel closes.
-    let _ = channel.close(200, "shutdown".into()).await;
-    let _ = connection.close(200, "shutdown".into()).await;
+    session.close().await;
     Ok(())
 }
 

@@ -9,14 +9,13 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{mark_up, supervise};
 use crate::app::Context;
 use crate::backoff_policy::Backoff;
-use crate::broker::{self, BrokerError, Publisher};
+use crate::broker::{BrokerError, Publisher, Session};
 use crate::error::{HandleError, Rejection};
 use crate::protocol::envelope;
 use crate::protocol::usage::{Decoded, decode_message};
@@ -69,23 +68,11 @@ impl Message {
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
     let usage = &ctx.settings.usage;
-    let connection = broker::connect(&ctx.settings.amqp, ROLE).await.context("connect")?;
-    let channel = connection.create_channel().await.context("open channel")?;
-    broker::topology::declare(&channel, &ctx.settings.amqp)
+    let session = Session::open(&ctx.settings.amqp, ROLE)
         .await
-        .context("declare topology")?;
-    let publisher = Publisher::open(&connection).await.context("open publisher")?;
-    channel
-        .basic_qos(usage.prefetch, BasicQosOptions::default())
-        .await
-        .context("set prefetch")?;
-    let mut consumer = channel
-        .basic_consume(
-            ctx.names.usage.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .context("open broker session")?;
+    let mut consumer = session
+        .consume(&ctx.names.usage, usage.prefetch)
         .await
         .context("consume")?;
     mark_up(&ctx, ROLE);
@@ -116,13 +103,12 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 }
             }
         }
-        if !settle(&ctx, &publisher, batch, &cancel).await? {
+        if !settle(&ctx, &session.publisher, batch, &cancel).await? {
             break;
         }
     }
     // Anything not acked returns to the queue when the channel closes.
-    let _ = channel.close(200, "shutdown".into()).await;
-    let _ = connection.close(200, "shutdown".into()).await;
+    session.close().await;
     Ok(())
 }
 

@@ -1,1 +1,1185 @@
-fn main() {}
+//! Usage-pipeline benchmark: how fast the worker counts usage events end to
+//! end (publish, broker, worker, Postgres commit), next to what the same
+//! broker manages with a consumer that does nothing.
+//!
+//! ```text
+//! cargo build --release --example usage_bench --bin billing-worker
+//! cargo run --release --example usage_bench -- [--events N] [--batch 100] [--queued 1000000]
+//! ```
+//!
+//! The worker runs as its own process (`target/release/billing-worker run`)
+//! on a fresh database and topology prefix, both removed at the end. Phases:
+//!
+//! 1. ceiling: a no-op consumer in this process on a classic queue, same
+//!    messages, same prefetch as the worker;
+//! 2. single-event messages through the worker;
+//! 3. batched messages (`{"events": [...]}`) through the worker;
+//! 4. a backlog published while no worker runs, drained by a fresh worker,
+//!    with that worker's peak resident memory.
+//!
+//! Services: `BILLING_TEST_DATABASE_URL` (an admin database URL) and
+//! `BILLING_TEST_AMQP_URL`, with the same defaults as the integration tests.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use billing_worker::broker::{self, Names};
+use billing_worker::client::{self, Request};
+use billing_worker::protocol::envelope::MERCHANT_HEADER;
+use billing_worker::settings::{QueueType, Settings};
+use chrono::SecondsFormat;
+use clap::Parser;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::{Connection as _, PgConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+const MERCHANT: &str = "bench_merchant";
+const METRIC: &str = "bench_units";
+const PLAN: &str = "bench_plan";
+const CUSTOMER: &str = "bench_customer";
+/// Matches the worker's `usage.#` binding on `billing.in`.
+const USAGE_KEY: &str = "usage.bench";
+/// Matches no binding of the worker, only the no-op queue's.
+const NOOP_KEY: &str = "noop.bench";
+const COUNTED: &str = "billing_usage_events_counted_total";
+/// How often `/metrics` is read while events flow.
+const POLL_EVERY: Duration = Duration::from_millis(5);
+/// The no-op consumer acks (with `multiple`) this often, or when idle this long.
+const NOOP_ACK_EVERY: u64 = 100;
+const NOOP_IDLE: Duration = Duration::from_millis(2);
+/// Messages per publish of the backlog phase.
+const QUEUED_BATCH: usize = 100;
+/// Start-up runs migrations and declares the topology; allow for a slow machine.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+/// Above the worker's default shutdown grace period (25 s).
+const STOP_WITHIN: Duration = Duration::from_secs(60);
+/// A phase fails when nothing moves for this long (a stuck or crashed worker).
+const STALL_AFTER: Duration = Duration::from_secs(60);
+/// Linux reports process CPU time in ticks of `USER_HZ`, 100 on every mainstream architecture.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Usage pipeline benchmark: no-op ceiling, single-event and batched messages, backlog drain")]
+struct Args {
+    /// Events of each of the single-event and batched phases.
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Events per message of the batched phase.
+    #[arg(long, default_value_t = 100)]
+    batch: u64,
+    /// Events (in 100-event messages) of the backlog drained by a fresh worker; 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    queued: u64,
+    /// Type of the worker's queues.
+    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    queue_type: String,
+    /// Publisher confirms outstanding at most.
+    #[arg(long, default_value_t = 1000)]
+    confirm_window: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let defaults = Settings::load_with(&config_dir(), None, std::iter::empty()).context("load config/default.toml")?;
+    ensure!(args.events > 0, "--events must be at least 1");
+    ensure!(args.confirm_window > 0, "--confirm-window must be at least 1");
+    ensure!(
+        args.batch > 0 && args.batch <= defaults.usage.max_events_per_message as u64,
+        "--batch must be between 1 and usage.max_events_per_message ({})",
+        defaults.usage.max_events_per_message
+    );
+
+    let sandbox = Sandbox::create(&args).await?;
+    let mut worker = None;
+    let outcome = run(&args, &sandbox, &mut worker).await;
+    // Clean up whatever happened, then report the run's own error first.
+    let cleaned = sandbox.remove(worker).await;
+    let report = outcome?;
+    cleaned?;
+    print!("{report}");
+    Ok(())
+}
+
+fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+fn log(message: impl std::fmt::Display) {
+    eprintln!("[usage_bench] {message}");
+}
+
+// ---------------------------------------------------------------- sandbox
+
+/// A fresh database and topology prefix, and settings pointing at them.
+struct Sandbox {
+    admin_url: String,
+    amqp_url: String,
+    db_name: String,
+    db_url: String,
+    queue_type: QueueType,
+    settings: Settings,
+    names: Names,
+    noop_queue: String,
+}
+
+impl Sandbox {
+    async fn create(args: &Args) -> anyhow::Result<Sandbox> {
+        let admin_url = std::env::var("BILLING_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let amqp_url =
+            std::env::var("BILLING_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let hex = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let db_name = format!("bwt_bench_{hex}");
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+        let db_url = format!("{base}/{db_name}");
+        let prefix = format!("bwt.bench{hex}.");
+        let queue_type = match args.queue_type.as_str() {
+            "quorum" => QueueType::Quorum,
+            _ => QueueType::Classic,
+        };
+
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .with_context(|| format!("connect to the admin database (BILLING_TEST_DATABASE_URL={admin_url})"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("create database {db_name}"))?;
+        let _ = admin.close().await;
+
+        let mut settings =
+            Settings::load_with(&config_dir(), None, std::iter::empty()).context("load config/default.toml")?;
+        settings.database.url = SecretString::from(db_url.clone());
+        settings.amqp.url = SecretString::from(amqp_url.clone());
+        settings.amqp.prefix = prefix.clone();
+        settings.amqp.queue_type = queue_type;
+        log(format_args!("database {db_name}, topology prefix {prefix}"));
+        Ok(Sandbox {
+            admin_url,
+            amqp_url,
+            names: Names::new(&prefix),
+            noop_queue: format!("{prefix}bench.noop"),
+            db_name,
+            db_url,
+            queue_type,
+            settings,
+        })
+    }
+
+    async fn connect(&self, name: &str) -> anyhow::Result<Connection> {
+        let props = ConnectionProperties::default().with_connection_name(format!("usage_bench/{name}").into());
+        Connection::connect(&self.amqp_url, props)
+            .await
+            .with_context(|| format!("connect to the broker (BILLING_TEST_AMQP_URL={})", self.amqp_url))
+    }
+
+    /// Stops the worker if one runs, deletes the bench's queues and exchanges
+    /// and drops the database. Goes on past failures so that as much as
+    /// possible is removed; returns the first.
+    async fn remove(&self, worker: Option<Worker>) -> anyhow::Result<()> {
+        let mut first_error = None;
+        if let Some(worker) = worker
+            && let Err(err) = worker.stop().await
+        {
+            log(format_args!("clean-up: {err:#}"));
+            first_error.get_or_insert(err);
+        }
+        if let Err(err) = self.delete_topology().await {
+            log(format_args!("clean-up: {err:#}"));
+            first_error.get_or_insert(err);
+        }
+        if let Err(err) = self.drop_database().await {
+            log(format_args!("clean-up: {err:#}"));
+            first_error.get_or_insert(err);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn delete_topology(&self) -> anyhow::Result<()> {
+        let connection = self.connect("cleanup").await?;
+        let channel = connection.create_channel().await.context("open a channel")?;
+        let queues = self.names.queues().into_iter().chain([self.noop_queue.as_str()]);
+        for queue in queues {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await
+                .with_context(|| format!("delete queue {queue}"))?;
+        }
+        for exchange in self.names.exchanges() {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await
+                .with_context(|| format!("delete exchange {exchange}"))?;
+        }
+        let _ = connection.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    async fn drop_database(&self) -> anyhow::Result<()> {
+        let mut admin = PgConnection::connect(&self.admin_url)
+            .await
+            .context("connect to the admin database")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db_name
+        )))
+        .execute(&mut admin)
+        .await
+        .with_context(|| format!("drop database {}", self.db_name))?;
+        let _ = admin.close().await;
+        Ok(())
+    }
+}
+
+// ----------------------------------------------------------------- worker
+
+/// A `billing-worker run` process on the sandbox.
+struct Worker {
+    child: Child,
+    pid: u32,
+    http: SocketAddr,
+}
+
+impl Worker {
+    /// Starts the worker and waits until `/readyz` answers 200.
+    async fn start(sandbox: &Sandbox) -> anyhow::Result<Worker> {
+        let exe = worker_executable()?;
+        let http = free_local_addr()?;
+        let mut command = Command::new(&exe);
+        // Inherited BILLING_* variables would make the worker differ from the
+        // defaults this benchmark reports (prefetch, batch size).
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("BILLING_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .arg("run")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("BILLING__DATABASE__URL", &sandbox.db_url)
+            .env("BILLING__AMQP__URL", &sandbox.amqp_url)
+            .env("BILLING__AMQP__PREFIX", &sandbox.settings.amqp.prefix)
+            .env("BILLING__AMQP__QUEUE_TYPE", sandbox.queue_type.as_str())
+            .env("BILLING__HTTP__LISTEN", http.to_string())
+            .env("BILLING__LOG__FILTER", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            // Never leave a worker behind if this process fails half-way.
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("start {}", exe.display()))?;
+        let pid = child.id().context("the worker exited at once")?;
+        let mut worker = Worker { child, pid, http };
+        worker.wait_ready().await?;
+        Ok(worker)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(status) = self.child.try_wait().context("check the worker process")? {
+                bail!("the worker exited during start-up ({status}); see its log above");
+            }
+            if let Ok((200, _)) = http_get(self.http, "/readyz").await {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the worker was not ready within {READY_WITHIN:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in MB.
+    fn peak_rss_mb(&self) -> anyhow::Result<f64> {
+        let path = format!("/proc/{}/status", self.pid);
+        let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no VmHWM in {path}"))?;
+        Ok(kib / 1024.0)
+    }
+
+    /// SIGTERM, then waits for the graceful exit, which must be status 0.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait().context("check the worker process")? {
+            bail!("the worker had already exited ({status})");
+        }
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .context("run kill -TERM")?;
+        ensure!(sent.success(), "kill -TERM {} failed", self.pid);
+        let status = tokio::time::timeout(STOP_WITHIN, self.child.wait())
+            .await
+            .with_context(|| format!("the worker did not stop within {STOP_WITHIN:?} of SIGTERM"))?
+            .context("wait for the worker")?;
+        ensure!(status.success(), "the worker stopped with {status} after SIGTERM");
+        Ok(())
+    }
+}
+
+/// `billing-worker` next to this example: examples live in `target/<profile>/examples/`.
+fn worker_executable() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locate this executable")?;
+    let exe = me
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile_dir| profile_dir.join("billing-worker"))
+        .context("this executable has no parent directory")?;
+    ensure!(
+        exe.is_file(),
+        "{} not found; build it with: cargo build --release --example usage_bench --bin billing-worker",
+        exe.display()
+    );
+    Ok(exe)
+}
+
+/// A port nobody listens on now; the worker binds it a moment later.
+fn free_local_addr() -> anyhow::Result<SocketAddr> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    probe.local_addr().context("find a free port")
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to http://{addr}"))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .with_context(|| format!("send GET {path}"))?;
+    let mut raw = String::new();
+    stream
+        .read_to_string(&mut raw)
+        .await
+        .with_context(|| format!("read the answer to GET {path}"))?;
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The worker's `billing_usage_events_counted_total`.
+async fn counted(addr: SocketAddr) -> anyhow::Result<u64> {
+    let (status, text) = http_get(addr, "/metrics").await?;
+    ensure!(status == 200, "GET /metrics answered {status}");
+    // A bad event is dead-lettered and never counted: say so rather than wait for the stall timeout.
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.starts_with("billing_dead_letters_total{") && l.contains("role=\"usage\""))
+    {
+        bail!("the worker dead-lettered usage events ({line}); see {{prefix}}billing.dead");
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix(COUNTED)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .with_context(|| format!("{COUNTED} missing from /metrics"))
+}
+
+// ----------------------------------------------------------- provisioning
+
+/// Creates the metric, plan, customer and execution; returns the execution id.
+async fn provision(settings: &Settings) -> anyhow::Result<String> {
+    let commands = [
+        json!({"command": "create_metric", "metric_id": METRIC, "name": "Bench units", "unit": "unit",
+               "event_type": "BENCH", "aggregation_type": "SUM", "pricing_type": "FIXED",
+               "pricing_model": [{"unit_amount": "0.01", "up_to": "INFINITY"}], "currency": "INR"}),
+        json!({"command": "create_plan", "plan_id": PLAN, "plan_name": "Bench", "plan_description": "usage benchmark",
+               "plan_type": "POST_DEBIT", "plan_model": "USAGE_BASED", "plan_interval": "MONTHLY",
+               "plan_currency": "INR", "plan_action_on_failure": "SKIP", "metric_ids": [METRIC]}),
+        json!({"command": "create_customer", "customer_id": CUSTOMER, "email": "bench@example.com"}),
+    ];
+    for command in commands {
+        command_ok(settings, command).await?;
+    }
+    // No credit and no max_amount: the benchmark measures counting, not threshold webhooks.
+    let created = command_ok(
+        settings,
+        json!({"command": "create", "plan_id": PLAN, "customer_id": CUSTOMER, "amount": "0"}),
+    )
+    .await?;
+    created["billing_execution_info_id"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no billing_execution_info_id in {created}"))
+}
+
+async fn command_ok(settings: &Settings, command: Value) -> anyhow::Result<Value> {
+    let name = command["command"].as_str().unwrap_or_default().to_string();
+    let request = Request {
+        merchant_id: MERCHANT.to_string(),
+        routing_key: "provisioning.bench".to_string(),
+        body: serde_json::to_vec(&command).context("encode command")?,
+        message_id: None,
+        wait: Some(Duration::from_secs(30)),
+    };
+    let answer = client::send(settings, request)
+        .await
+        .with_context(|| format!("send {name}"))?
+        .with_context(|| format!("no answer to {name}"))?;
+    ensure!(answer["success"] == true, "{name} failed: {answer}");
+    Ok(answer)
+}
+
+// ---------------------------------------------------------------- messages
+
+/// One usage event, timestamped now.
+fn event(id: &str, execution: &str, timestamp: &str) -> Value {
+    json!({"event_id": id, "billing_execution_info_id": execution, "metric_id": METRIC,
+           "value": 1, "timestamp": timestamp})
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Bodies of `events` events with ids `{tag}-0`, `{tag}-1`, ..., `per_message`
+/// to a message; a lone event is sent bare, several as `{"events": [...]}`.
+fn bodies<'a>(
+    tag: &'a str,
+    execution: &'a str,
+    events: u64,
+    per_message: u64,
+) -> impl Iterator<Item = anyhow::Result<Vec<u8>>> + 'a {
+    (0..events).step_by(per_message as usize).map(move |first| {
+        let last = (first + per_message).min(events);
+        let timestamp = now_rfc3339();
+        let body = if per_message == 1 {
+            event(&format!("{tag}-{first}"), execution, &timestamp)
+        } else {
+            let list: Vec<Value> = (first..last)
+                .map(|i| event(&format!("{tag}-{i}"), execution, &timestamp))
+                .collect();
+            json!({ "events": list })
+        };
+        serde_json::to_vec(&body).context("encode usage message")
+    })
+}
+
+// --------------------------------------------------------------- publisher
+
+/// A channel in confirm mode publishing persistent JSON as the bench merchant.
+struct Publisher {
+    channel: Channel,
+    exchange: String,
+    props: BasicProperties,
+    window: usize,
+}
+
+impl Publisher {
+    async fn open(connection: &Connection, exchange: &str, window: usize) -> anyhow::Result<Publisher> {
+        let channel = connection.create_channel().await.context("open publisher channel")?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enable publisher confirms")?;
+        Ok(Publisher {
+            channel,
+            exchange: exchange.to_string(),
+            props: broker::json_properties().with_headers(broker::headers([(MERCHANT_HEADER, MERCHANT)])),
+            window,
+        })
+    }
+
+    /// Publishes every body with at most `window` confirms outstanding and
+    /// returns the instant each message was handed to the broker.
+    async fn publish_all<B: AsRef<[u8]>>(
+        &self,
+        routing_key: &str,
+        bodies: impl IntoIterator<Item = anyhow::Result<B>>,
+    ) -> anyhow::Result<Vec<Instant>> {
+        let mut sent = Vec::new();
+        let mut outstanding: VecDeque<PublisherConfirm> = VecDeque::with_capacity(self.window);
+        // Mandatory: an unbound routing key must fail the run, not hang it.
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        for body in bodies {
+            let body = body?;
+            if outstanding.len() >= self.window
+                && let Some(oldest) = outstanding.pop_front()
+            {
+                confirmed(oldest).await?;
+            }
+            sent.push(Instant::now());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    routing_key.into(),
+                    options,
+                    body.as_ref(),
+                    self.props.clone(),
+                )
+                .await
+                .with_context(|| format!("publish to {}/{routing_key}", self.exchange))?;
+            outstanding.push_back(confirm);
+        }
+        for confirm in outstanding {
+            confirmed(confirm).await?;
+        }
+        Ok(sent)
+    }
+}
+
+async fn confirmed(confirm: PublisherConfirm) -> anyhow::Result<()> {
+    match confirm.await.context("wait for a publisher confirm")? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => bail!("a message was not routed to any queue"),
+        Confirmation::Nack(_) => bail!("the broker refused (nacked) a message"),
+        Confirmation::NotRequested => bail!("the publisher channel is not in confirm mode"),
+    }
+}
+
+/// Messages ready in `queue` (passive declare).
+async fn queue_depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .with_context(|| format!("passive declare of {queue}"))?;
+    Ok(declared.message_count())
+}
+
+async fn wait_queue_empty(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STALL_AFTER;
+    loop {
+        let depth = queue_depth(channel, queue).await?;
+        if depth == 0 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{queue} still holds {depth} messages after {STALL_AFTER:?}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+// ------------------------------------------------------------ measurements
+
+/// When the worker's counter was first seen at a value.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    count: u64,
+}
+
+/// Polls `/metrics` until the counter reaches `target`; returns every change seen.
+async fn watch_counter(worker: SocketAddr, pid: u32, target: u64) -> anyhow::Result<Vec<Sample>> {
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut last_progress = Instant::now();
+    let mut ticker = tokio::time::interval(POLL_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match counted(worker).await {
+            Ok(count) => {
+                let at = Instant::now();
+                if samples.last().is_none_or(|s| s.count != count) {
+                    samples.push(Sample { at, count });
+                    last_progress = at;
+                }
+                if count >= target {
+                    return Ok(samples);
+                }
+            }
+            // Refused connections are expected while a fresh worker starts.
+            Err(err) if !has_exited(pid) && err.chain().any(|e| e.is::<std::io::Error>()) => {}
+            Err(err) => return Err(err).context("read the worker's counter"),
+        }
+        ensure!(
+            last_progress.elapsed() < STALL_AFTER,
+            "the worker counted nothing for {STALL_AFTER:?} (last seen: {:?}, waiting for {target})",
+            samples.last().map(|s| s.count)
+        );
+    }
+}
+
+/// Whether a child process has exited (it stays a zombie until waited for).
+fn has_exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')')
+                .is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        })
+        .unwrap_or(true)
+}
+
+/// Event `i` of a phase is visible once the counter reaches `base + i + 1`:
+/// one FIFO queue, batches committed in order. Returns (p50, p99).
+fn latency_percentiles(published: &[Instant], samples: &[Sample], base: u64) -> Option<(Duration, Duration)> {
+    let mut latencies = Vec::with_capacity(published.len());
+    let mut s = 0;
+    for (i, sent) in published.iter().enumerate() {
+        let needed = base + i as u64 + 1;
+        while samples.get(s)?.count < needed {
+            s += 1;
+        }
+        latencies.push(samples[s].at.saturating_duration_since(*sent));
+    }
+    latencies.sort_unstable();
+    Some((percentile(&latencies, 0.50)?, percentile(&latencies, 0.99)?))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+/// CPU time used so far, in ticks, by the processes that matter here.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuTicks {
+    worker: u64,
+    postgres: u64,
+    rabbitmq: u64,
+    bench: u64,
+    machine: u64,
+}
+
+impl CpuTicks {
+    /// Reads `/proc`; Postgres and RabbitMQ by process name (`postgres`, `beam.smp`).
+    fn now(worker_pid: u32) -> CpuTicks {
+        let mut ticks = CpuTicks {
+            machine: machine_busy_ticks().unwrap_or(0),
+            ..CpuTicks::default()
+        };
+        let me = std::process::id();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return ticks;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some((name, used)) = process_ticks(pid) else {
+                continue;
+            };
+            match (pid, name.as_str()) {
+                (p, _) if p == worker_pid => ticks.worker += used,
+                (p, _) if p == me => ticks.bench += used,
+                (_, "postgres") => ticks.postgres += used,
+                (_, "beam.smp") => ticks.rabbitmq += used,
+                _ => {}
+            }
+        }
+        ticks
+    }
+
+    /// Cores kept busy on average between `self` (earlier) and `later`.
+    fn cores(&self, later: &CpuTicks, elapsed: Duration) -> CpuShare {
+        let share = |a: u64, b: u64| b.saturating_sub(a) as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64();
+        CpuShare {
+            worker: share(self.worker, later.worker),
+            postgres: share(self.postgres, later.postgres),
+            rabbitmq: share(self.rabbitmq, later.rabbitmq),
+            bench: share(self.bench, later.bench),
+            machine: share(self.machine, later.machine),
+        }
+    }
+}
+
+/// (name, user + system ticks) of a process from `/proc/<pid>/stat`.
+fn process_ticks(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name is in parentheses and may itself hold spaces or parentheses.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// Non-idle ticks of all CPUs together, from `/proc/stat`.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let values: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal; guest time is already in user.
+    let busy = values.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4);
+    Some(busy.map(|(_, v)| v).sum())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CpuShare {
+    worker: f64,
+    postgres: f64,
+    rabbitmq: f64,
+    bench: f64,
+    machine: f64,
+}
+
+// ------------------------------------------------------------------ phases
+
+/// What one phase measured.
+struct Phase {
+    events: u64,
+    messages: u64,
+    elapsed: Duration,
+    publishing: Duration,
+    latency: Option<(Duration, Duration)>,
+    cpu: CpuShare,
+}
+
+impl Phase {
+    fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+    fn messages_per_second(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Everything the report prints.
+struct Report {
+    args: Args,
+    queue_type: QueueType,
+    prefetch: u16,
+    batch_size: usize,
+    batch_timeout: Duration,
+    ceiling: Phase,
+    single: Phase,
+    batched: Phase,
+    live_rss_mb: f64,
+    drain: Option<(Phase, f64)>,
+}
+
+/// Runs every phase; the worker in `worker` is left for the caller to stop.
+async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> anyhow::Result<Report> {
+    log("starting the worker");
+    let live = worker.insert(Worker::start(sandbox).await?);
+    log("provisioning metric, plan, customer and execution");
+    let execution = provision(&sandbox.settings).await?;
+    let connection = sandbox.connect("publisher").await?;
+    let inspect = connection.create_channel().await.context("open a channel")?;
+    let publisher = Publisher::open(&connection, &sandbox.names.inbound, args.confirm_window).await?;
+
+    let ceiling = ceiling(args, sandbox, &publisher, &execution, live.pid).await?;
+    log(format_args!("single-event messages: {} events", thousands(args.events)));
+    let single = through_worker(args, sandbox, &publisher, &inspect, live, &execution, "single", 1).await?;
+    log(format_args!(
+        "batched messages: {} events, {} per message",
+        thousands(args.events),
+        args.batch
+    ));
+    let batched = through_worker(args, sandbox, &publisher, &inspect, live, &execution, "batch", args.batch).await?;
+    let live_rss_mb = live.peak_rss_mb()?;
+
+    let drain = if args.queued > 0 {
+        if let Some(stopped) = worker.take() {
+            log("stopping the worker (SIGTERM)");
+            stopped.stop().await?;
+        }
+        Some(drain(args, sandbox, &publisher, &inspect, worker, &execution).await?)
+    } else {
+        None
+    };
+    let _ = connection.close(200, "done".into()).await;
+
+    let usage = &sandbox.settings.usage;
+    Ok(Report {
+        args: args.clone(),
+        queue_type: sandbox.queue_type,
+        prefetch: usage.prefetch,
+        batch_size: usage.batch_size,
+        batch_timeout: usage.batch_timeout,
+        ceiling,
+        single,
+        batched,
+        live_rss_mb,
+        drain,
+    })
+}
+
+/// The broker alone: a classic durable queue on `billing.in`, a consumer that
+/// only acks, with the worker's prefetch. Timed from the first publish to the last ack.
+async fn ceiling(
+    args: &Args,
+    sandbox: &Sandbox,
+    publisher: &Publisher,
+    execution: &str,
+    worker_pid: u32,
+) -> anyhow::Result<Phase> {
+    log(format_args!("ceiling: {} messages to a no-op consumer", thousands(args.events)));
+    let consumer_connection = sandbox.connect("noop-consumer").await?;
+    let channel = consumer_connection.create_channel().await.context("open a channel")?;
+    let queue = sandbox.noop_queue.as_str();
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("classic".into()));
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), durable, arguments)
+        .await
+        .with_context(|| format!("declare {queue}"))?;
+    channel
+        .queue_bind(
+            queue.into(),
+            sandbox.names.inbound.as_str().into(),
+            NOOP_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("bind {queue}"))?;
+    channel
+        .basic_qos(sandbox.settings.usage.prefetch, BasicQosOptions::default())
+        .await
+        .context("set prefetch")?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consume {queue}"))?;
+
+    let messages: Vec<Vec<u8>> = bodies("noop", execution, args.events, 1).collect::<anyhow::Result<_>>()?;
+    let consuming = tokio::spawn(consume_and_ack(consumer, args.events));
+    let cpu_before = CpuTicks::now(worker_pid);
+    let sent = publisher.publish_all(NOOP_KEY, messages.iter().map(Ok)).await?;
+    let published = Instant::now();
+    let last_ack = consuming.await.context("the no-op consumer panicked")??;
+    let first = sent.first().copied().context("nothing was published")?;
+    let elapsed = last_ack.saturating_duration_since(first);
+    let cpu = cpu_before.cores(&CpuTicks::now(worker_pid), elapsed);
+    let _ = consumer_connection.close(200, "done".into()).await;
+    Ok(Phase {
+        events: args.events,
+        messages: args.events,
+        elapsed,
+        publishing: published.saturating_duration_since(first),
+        latency: None,
+        cpu,
+    })
+}
+
+/// Takes `expected` messages, acking with `multiple` every `NOOP_ACK_EVERY`
+/// or when idle; returns when the last ack was sent.
+async fn consume_and_ack(mut consumer: lapin::Consumer, expected: u64) -> anyhow::Result<Instant> {
+    let mut received = 0;
+    let mut unacked: Option<Acker> = None;
+    let mut since_ack = 0;
+    while received < expected {
+        let wait = if unacked.is_some() { NOOP_IDLE } else { STALL_AFTER };
+        let next = match tokio::time::timeout(wait, consumer.next()).await {
+            Ok(next) => next,
+            Err(_) if unacked.is_some() => {
+                ack_up_to(unacked.take()).await?;
+                since_ack = 0;
+                continue;
+            }
+            Err(_) => bail!("the no-op consumer received nothing for {STALL_AFTER:?} ({received} of {expected})"),
+        };
+        let delivery = next
+            .context("the broker cancelled the no-op consumer")?
+            .context("no-op consumer")?;
+        received += 1;
+        since_ack += 1;
+        unacked = Some(delivery.acker);
+        if since_ack >= NOOP_ACK_EVERY {
+            ack_up_to(unacked.take()).await?;
+            since_ack = 0;
+        }
+    }
+    ack_up_to(unacked.take()).await?;
+    Ok(Instant::now())
+}
+
+async fn ack_up_to(acker: Option<Acker>) -> anyhow::Result<()> {
+    if let Some(acker) = acker {
+        acker
+            .ack(BasicAckOptions { multiple: true })
+            .await
+            .context("ack (multiple)")?;
+    }
+    Ok(())
+}
+
+/// Publishes `args.events` events, `per_message` to a message, to the
+/// worker; timed from the first publish until the counter shows them all
+/// and the usage queue is empty.
+#[allow(clippy::too_many_arguments)] // each is a distinct piece of the running bench
+async fn through_worker(
+    args: &Args,
+    sandbox: &Sandbox,
+    publisher: &Publisher,
+    inspect: &Channel,
+    worker: &Worker,
+    execution: &str,
+    tag: &str,
+    per_message: u64,
+) -> anyhow::Result<Phase> {
+    let messages: Vec<Vec<u8>> =
+        bodies(tag, execution, args.events, per_message).collect::<anyhow::Result<_>>()?;
+    let base = counted(worker.http).await?;
+    let target = base + args.events;
+    let watching = tokio::spawn(watch_counter(worker.http, worker.pid, target));
+    let cpu_before = CpuTicks::now(worker.pid);
+    let sent = publisher.publish_all(USAGE_KEY, messages.iter().map(Ok)).await?;
+    let published = Instant::now();
+    let samples = watching.await.context("the counter watcher panicked")??;
+    wait_queue_empty(inspect, &sandbox.names.usage).await?;
+    let done = Instant::now();
+
+    let first = sent.first().copied().context("nothing was published")?;
+    let elapsed = done.saturating_duration_since(first);
+    let per_event: Vec<Instant> = sent
+        .iter()
+        .flat_map(|at| std::iter::repeat_n(*at, per_message as usize))
+        .take(args.events as usize)
+        .collect();
+    Ok(Phase {
+        events: args.events,
+        messages: sent.len() as u64,
+        elapsed,
+        publishing: published.saturating_duration_since(first),
+        latency: latency_percentiles(&per_event, &samples, base),
+        cpu: cpu_before.cores(&CpuTicks::now(worker.pid), elapsed),
+    })
+}
+
+/// With no worker running, queues `args.queued` events in 100-event
+/// messages, then lets a fresh worker drain them. Returns the drain and the
+/// fresh worker's peak RSS in MB.
+async fn drain(
+    args: &Args,
+    sandbox: &Sandbox,
+    publisher: &Publisher,
+    inspect: &Channel,
+    worker: &mut Option<Worker>,
+    execution: &str,
+) -> anyhow::Result<(Phase, f64)> {
+    log(format_args!(
+        "queueing {} events in {QUEUED_BATCH}-event messages with no worker running",
+        thousands(args.queued)
+    ));
+    let started = Instant::now();
+    // Generated while publishing: the backlog need not sit in memory twice.
+    let sent = publisher
+        .publish_all(USAGE_KEY, bodies("queued", execution, args.queued, QUEUED_BATCH as u64))
+        .await?;
+    let publishing = started.elapsed();
+    let depth = queue_depth(inspect, &sandbox.names.usage).await?;
+    log(format_args!(
+        "{} messages queued in {:.1} s; starting a fresh worker to drain them",
+        thousands(u64::from(depth)),
+        publishing.as_secs_f64()
+    ));
+
+    let started = Instant::now();
+    let fresh = worker.insert(Worker::start(sandbox).await?);
+    let cpu_before = CpuTicks::now(fresh.pid);
+    // A new process: its counter starts from zero.
+    watch_counter(fresh.http, fresh.pid, args.queued).await?;
+    wait_queue_empty(inspect, &sandbox.names.usage).await?;
+    let elapsed = started.elapsed();
+    let cpu = cpu_before.cores(&CpuTicks::now(fresh.pid), elapsed);
+    let rss = fresh.peak_rss_mb()?;
+    let phase = Phase {
+        events: args.queued,
+        messages: sent.len() as u64,
+        elapsed,
+        publishing,
+        latency: None,
+        cpu,
+    };
+    Ok((phase, rss))
+}
+
+// ------------------------------------------------------------------ report
+
+/// 1234567 -> "1,234,567".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn rate(per_second: f64) -> String {
+    thousands(per_second.round() as u64)
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 { format!("{ms:.1} ms") } else { format!("{ms:.0} ms") }
+}
+
+fn cpu_line(cpu: &CpuShare) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "cpu (cores): worker {:.2}, postgres {:.2}, rabbitmq {:.2}, bench {:.2}; machine {:.2} of {cores}",
+        cpu.worker, cpu.postgres, cpu.rabbitmq, cpu.bench, cpu.machine
+    )
+}
+
+fn latency_text(phase: &Phase) -> String {
+    match phase.latency {
+        Some((p50, p99)) => format!("latency p50 {} p99 {}", ms(p50), ms(p99)),
+        None => "latency n/a".to_string(),
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+/// Where each event's time went: elapsed overall and for publishing alone.
+fn timing(phase: &Phase) -> String {
+    format!(
+        "{} events in {} messages, {:.2} s; publishing took {:.2} s",
+        thousands(phase.events),
+        thousands(phase.messages),
+        phase.elapsed.as_secs_f64(),
+        phase.publishing.as_secs_f64()
+    )
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SINGLE_TARGET: f64 = 0.7;
+        const BATCHED_TARGET: f64 = 50_000.0;
+        let ceiling = self.ceiling.messages_per_second();
+        let single = self.single.events_per_second();
+        let ratio = single / ceiling;
+        let batched = self.batched.events_per_second();
+
+        writeln!(f)?;
+        writeln!(f, "usage pipeline benchmark")?;
+        writeln!(
+            f,
+            "  worker: {} queues, prefetch {}, batches of up to {} events or {:?}; confirm window {}",
+            self.queue_type.as_str(),
+            self.prefetch,
+            self.batch_size,
+            self.batch_timeout,
+            self.args.confirm_window
+        )?;
+        writeln!(
+            f,
+            "ceiling (no-op consumer, 1 event/message): {} msg/s",
+            rate(ceiling)
+        )?;
+        writeln!(f, "    {}", timing(&self.ceiling))?;
+        writeln!(f, "    {}", cpu_line(&self.ceiling.cpu))?;
+        writeln!(
+            f,
+            "single-event messages: {} events/s ({ratio:.2}x ceiling; target >= {SINGLE_TARGET}x: {}), {}",
+            rate(single),
+            verdict(ratio >= SINGLE_TARGET),
+            latency_text(&self.single)
+        )?;
+        writeln!(f, "    {}", timing(&self.single))?;
+        writeln!(f, "    {}", cpu_line(&self.single.cpu))?;
+        writeln!(
+            f,
+            "batched ({}/message): {} events/s (target >= {}: {}), {}",
+            self.args.batch,
+            rate(batched),
+            rate(BATCHED_TARGET),
+            verdict(batched >= BATCHED_TARGET),
+            latency_text(&self.batched)
+        )?;
+        writeln!(f, "    {}", timing(&self.batched))?;
+        writeln!(f, "    {}", cpu_line(&self.batched.cpu))?;
+        writeln!(
+            f,
+            "worker peak RSS over the two phases above: {:.0} MB",
+            self.live_rss_mb
+        )?;
+        if let Some((drain, rss)) = &self.drain {
+            writeln!(
+                f,
+                "drain of {} queued events: {} events/s, worker peak RSS {rss:.0} MB",
+                thousands(drain.events),
+                rate(drain.events_per_second())
+            )?;
+            writeln!(
+                f,
+                "    {} messages of {QUEUED_BATCH} events queued in {:.2} s with no worker; drained in {:.2} s from process start",
+                thousands(drain.messages),
+                drain.publishing.as_secs_f64(),
+                drain.elapsed.as_secs_f64()
+            )?;
+            writeln!(f, "    {}", cpu_line(&drain.cpu))?;
+        }
+        writeln!(
+            f,
+            "how it is measured: rates run from the first publish until the worker's {COUNTED} shows every event \
+             and its queue is empty (the ceiling: until the last ack). Latency is each event's publish instant to \
+             the first /metrics reading (polled every {} ms) where the counter reaches the events counted before \
+             the phase + the event's position + 1: the queue is FIFO and batches commit in order. The publisher \
+             runs flat out, so latency includes time waiting in the queue.",
+            POLL_EVERY.as_millis()
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn latency_takes_the_first_reading_at_or_past_each_position() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let published = [at(0), at(0), at(10), at(10)];
+        let samples = [
+            Sample { at: at(1), count: 5 },
+            Sample { at: at(20), count: 7 },
+            Sample { at: at(30), count: 9 },
+        ];
+        let (p50, p99) = latency_percentiles(&published, &samples, 5).expect("all visible");
+        // Latencies: 20, 20, 20, 20 -> event 2 needs 8, first seen at 30 -> 20 ms.
+        assert_eq!(p50, Duration::from_millis(20));
+        assert_eq!(p99, Duration::from_millis(20));
+        assert!(latency_percentiles(&published, &samples[..2], 5).is_none());
+    }
+}

@@ -174,6 +174,18 @@ impl PlanSpec {
         {
             return Err(Rejection::field("max_amount", "must be greater than zero"));
         }
+        if let Some(max) = self.max_amount
+            && !self.plan_currency.fits_minor_units(max)
+        {
+            return Err(Rejection::field(
+                "max_amount",
+                format_args!(
+                    "has more decimals than {} allows ({})",
+                    self.plan_currency,
+                    self.plan_currency.minor_units()
+                ),
+            ));
+        }
         if self.max_retry > MAX_RETRY_LIMIT {
             return Err(Rejection::field(
                 "max_retry",
@@ -307,6 +319,7 @@ mod tests {
             (|p| p.plan_amount = Decimal::new(-1, 0), "plan_amount"),
             (|p| p.plan_amount = Decimal::new(1001, 3), "plan_amount"),
             (|p| p.max_amount = Some(Decimal::ZERO), "max_amount"),
+            (|p| p.max_amount = Some(Decimal::new(1001, 3)), "max_amount"),
             (|p| p.max_retry = 21, "max_retry"),
             (|p| p.metric_ids.clear(), "metric_ids"),
             (|p| p.metric_ids = vec!["a".into(), "a".into()], "metric_ids[1]"),

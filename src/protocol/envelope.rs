@@ -52,6 +52,15 @@ pub fn open(
             format!("body is {} bytes, more than the limit of {max_bytes}", body.len()),
         ));
     }
+    if let Some(content_type) = props.content_type().as_ref().map(|c| c.as_str().to_ascii_lowercase())
+        && !content_type.is_empty()
+        && !content_type.starts_with("application/json")
+    {
+        return Err(Rejection::field(
+            "content_type",
+            format_args!("must be application/json, got '{content_type}'"),
+        ));
+    }
     let merchant_id = header_str(props, MERCHANT_HEADER)
         .map(|m| m.trim().to_string())
         .filter(|m| !m.is_empty())
@@ -144,6 +153,15 @@ mod tests {
                 .code,
             ErrorCode::MessageTooLarge
         );
+    }
+
+    #[test]
+    fn content_type_is_json_or_absent() {
+        let json = props(Some("m1")).with_content_type("application/json; charset=utf-8".into());
+        assert!(open(&json, b"{}", 10, &no_auth()).is_ok());
+        let text = props(Some("m1")).with_content_type("text/plain".into());
+        let err = open(&text, b"{}", 10, &no_auth()).expect_err("not json");
+        assert!(err.message.starts_with("content_type"), "{}", err.message);
     }
 
     #[test]

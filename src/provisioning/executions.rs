@@ -139,7 +139,8 @@ async fn metric_overrides(
             over.pricing_type,
             over.pricing_model,
             over.package_size,
-            over.free_units,
+            // Free units the customer's prices do not name stay the metric's.
+            over.free_units.or(Some(metric.free_units)),
         )?;
         let mut doc = serde_json::to_value(&price)
             .map_err(|e| HandleError::Rejected(Rejection::new(ErrorCode::InternalError, e.to_string())))?;
@@ -393,6 +394,13 @@ pub(super) async fn add_credit(
     c: AddCredit,
 ) -> Result<Outcome, HandleError> {
     check_id(&c.reference_id).map_err(|p| Rejection::field("reference_id", p))?;
+    if c.reference_id == FREE_TIER_REFERENCE {
+        return Err(Rejection::field(
+            "reference_id",
+            format_args!("'{FREE_TIER_REFERENCE}' is reserved for the credit granted by create"),
+        )
+        .into());
+    }
     let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
     let plan = store::catalog::find_plan(conn, merchant_id, &row.plan_id)
         .await?

@@ -83,6 +83,22 @@ pub async fn insert_events(conn: &mut PgConnection, rows: &EventRows) -> Result<
     .await
 }
 
+/// Which of the given (merchant, event_id) keys were counted before.
+pub async fn counted_before(
+    conn: &mut PgConnection,
+    merchants: &[String],
+    event_ids: &[String],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT e.merchant_id, e.event_id FROM UNNEST($1::text[], $2::text[]) AS k(merchant_id, event_id)
+         JOIN usage_events e ON e.merchant_id = k.merchant_id AND e.event_id = k.event_id",
+    )
+    .bind(merchants)
+    .bind(event_ids)
+    .fetch_all(conn)
+    .await
+}
+
 /// Inserts distinct values of UNIQUE_COUNT metrics; returns the key of each
 /// value that was new in its period.
 pub async fn insert_unique_values(

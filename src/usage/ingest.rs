@@ -104,6 +104,7 @@ pub async fn ingest(
             Err(r) => report.rejected.push((i, r)),
         }
     }
+    forgive_repeats(conn, candidates, &mut report).await?;
     if accepted.is_empty() {
         return Ok(report);
     }
@@ -159,6 +160,42 @@ pub async fn ingest(
 
     report.announced = check_thresholds(conn, &executions, &deltas, now).await?;
     Ok(report)
+}
+
+/// A refused event that was counted before is a repeat, not an error: it
+/// may come back after its execution was deactivated or its plan changed.
+async fn forgive_repeats(
+    conn: &mut PgConnection,
+    candidates: &[Candidate],
+    report: &mut Report,
+) -> Result<(), HandleError> {
+    if report.rejected.is_empty() {
+        return Ok(());
+    }
+    let (merchants, event_ids): (Vec<String>, Vec<String>) = report
+        .rejected
+        .iter()
+        .map(|(i, _)| {
+            (
+                candidates[*i].merchant_id.clone(),
+                candidates[*i].event.event_id.clone(),
+            )
+        })
+        .unzip();
+    let seen: HashSet<(String, String)> = store::usage::counted_before(conn, &merchants, &event_ids)
+        .await?
+        .into_iter()
+        .collect();
+    if seen.is_empty() {
+        return Ok(());
+    }
+    let before = report.rejected.len();
+    report.rejected.retain(|(i, _)| {
+        let c = &candidates[*i];
+        !seen.contains(&(c.merchant_id.clone(), c.event.event_id.clone()))
+    });
+    report.duplicates += before - report.rejected.len();
+    Ok(())
 }
 
 async fn load_executions(

@@ -106,7 +106,9 @@ async fn execute(ctx: &Context, env: &envelope::Envelope, command: Command) -> R
         .begin()
         .await
         .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
-    if let Some(message_id) = &env.message_id
+    // Queries are answered fresh; only changes replay their first answer.
+    let replayable = env.message_id.as_ref().filter(|_| !command_is_query(name));
+    if let Some(message_id) = replayable
         && let Some(response) = store::idempotency::find(&mut tx, &env.merchant_id, message_id).await?
     {
         return Ok(Answer {
@@ -115,8 +117,7 @@ async fn execute(ctx: &Context, env: &envelope::Envelope, command: Command) -> R
         });
     }
     let outcome = crate::provisioning::execute(&mut tx, &env.merchant_id, ctx.clock.now(), command).await?;
-    if let Some(message_id) = &env.message_id
-        && !command_is_query(name)
+    if let Some(message_id) = replayable
         && !store::idempotency::save(
             &mut tx,
             &env.merchant_id,

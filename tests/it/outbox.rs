@@ -115,7 +115,8 @@ async fn a_republished_webhook_keeps_its_id() {
     )
     .await;
     let (_, first, _) = app.next_webhook().await;
-    app.wait_for_count("marked", "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0).await;
+    app.wait_for_count("marked", "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0)
+        .await;
     // As if the process died after the broker's confirm but before the mark.
     sqlx::query("UPDATE outbox SET published_at = NULL")
         .execute(&app.db)

@@ -148,7 +148,7 @@ async fn a_repeated_event_id_counts_once_in_a_batch_across_batches_and_late() {
         }
     })
     .await;
-    // Redelivered much later, by another merchant's id space it would count; by its own, never.
+    // Redelivered much later: still counted once.
     app.publish_usage("m1", &e("x3")).await;
     crate::helpers::eventually("late repeat seen", || {
         let ctx = app.ctx.clone();
@@ -164,6 +164,26 @@ async fn a_repeated_event_id_counts_once_in_a_batch_across_batches_and_late() {
         .call("m1", json!({"command": "get", "billing_execution_info_id": id}))
         .await;
     assert_eq!(used(&doc, "storage").0, json!(3));
+    // Even after the execution is deactivated, a repeat is a repeat, not an error.
+    let r = app
+        .call(
+            "m1",
+            json!({"command": "update_status", "billing_execution_info_id": id, "status": "INACTIVE"}),
+        )
+        .await;
+    assert_eq!(r["status"], "INACTIVE");
+    app.publish_usage("m1", &e("x2")).await;
+    crate::helpers::eventually("repeat after deactivation seen", || {
+        let ctx = app.ctx.clone();
+        async move {
+            ctx.metrics
+                .render()
+                .contains("billing_usage_events_duplicate_total 5")
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(app.queue_depth(&app.names.dead.clone()).await, 0);
     app.teardown().await;
 }
 

@@ -30,6 +30,10 @@ pub struct Context {
     pub health: Health,
     /// Wakes the outbox relay after a commit that wrote webhooks.
     pub outbox_wake: Notify,
+    /// Wakes the scheduler (the `run_billing` command).
+    pub scheduler_wake: Notify,
+    /// This process among its peers: owner of the leases it takes.
+    pub instance: String,
 }
 
 /// A built worker, its HTTP port bound, ready to [`Application::run`].
@@ -53,6 +57,8 @@ impl Application {
             metrics: Metrics::new(),
             health: Health::default(),
             outbox_wake: Notify::new(),
+            scheduler_wake: Notify::new(),
+            instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         });
         Ok(Application { ctx, listener })
     }
@@ -92,12 +98,14 @@ impl Application {
 
         let consumers_stop = CancellationToken::new();
         let relay_stop = CancellationToken::new();
-        for role in ["provisioning", "usage", "outbox"] {
+        for role in ["provisioning", "usage", "payments", "scheduler", "outbox"] {
             ctx.health.register(role);
         }
         let mut consumers = JoinSet::new();
         consumers.spawn(workers::provisioning::run(ctx.clone(), consumers_stop.clone()));
         consumers.spawn(workers::usage::run(ctx.clone(), consumers_stop.clone()));
+        consumers.spawn(workers::payments::run(ctx.clone(), consumers_stop.clone()));
+        consumers.spawn(workers::scheduler::run(ctx.clone(), consumers_stop.clone()));
         let relay = tokio::spawn(workers::outbox_relay::run(ctx.clone(), relay_stop.clone()));
 
         shutdown.cancelled().await;

@@ -37,6 +37,17 @@ impl Backoff {
     }
 }
 
+/// The delay before retry number `retry` (1 is the first retry) of a failed
+/// debit: the `retry` settings' exponential schedule with its jitter.
+pub fn retry_delay(settings: &crate::settings::RetrySettings, retry: u32) -> Duration {
+    let mut backoff = Backoff::new(settings.initial, settings.multiplier, settings.max, settings.jitter);
+    let mut delay = backoff.next_delay();
+    for _ in 1..retry {
+        delay = backoff.next_delay();
+    }
+    delay
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +62,20 @@ mod tests {
         assert_eq!(delays[5], Duration::from_secs(1));
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn retry_delays_follow_the_settings() {
+        let settings = crate::settings::RetrySettings {
+            initial: Duration::from_secs(60),
+            multiplier: 3.0,
+            max: Duration::from_secs(600),
+            jitter: 0.0,
+        };
+        assert_eq!(retry_delay(&settings, 1), Duration::from_secs(60));
+        assert_eq!(retry_delay(&settings, 2), Duration::from_secs(180));
+        assert_eq!(retry_delay(&settings, 3), Duration::from_secs(540));
+        assert_eq!(retry_delay(&settings, 4), Duration::from_secs(600));
     }
 
     #[test]

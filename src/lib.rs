@@ -11,6 +11,7 @@
 //! - [`protocol`]: the wire: envelopes, commands, response documents, webhooks.
 //! - [`provisioning`]: what each provisioning command does, in one transaction.
 //! - [`usage`]: metered usage of executions.
+//! - [`billing`]: bills, credit, debits through the gateway, retries, actions on failure.
 //! - [`store`]: the Postgres adapter (static SQL, one module per table family).
 //! - [`broker`]: the RabbitMQ adapter (topology, confirms, replies, dead letters).
 //! - [`workers`]: the loops: receive, decide, commit, ack; the outbox relay.
@@ -20,6 +21,7 @@
 
 pub mod app;
 pub mod backoff_policy;
+pub mod billing;
 pub mod broker;
 pub mod client;
 pub mod clock;

@@ -38,6 +38,14 @@ pub struct Metrics {
     pub usage_batch_size: Histogram,
     /// Time to count one usage batch, commit included.
     pub usage_commit_seconds: Histogram,
+    /// Bills issued, by the status they were issued in (PAID: covered by credit).
+    pub bills: IntCounterVec,
+    /// Debit attempts and results, by result.
+    pub debit_attempts: IntCounterVec,
+    /// Time from a debit request to its result.
+    pub debit_roundtrip_seconds: Histogram,
+    /// Age of the oldest bill past its debit time and not yet attempted.
+    pub oldest_due_bill_age_seconds: Gauge,
     /// 1 when a role is connected and consuming, by role.
     pub role_up: IntGaugeVec,
     /// Broker (re)connections, by role.
@@ -140,6 +148,34 @@ impl Metrics {
                 "Time to count one usage batch",
                 LATENCY_BUCKETS.to_vec(),
             ),
+            bills: counter(
+                &registry,
+                "billing_bills_total",
+                "Bills issued, by status at issue",
+                &["status"],
+            ),
+            debit_attempts: counter(
+                &registry,
+                "billing_debit_attempts_total",
+                "Debit attempts and results, by result",
+                &["result"],
+            ),
+            debit_roundtrip_seconds: histogram(
+                "billing_debit_roundtrip_seconds",
+                "Time from a debit request to its result",
+                vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+            ),
+            oldest_due_bill_age_seconds: {
+                let g = Gauge::new(
+                    "billing_oldest_due_bill_age_seconds",
+                    "Age of the oldest due bill not yet attempted",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}"));
+                registry
+                    .register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("register: {e}"));
+                g
+            },
             messages_received: counter(
                 &registry,
                 "billing_messages_received_total",

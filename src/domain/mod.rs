@@ -2,6 +2,7 @@
 //! Adapters (`store`, `broker`) and loops (`workers`) call into these.
 
 pub mod aggregation;
+pub mod bill;
 pub mod catalog;
 pub mod execution;
 pub mod ids;

@@ -22,6 +22,10 @@ pub enum Command {
     List(ListExecutions),
     UpdateStatus(UpdateStatus),
     AddCredit(AddCredit),
+    ChangePlan(ChangePlan),
+    Present(ExecutionRef),
+    RunBilling(RunBilling),
+    AddBillingPlan(Box<crate::billing::plans::AddBillingPlan>, serde_json::Value),
 }
 
 impl Command {
@@ -37,6 +41,10 @@ impl Command {
             Command::List(_) => "list",
             Command::UpdateStatus(_) => "update_status",
             Command::AddCredit(_) => "add_credit",
+            Command::ChangePlan(_) => "change_plan",
+            Command::Present(_) => "present",
+            Command::RunBilling(_) => "run_billing",
+            Command::AddBillingPlan(..) => "add_billing_plan",
         }
     }
 
@@ -45,10 +53,6 @@ impl Command {
         matches!(self, Command::Get(_) | Command::List(_))
     }
 }
-
-/// Commands of the contract that this worker does not run yet are named apart
-/// from misspelt ones, so a sender knows which it is.
-const LATER_COMMANDS: &[&str] = &["change_plan", "add_billing_plan", "present", "run_billing"];
 
 /// Decodes a provisioning body: first the `command`, then its fields.
 pub fn parse(body: &[u8]) -> Result<Command, Rejection> {
@@ -71,17 +75,15 @@ pub fn parse(body: &[u8]) -> Result<Command, Rejection> {
         "list" => Command::List(decode(body)?),
         "update_status" => Command::UpdateStatus(decode(body)?),
         "add_credit" => Command::AddCredit(decode(body)?),
-        other if LATER_COMMANDS.contains(&other) => {
-            return Err(Rejection::new(
-                ErrorCode::UnknownCommand,
-                format!("command '{other}' is not supported by this worker version"),
-            ));
-        }
+        "change_plan" => Command::ChangePlan(decode(body)?),
+        "present" => Command::Present(decode(body)?),
+        "run_billing" => Command::RunBilling(decode(body)?),
+        "add_billing_plan" => Command::AddBillingPlan(Box::new(crate::billing::plans::parse(body)?), head),
         other => {
             return Err(Rejection::new(
                 ErrorCode::UnknownCommand,
                 format!(
-                    "command '{}' is unknown; expected one of create_metric, create_plan, update_plan, create_customer, create, get, list, update_status, add_credit",
+                    "command '{}' is unknown; expected one of create_metric, create_plan, update_plan, create_customer, create, get, list, update_status, add_credit, change_plan, add_billing_plan, present, run_billing",
                     other.chars().take(64).collect::<String>()
                 ),
             ));
@@ -215,6 +217,28 @@ pub struct AddCredit {
     pub billing_execution_info_id: String,
     pub amount: Decimal,
     pub reference_id: String,
+}
+
+/// `change_plan`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChangePlan {
+    pub billing_execution_info_id: String,
+    pub updated_fields: PlanChange,
+}
+
+/// The new plan and, optionally, the amount agreed for this execution.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PlanChange {
+    pub plan_id: String,
+    #[serde(default)]
+    pub plan_amount: Option<Decimal>,
+}
+
+/// `run_billing`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunBilling {
+    #[serde(default, deserialize_with = "lenient_opt_u32")]
+    pub limit: Option<u32>,
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ pub(super) async fn create_metric(
 }
 
 /// The definition a stored plan has now.
-pub(super) fn plan_spec(row: &PlanRow) -> Result<PlanSpec, HandleError> {
+pub fn plan_spec(row: &PlanRow) -> Result<PlanSpec, HandleError> {
     fn parse<T>(what: &str, value: &str, f: fn(&str) -> Option<T>) -> Result<T, HandleError> {
         f(value).ok_or_else(|| corrupt(what, value))
     }

@@ -14,13 +14,20 @@ use crate::domain::ledger::{EntryKind, check_grant};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents;
 use crate::protocol::provisioning::{
-    AddCredit, CreateExecution, ExecutionRef, ListExecutions, MetricOverride, UpdateStatus,
+    AddCredit, ChangePlan, CreateExecution, ExecutionRef, ListExecutions, MetricOverride, UpdateStatus,
 };
 use crate::protocol::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::catalog::{MetricRow, PlanRow};
 use crate::store::executions::ExecutionRow;
 use crate::usage::PeriodBasis;
+
+/// When the scheduler first bills an execution that becomes active now.
+pub fn first_bill_at(row: &ExecutionRow, plan: &PlanRow) -> Option<DateTime<Utc>> {
+    let spec = plan_spec(plan).ok()?;
+    let schedule = crate::billing::issue::basis(row, plan).schedule();
+    crate::billing::first_bill_at(&schedule, spec.plan_interval, spec.plan_type, spec.plan_model)
+}
 
 /// Reference of the ledger grant made by `create`'s free-tier `amount`.
 pub const FREE_TIER_REFERENCE: &str = "free_tier";
@@ -56,6 +63,7 @@ pub async fn execution_document(
     let specs = crate::usage::effective_metrics(&metrics, &row.metric_info)?;
     let basis = PeriodBasis {
         plan_interval: &plan.plan_interval,
+        plan_model: &plan.plan_model,
         plan_rule_type: &plan.plan_rule_type,
         plan_rule_value: plan.plan_rule_value,
         billing_start_date: row.billing_start_date,
@@ -287,8 +295,17 @@ pub(super) async fn create(
         mandate_id: c.mandate_id.clone(),
         activated_at: active.then_some(now),
         billed_until: None,
+        next_bill_at: None,
+        carried_amount: Decimal::ZERO,
+        plan_amount: None,
+        pending_plan_id: None,
+        pending_plan_amount: None,
         created_at: now,
         updated_at: now,
+    };
+    let row = ExecutionRow {
+        next_bill_at: active.then(|| first_bill_at(&row, &plan)).flatten(),
+        ..row
     };
     let Some(mut row) = store::executions::insert(conn, &row).await? else {
         // Another process created it with the same reference meanwhile.
@@ -378,13 +395,103 @@ pub(super) async fn update_status(
     let Some(event) = from.transition(c.status)? else {
         return reply_with(conn, merchant_id, &row, now, false).await;
     };
-    let row = store::executions::set_status(conn, &row.id, c.status.as_str(), now).await?;
+    let mut row = store::executions::set_status(conn, &row.id, c.status.as_str(), now).await?;
+    schedule_billing(conn, &mut row, from, event, now).await?;
     let name = match event {
         StatusEvent::Activated => EventName::ExecutionActivated,
         StatusEvent::Deactivated => EventName::ExecutionDeactivated,
     };
     announce(conn, name, &row, now, None).await?;
     reply_with(conn, merchant_id, &row, now, true).await
+}
+
+/// `change_plan`: the new plan takes effect at the next period boundary;
+/// usage up to it is billed on the old plan. An execution that has not
+/// started billing moves at once.
+pub(super) async fn change_plan(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    now: DateTime<Utc>,
+    c: ChangePlan,
+) -> Result<Outcome, HandleError> {
+    let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
+    let next = &c.updated_fields.plan_id;
+    check_id(next).map_err(|p| Rejection::field("updated_fields.plan_id", p))?;
+    let current = store::catalog::find_plan(conn, merchant_id, &row.plan_id)
+        .await?
+        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
+    let target = store::catalog::find_plan(conn, merchant_id, next)
+        .await?
+        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "updated_fields.plan_id", next))?;
+    let (current, target_spec) = (plan_spec(&current)?, plan_spec(&target)?);
+    if current.plan_currency != target_spec.plan_currency {
+        return Err(Rejection::field(
+            "updated_fields.plan_id",
+            format_args!(
+                "is priced in {}, the execution in {}",
+                target_spec.plan_currency, current.plan_currency
+            ),
+        )
+        .into());
+    }
+    if let Some(amount) = c.updated_fields.plan_amount {
+        check_grant(
+            "updated_fields.plan_amount",
+            amount,
+            target_spec.plan_currency.minor_units(),
+            true,
+        )?;
+    }
+    let started = row.status != ExecutionStatus::Created.as_str() || row.billed_until.is_some();
+    if started {
+        row.pending_plan_id = Some(next.clone());
+        row.pending_plan_amount = c.updated_fields.plan_amount;
+    } else {
+        row.plan_id = next.clone();
+        row.plan_amount = c.updated_fields.plan_amount;
+        row.pending_plan_id = None;
+        row.pending_plan_amount = None;
+    }
+    store::executions::save_billing_state(conn, &row, now).await?;
+    reply_with(conn, merchant_id, &row, now, false).await
+}
+
+/// Moves the billing cursor with the status: the first activation starts
+/// billing; deactivation stops it; reactivation resumes from the period
+/// containing `now` (periods spent inactive are not billed).
+async fn schedule_billing(
+    conn: &mut PgConnection,
+    row: &mut ExecutionRow,
+    from: ExecutionStatus,
+    event: StatusEvent,
+    now: DateTime<Utc>,
+) -> Result<(), HandleError> {
+    let plan = store::catalog::find_plan(conn, &row.merchant_id, &row.plan_id)
+        .await?
+        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
+    match event {
+        StatusEvent::Deactivated => row.next_bill_at = None,
+        StatusEvent::Activated if from == ExecutionStatus::Created => {
+            row.next_bill_at = first_bill_at(row, &plan);
+        }
+        StatusEvent::Activated => {
+            let spec = plan_spec(&plan)?;
+            let schedule = crate::billing::issue::basis(row, &plan).schedule();
+            let period = schedule.period_containing(now);
+            if row.billed_until.is_none_or(|b| b < period.start) {
+                row.billed_until = Some(period.start);
+            }
+            row.next_bill_at = if crate::billing::bills_on_present(spec.plan_interval, spec.plan_model)
+                || spec.plan_interval == crate::domain::catalog::PlanInterval::Onetime
+            {
+                None
+            } else {
+                period.end
+            };
+        }
+    }
+    store::executions::save_billing_state(conn, row, now).await?;
+    Ok(())
 }
 
 pub(super) async fn add_credit(

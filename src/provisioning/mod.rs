@@ -12,6 +12,7 @@ use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::provisioning::Command;
 
 pub(crate) use catalog::metric_spec;
+pub use catalog::{DEFAULT_MAX_RETRY, plan_spec};
 pub use executions::{execution_document, plan_metrics};
 
 /// What a command produced.
@@ -32,11 +33,13 @@ impl Outcome {
     }
 }
 
-/// Runs one command for one merchant at `now`.
+/// Runs one command for one merchant at `now`. `pre_debit_notice` is how
+/// far ahead of its debit a bill issued by `present` is announced.
 pub async fn execute(
     conn: &mut PgConnection,
     merchant_id: &str,
     now: DateTime<Utc>,
+    pre_debit_notice: chrono::Duration,
     command: Command,
 ) -> Result<Outcome, HandleError> {
     match command {
@@ -49,6 +52,32 @@ pub async fn execute(
         Command::List(c) => executions::list(conn, merchant_id, now, c).await,
         Command::UpdateStatus(c) => executions::update_status(conn, merchant_id, now, c).await,
         Command::AddCredit(c) => executions::add_credit(conn, merchant_id, now, c).await,
+        Command::ChangePlan(c) => executions::change_plan(conn, merchant_id, now, c).await,
+        Command::Present(c) => {
+            let bill =
+                crate::billing::issue::present(conn, merchant_id, &c.billing_execution_info_id, now, pre_debit_notice)
+                    .await?;
+            let doc = match &bill {
+                Some(b) => crate::billing::bill_document(b, &crate::store::bills::lines(conn, &b.id).await?),
+                None => serde_json::Value::Null,
+            };
+            Ok(Outcome {
+                response: crate::protocol::documents::success(merchant_id, serde_json::json!({ "bill": doc })),
+                announced: true,
+            })
+        }
+        Command::AddBillingPlan(request, raw) => {
+            let response = crate::billing::plans::add(conn, merchant_id, now, *request, raw).await?;
+            Ok(Outcome {
+                response: crate::protocol::documents::success(merchant_id, response),
+                announced: true,
+            })
+        }
+        // Runs outside a command transaction, in the provisioning role.
+        Command::RunBilling(_) => Err(HandleError::Rejected(Rejection::new(
+            ErrorCode::InternalError,
+            "run_billing is run by the provisioning role",
+        ))),
     }
 }
 

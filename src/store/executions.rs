@@ -20,6 +20,11 @@ pub struct ExecutionRow {
     pub mandate_id: Option<String>,
     pub activated_at: Option<DateTime<Utc>>,
     pub billed_until: Option<DateTime<Utc>>,
+    pub next_bill_at: Option<DateTime<Utc>>,
+    pub carried_amount: Decimal,
+    pub plan_amount: Option<Decimal>,
+    pub pending_plan_id: Option<String>,
+    pub pending_plan_amount: Option<Decimal>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -41,6 +46,59 @@ pub async fn lock(conn: &mut PgConnection, merchant_id: &str, id: &str) -> Resul
         .bind(id)
         .fetch_optional(conn)
         .await
+}
+
+/// Locks an execution by id alone (the scheduler acts for every merchant).
+pub async fn lock_by_id(conn: &mut PgConnection, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM executions WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Executions whose next bill is due, for the scheduler, skipping those
+/// another process holds.
+pub async fn due_for_billing(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM executions WHERE status = 'ACTIVE' AND next_bill_at <= $1
+         ORDER BY next_bill_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Saves what billing moves: the cursor, the plan, carried amounts, status.
+pub async fn save_billing_state(
+    conn: &mut PgConnection,
+    row: &ExecutionRow,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE executions SET plan_id = $2, plan_amount = $3, pending_plan_id = $4, pending_plan_amount = $5,
+             billing_start_date = $6, billed_until = $7, next_bill_at = $8, carried_amount = $9, status = $10,
+             updated_at = $11
+         WHERE id = $1",
+    )
+    .bind(&row.id)
+    .bind(&row.plan_id)
+    .bind(row.plan_amount)
+    .bind(&row.pending_plan_id)
+    .bind(row.pending_plan_amount)
+    .bind(row.billing_start_date)
+    .bind(row.billed_until)
+    .bind(row.next_bill_at)
+    .bind(row.carried_amount)
+    .bind(&row.status)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn find_by_ref(
@@ -72,8 +130,8 @@ pub async fn list_for_customer(
 pub async fn insert(conn: &mut PgConnection, row: &ExecutionRow) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO executions (id, merchant_id, customer_id, plan_id, merchant_ref_id, status, credit_balance,
-             metric_info, billing_start_date, token, mandate_id, activated_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             metric_info, billing_start_date, token, mandate_id, activated_at, created_at, updated_at, next_bill_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (merchant_id, merchant_ref_id) WHERE merchant_ref_id IS NOT NULL DO NOTHING
          RETURNING *",
     )
@@ -91,6 +149,7 @@ pub async fn insert(conn: &mut PgConnection, row: &ExecutionRow) -> Result<Optio
     .bind(row.activated_at)
     .bind(row.created_at)
     .bind(row.updated_at)
+    .bind(row.next_bill_at)
     .fetch_optional(conn)
     .await
 }

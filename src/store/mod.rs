@@ -1,6 +1,8 @@
 //! Postgres adapter: thin functions over `&mut PgConnection` (a transaction
 //! derefs to one), static SQL with binds, no rules of its own.
 
+pub mod billing_plans;
+pub mod bills;
 pub mod catalog;
 pub mod customers;
 pub mod executions;

@@ -21,6 +21,7 @@ pub struct ExecutionContext {
     pub billed_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub plan_interval: String,
+    pub plan_model: String,
     pub plan_rule_type: String,
     pub plan_rule_value: Option<i32>,
     pub plan_currency: String,
@@ -28,7 +29,9 @@ pub struct ExecutionContext {
     pub metric_ids: Vec<String>,
 }
 
-/// The contexts of the given (merchant, execution) pairs that exist.
+/// The contexts of the given (merchant, execution) pairs that exist. The
+/// rows stay share-locked until the batch commits, so billing (which locks
+/// them for update) never closes a period while a batch writes into it.
 pub async fn contexts(
     conn: &mut PgConnection,
     merchants: &[String],
@@ -37,12 +40,14 @@ pub async fn contexts(
     sqlx::query_as(
         "SELECT e.id, e.merchant_id, e.customer_id, e.plan_id, e.merchant_ref_id, e.status, e.credit_balance, e.metric_info,
                 e.billing_start_date, e.activated_at, e.billed_until, e.created_at,
-                p.plan_interval, p.plan_rule_type, p.plan_rule_value, p.plan_currency, p.max_amount,
+                p.plan_interval, p.plan_model, p.plan_rule_type, p.plan_rule_value, p.plan_currency, p.max_amount,
                 COALESCE((SELECT array_agg(pm.metric_id) FROM plan_metrics pm
                           WHERE pm.merchant_id = e.merchant_id AND pm.plan_id = e.plan_id), '{}') AS metric_ids
          FROM UNNEST($1::text[], $2::text[]) AS k(merchant_id, id)
          JOIN executions e ON e.id = k.id AND e.merchant_id = k.merchant_id
-         JOIN plans p ON p.merchant_id = e.merchant_id AND p.plan_id = e.plan_id",
+         JOIN plans p ON p.merchant_id = e.merchant_id AND p.plan_id = e.plan_id
+         ORDER BY e.id
+         FOR KEY SHARE OF e",
     )
     .bind(merchants)
     .bind(ids)

@@ -57,6 +57,7 @@ struct Execution {
 fn basis(ctx: &ExecutionContext) -> PeriodBasis<'_> {
     PeriodBasis {
         plan_interval: &ctx.plan_interval,
+        plan_model: &ctx.plan_model,
         plan_rule_type: &ctx.plan_rule_type,
         plan_rule_value: ctx.plan_rule_value,
         billing_start_date: ctx.billing_start_date,

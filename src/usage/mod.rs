@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 
 use crate::domain::aggregation::Aggregate;
-use crate::domain::catalog::{MetricSpec, PlanInterval, PlanRuleType};
+use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanRuleType};
 use crate::domain::period::Schedule;
 use crate::domain::pricing::Pricing;
 use crate::error::HandleError;
@@ -24,6 +24,7 @@ use crate::store::usage::AggregateRow;
 #[derive(Debug, Clone, Copy)]
 pub struct PeriodBasis<'a> {
     pub plan_interval: &'a str,
+    pub plan_model: &'a str,
     pub plan_rule_type: &'a str,
     pub plan_rule_value: Option<i32>,
     pub billing_start_date: Option<DateTime<Utc>>,
@@ -34,10 +35,17 @@ pub struct PeriodBasis<'a> {
 
 impl PeriodBasis<'_> {
     /// The schedule of periods: from the billing start (else activation,
-    /// else creation), anchored when the plan's rule is `ON`.
+    /// else creation), anchored when the plan's rule is `ON`. Plans billed as
+    /// presented (and ONETIME) have one open period, which starts again where
+    /// the last bill ended.
     pub fn schedule(&self) -> Schedule {
-        let interval = PlanInterval::parse(self.plan_interval).unwrap_or(PlanInterval::Aspresented);
-        let start = self.billing_start_date.or(self.activated_at).unwrap_or(self.created_at);
+        let mut interval = PlanInterval::parse(self.plan_interval).unwrap_or(PlanInterval::Aspresented);
+        let model = PlanModel::parse(self.plan_model).unwrap_or(PlanModel::UsageBased);
+        let mut start = self.billing_start_date.or(self.activated_at).unwrap_or(self.created_at);
+        if crate::billing::bills_on_present(interval, model) || interval == PlanInterval::Onetime {
+            interval = PlanInterval::Aspresented;
+            start = self.billed_until.unwrap_or(start);
+        }
         let anchor = (PlanRuleType::parse(self.plan_rule_type) == Some(PlanRuleType::On))
             .then_some(self.plan_rule_value)
             .flatten()

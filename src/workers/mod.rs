@@ -2,7 +2,9 @@
 //! backoff, so a broker restart never stops the process.
 
 pub mod outbox_relay;
+pub mod payments;
 pub mod provisioning;
+pub mod scheduler;
 pub mod usage;
 
 use std::collections::BTreeMap;

@@ -67,7 +67,7 @@ struct Answer {
     announced: bool,
 }
 
-async fn handle(ctx: &Context, delivery: &Delivery) -> Handled {
+async fn handle(ctx: &Context, publisher: &Publisher, delivery: &Delivery) -> Handled {
     let env = match envelope::open(
         &delivery.properties,
         &delivery.data,
@@ -91,11 +91,35 @@ async fn handle(ctx: &Context, delivery: &Delivery) -> Handled {
             };
         }
     };
-    let result = execute(ctx, &env, command.clone()).await;
+    let result = match &command {
+        Command::RunBilling(r) => run_billing(ctx, publisher, &env, r.limit).await,
+        _ => execute(ctx, &env, command.clone()).await,
+    };
     Handled {
         command: Some(command),
         result,
     }
+}
+
+/// `run_billing`: one scheduler pass now, answered with what it did.
+async fn run_billing(
+    ctx: &Context,
+    publisher: &Publisher,
+    env: &envelope::Envelope,
+    limit: Option<u32>,
+) -> Result<Answer, HandleError> {
+    let limit = limit.map_or(ctx.settings.scheduler.batch_size, i64::from).max(1);
+    let report = crate::billing::run::run_once(ctx, publisher, limit)
+        .await
+        .map_err(|e| match e {
+            crate::billing::run::RunError::Handle(h) => h,
+            crate::billing::run::RunError::Broker(b) => HandleError::Transient(b.to_string()),
+        })?;
+    let response = documents::success(&env.merchant_id, serde_json::json!({ "run": report }));
+    Ok(Answer {
+        response,
+        announced: true,
+    })
 }
 
 async fn execute(ctx: &Context, env: &envelope::Envelope, command: Command) -> Result<Answer, HandleError> {
@@ -116,7 +140,8 @@ async fn execute(ctx: &Context, env: &envelope::Envelope, command: Command) -> R
             announced: false,
         });
     }
-    let outcome = crate::provisioning::execute(&mut tx, &env.merchant_id, ctx.clock.now(), command).await?;
+    let notice = chrono::Duration::from_std(ctx.settings.scheduler.pre_debit_notice).unwrap_or(chrono::Duration::MAX);
+    let outcome = crate::provisioning::execute(&mut tx, &env.merchant_id, ctx.clock.now(), notice, command).await?;
     if let Some(message_id) = replayable
         && !store::idempotency::save(
             &mut tx,
@@ -162,7 +187,7 @@ async fn process(
         0.2,
     );
     let (command, result) = loop {
-        let handled = handle(ctx, &delivery).await;
+        let handled = handle(ctx, publisher, &delivery).await;
         match handled.result {
             Ok(answer) => break (handled.command, Ok(answer)),
             Err(HandleError::Rejected(rejection)) => break (handled.command, Err(rejection)),

@@ -1,0 +1,380 @@
+//! Issuing bills: closing due periods (catching up missed ones), billing
+//! presented usage, and the common path every bill takes: carried amounts,
+//! rounding, credit through the ledger, then a debit scheduled with notice.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde_json::json;
+use sqlx::PgConnection;
+
+use super::{announce_bill, bills_on_present};
+use crate::domain::bill::{Charge, LineKind, compute};
+use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanSpec, PlanType};
+use crate::domain::ids::new_execution_id;
+use crate::domain::ledger::EntryKind;
+use crate::domain::money::Currency;
+use crate::error::{ErrorCode, HandleError, Rejection};
+use crate::protocol::documents::{num, timestamp};
+use crate::protocol::webhook::EventName;
+use crate::provisioning::{plan_metrics, plan_spec};
+use crate::store;
+use crate::store::bills::BillRow;
+use crate::store::executions::ExecutionRow;
+use crate::usage::{PeriodBasis, aggregate_of, effective_metrics, usage_of};
+
+/// Most periods one pass bills for one execution; the next pass goes on.
+const MAX_CATCH_UP: usize = 64;
+
+/// Status of a bill as it is issued.
+pub const SCHEDULED: &str = "SCHEDULED";
+pub const PAID: &str = "PAID";
+
+/// A bill about to be issued.
+struct NewBill {
+    kind: &'static str,
+    key: String,
+    period_start: Option<DateTime<Utc>>,
+    period_end: Option<DateTime<Utc>>,
+    charges: Vec<Charge>,
+}
+
+/// The plan an execution is on, with everything billing needs of it.
+struct PlanView {
+    spec: PlanSpec,
+    row: store::catalog::PlanRow,
+    metrics: HashMap<String, MetricSpec>,
+    /// Metric ids in the plan's order (then the customer's extra ones).
+    order: Vec<String>,
+}
+
+async fn plan_view(conn: &mut PgConnection, execution: &ExecutionRow) -> Result<PlanView, HandleError> {
+    let row = store::catalog::find_plan(conn, &execution.merchant_id, &execution.plan_id)
+        .await?
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::PlanNotFound,
+                format!("plan_id '{}' does not exist", execution.plan_id),
+            )
+        })?;
+    let metric_rows = plan_metrics(conn, execution, &row).await?;
+    let order = metric_rows.iter().map(|m| m.metric_id.clone()).collect();
+    let metrics = effective_metrics(&metric_rows, &execution.metric_info)?;
+    Ok(PlanView {
+        spec: plan_spec(&row)?,
+        row,
+        metrics,
+        order,
+    })
+}
+
+/// The period layout of an execution on a plan.
+pub fn basis<'a>(execution: &'a ExecutionRow, plan: &'a store::catalog::PlanRow) -> PeriodBasis<'a> {
+    PeriodBasis {
+        plan_interval: &plan.plan_interval,
+        plan_model: &plan.plan_model,
+        plan_rule_type: &plan.plan_rule_type,
+        plan_rule_value: plan.plan_rule_value,
+        billing_start_date: execution.billing_start_date,
+        activated_at: execution.activated_at,
+        created_at: execution.created_at,
+        billed_until: execution.billed_until,
+    }
+}
+
+/// The plan amount this execution pays: its agreed amount, else the plan's.
+fn plan_amount(execution: &ExecutionRow, plan: &PlanSpec) -> Decimal {
+    execution.plan_amount.unwrap_or(plan.plan_amount)
+}
+
+fn plan_amount_charge(
+    execution: &ExecutionRow,
+    plan: &PlanView,
+    from: DateTime<Utc>,
+    to: Option<DateTime<Utc>>,
+    when: &str,
+) -> Option<Charge> {
+    let amount = plan_amount(execution, &plan.spec);
+    if amount <= Decimal::ZERO || plan.spec.plan_model == PlanModel::UsageCalculation {
+        return None;
+    }
+    let span = match to {
+        Some(to) => format!("{} to {}", timestamp(from), timestamp(to)),
+        None => format!("from {}", timestamp(from)),
+    };
+    Some(Charge {
+        kind: LineKind::PlanAmount,
+        metric_id: None,
+        quantity: None,
+        amount,
+        description: format!("{} ({when}), {span}", plan.spec.plan_name),
+    })
+}
+
+/// One usage line per metric of the plan, priced on the period's aggregate.
+async fn usage_charges(
+    conn: &mut PgConnection,
+    execution: &ExecutionRow,
+    plan: &PlanView,
+    period_start: DateTime<Utc>,
+) -> Result<Vec<Charge>, HandleError> {
+    if !plan.spec.plan_model.has_usage() {
+        return Ok(Vec::new());
+    }
+    let rows = store::usage::aggregates(conn, std::slice::from_ref(&execution.id), &[period_start]).await?;
+    let mut charges = Vec::with_capacity(plan.order.len());
+    for metric_id in &plan.order {
+        let Some(spec) = plan.metrics.get(metric_id) else {
+            continue;
+        };
+        let (used, amount) = rows
+            .iter()
+            .find(|r| &r.metric_id == metric_id)
+            .map(|r| usage_of(spec, &aggregate_of(r)))
+            .unwrap_or((Decimal::ZERO, Decimal::ZERO));
+        charges.push(Charge {
+            kind: LineKind::Usage,
+            metric_id: Some(metric_id.clone()),
+            quantity: Some(used),
+            amount,
+            description: format!("{} {}", spec.name, spec.unit).trim().to_string(),
+        });
+    }
+    Ok(charges)
+}
+
+/// Bills every period of the execution that closed by `now`, oldest first.
+/// The caller's transaction holds nothing yet; this locks the execution.
+pub async fn bill_due_execution(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    now: DateTime<Utc>,
+    notice: Duration,
+) -> Result<Vec<BillRow>, HandleError> {
+    let Some(mut execution) = store::executions::lock_by_id(conn, execution_id).await? else {
+        return Ok(Vec::new());
+    };
+    let mut issued = Vec::new();
+    for _ in 0..MAX_CATCH_UP {
+        let Some(at) = execution.next_bill_at.filter(|at| *at <= now) else {
+            break;
+        };
+        if execution.status != "ACTIVE" {
+            break;
+        }
+        let plan = plan_view(conn, &execution).await?;
+        let schedule = basis(&execution, &plan.row).schedule();
+        let onetime = plan.spec.plan_interval == PlanInterval::Onetime;
+        // The bill belongs to the plan of the period it closes.
+        let bill_plan = plan.spec.clone();
+        let bill = if execution.billed_until.is_none()
+            && at == schedule.start
+            && (onetime || plan.spec.plan_type == PlanType::PreDebit)
+        {
+            // The amount in advance for the first period (or the one-time charge).
+            let end = if onetime { None } else { schedule.boundary(1) };
+            let charges = plan_amount_charge(&execution, &plan, at, end, "in advance")
+                .into_iter()
+                .collect();
+            execution.next_bill_at = end;
+            NewBill {
+                kind: "PERIOD",
+                key: format!("advance:{}", timestamp(at)),
+                period_start: Some(at),
+                period_end: end,
+                charges,
+            }
+        } else {
+            let from = execution.billed_until.unwrap_or(schedule.start);
+            let mut charges = usage_charges(conn, &execution, &plan, from).await?;
+            if plan.spec.plan_type == PlanType::PostDebit
+                && let Some(c) = plan_amount_charge(&execution, &plan, from, Some(at), "in arrears")
+            {
+                charges.insert(0, c);
+            }
+            // A plan change takes effect at the boundary: the closed period
+            // was billed on the old plan, what follows is on the new one.
+            let plan = match execution.pending_plan_id.take() {
+                Some(next) => {
+                    execution.plan_id = next;
+                    execution.plan_amount = execution.pending_plan_amount.take();
+                    execution.billing_start_date = Some(at);
+                    plan_view(conn, &execution).await?
+                }
+                None => plan,
+            };
+            execution.billed_until = Some(at);
+            let next_schedule = basis(&execution, &plan.row).schedule();
+            let next_period = next_schedule.period_containing(at);
+            if plan.spec.plan_type == PlanType::PreDebit
+                && !bills_on_present(plan.spec.plan_interval, plan.spec.plan_model)
+                && let Some(c) = plan_amount_charge(&execution, &plan, next_period.start, next_period.end, "in advance")
+            {
+                charges.push(c);
+            }
+            execution.next_bill_at = if bills_on_present(plan.spec.plan_interval, plan.spec.plan_model) {
+                None
+            } else {
+                next_period.end
+            };
+            NewBill {
+                kind: "PERIOD",
+                key: format!("period:{}", timestamp(from)),
+                period_start: Some(from),
+                period_end: Some(at),
+                charges,
+            }
+        };
+        if let Some(bill) = issue(conn, &mut execution, &bill_plan, bill, now, notice).await? {
+            issued.push(bill);
+        }
+        store::executions::save_billing_state(conn, &execution, now).await?;
+    }
+    Ok(issued)
+}
+
+/// `present`: bills the usage of the open period so far, for plans billed as presented.
+pub async fn present(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    execution_id: &str,
+    now: DateTime<Utc>,
+    notice: Duration,
+) -> Result<Option<BillRow>, HandleError> {
+    let mut execution = store::executions::lock(conn, merchant_id, execution_id)
+        .await?
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::ExecutionNotFound,
+                format!("billing_execution_info_id '{execution_id}' does not exist for this merchant"),
+            )
+        })?;
+    let plan = plan_view(conn, &execution).await?;
+    if !bills_on_present(plan.spec.plan_interval, plan.spec.plan_model) {
+        return Err(Rejection::new(
+            ErrorCode::InvalidState,
+            format!(
+                "plan '{}' bills on its {} schedule; present is for ASPRESENTED and USAGE_CALCULATION plans",
+                plan.spec.plan_id,
+                plan.spec.plan_interval.as_str()
+            ),
+        )
+        .into());
+    }
+    let from = basis(&execution, &plan.row).schedule().start;
+    let mut charges = usage_charges(conn, &execution, &plan, from).await?;
+    if let Some(c) = plan_amount_charge(&execution, &plan, from, Some(now), "as presented") {
+        charges.insert(0, c);
+    }
+    execution.billed_until = Some(now);
+    let bill = NewBill {
+        kind: "PRESENTED",
+        key: format!("presented:{}", timestamp(from)),
+        period_start: Some(from),
+        period_end: Some(now),
+        charges,
+    };
+    let issued = issue(conn, &mut execution, &plan.spec, bill, now, notice).await?;
+    store::executions::save_billing_state(conn, &execution, now).await?;
+    Ok(issued)
+}
+
+/// The path of every execution bill: carried amount, rounding, credit,
+/// then PAID (credit covered it) or SCHEDULED with the pre-debit notice.
+async fn issue(
+    conn: &mut PgConnection,
+    execution: &mut ExecutionRow,
+    plan: &PlanSpec,
+    new: NewBill,
+    now: DateTime<Utc>,
+    notice: Duration,
+) -> Result<Option<BillRow>, HandleError> {
+    let mut charges = new.charges;
+    if execution.carried_amount > Decimal::ZERO {
+        charges.push(Charge {
+            kind: LineKind::Carried,
+            metric_id: None,
+            quantity: None,
+            amount: execution.carried_amount,
+            description: "unpaid amount carried over".into(),
+        });
+        execution.carried_amount = Decimal::ZERO;
+    }
+    let currency =
+        Currency::parse(&plan.plan_currency.to_string()).map_err(|e| Rejection::new(ErrorCode::InternalError, e))?;
+    let computed = compute(&currency, charges, execution.credit_balance);
+    let id = format!("bill_{}", new_execution_id());
+    let paid = computed.amount_due.is_zero();
+    let due_at = now + notice;
+    let bill = BillRow {
+        id: id.clone(),
+        merchant_id: execution.merchant_id.clone(),
+        customer_id: execution.customer_id.clone(),
+        execution_id: Some(execution.id.clone()),
+        billing_plan_id: None,
+        kind: new.kind.to_string(),
+        bill_key: Some(new.key),
+        period_start: new.period_start,
+        period_end: new.period_end,
+        sequence_number: None,
+        reference_id: execution.merchant_ref_id.clone(),
+        currency: currency.to_string(),
+        total: computed.total,
+        credit_applied: computed.credit_applied,
+        amount_due: computed.amount_due,
+        status: if paid { PAID } else { SCHEDULED }.to_string(),
+        action_on_failure: plan.plan_action_on_failure.as_str().to_string(),
+        token: execution.token.clone().or_else(|| execution.mandate_id.clone()),
+        due_at,
+        notice_sent_at: (!paid).then_some(now),
+        attempt: 0,
+        max_retry: plan.max_retry as i32,
+        next_attempt_at: (!paid).then_some(due_at),
+        request_id: None,
+        lease_owner: None,
+        lease_expires_at: None,
+        last_error: None,
+        gateway_txn_id: None,
+        settled_at: paid.then_some(now),
+        created_at: now,
+        updated_at: now,
+    };
+    if !store::bills::insert(conn, &bill).await? {
+        // Billed already (another process got there first): nothing to add.
+        return Ok(None);
+    }
+    store::bills::insert_lines(conn, &id, &computed.lines).await?;
+    if computed.credit_applied > Decimal::ZERO {
+        let entry = store::ledger::append(
+            conn,
+            &execution.merchant_id,
+            &execution.id,
+            EntryKind::Use,
+            computed.credit_applied,
+            &id,
+            now,
+        )
+        .await?;
+        execution.credit_balance = entry.balance_after;
+    }
+    if paid {
+        if computed.total > Decimal::ZERO {
+            let settlement =
+                json!({"credit_applied": num(computed.credit_applied), "debited_amount": 0, "currency": bill.currency});
+            announce_bill(
+                conn,
+                EventName::ExecutionDebitEvent,
+                &bill,
+                Some(execution),
+                now,
+                Some(("settlement", settlement)),
+            )
+            .await?;
+        }
+    } else {
+        announce_bill(conn, EventName::TxnScheduled, &bill, Some(execution), now, None).await?;
+        announce_bill(conn, EventName::TxnToBeExecuted, &bill, Some(execution), now, None).await?;
+    }
+    Ok(Some(bill))
+}

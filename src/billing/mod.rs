@@ -1,0 +1,104 @@
+//! Turning usage and plans into money: bills issued when periods close (or
+//! on `present`, or on an explicit schedule), credit applied first, debits
+//! run through the payment gateway with retries, then the plan's action.
+
+pub mod debits;
+pub mod issue;
+pub mod plans;
+pub mod run;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use crate::domain::catalog::{PlanInterval, PlanModel, PlanType};
+use crate::domain::period::Schedule;
+use crate::protocol::documents::{num, timestamp};
+use crate::protocol::webhook::{EventName, Webhook};
+use crate::store;
+use crate::store::bills::{BillRow, LineRow};
+use crate::store::executions::ExecutionRow;
+
+/// Whether a plan bills only when presented (never on a schedule).
+pub fn bills_on_present(interval: PlanInterval, model: PlanModel) -> bool {
+    interval == PlanInterval::Aspresented || model == PlanModel::UsageCalculation
+}
+
+/// When the scheduler first acts for an execution that starts billing on
+/// `schedule`: at the start for an amount in advance (PRE_DEBIT) and for
+/// ONETIME plans, at the end of the first period otherwise; never for plans
+/// billed on `present`.
+pub fn first_bill_at(
+    schedule: &Schedule,
+    interval: PlanInterval,
+    plan_type: PlanType,
+    model: PlanModel,
+) -> Option<DateTime<Utc>> {
+    if bills_on_present(interval, model) {
+        return None;
+    }
+    if interval == PlanInterval::Onetime || plan_type == PlanType::PreDebit {
+        return Some(schedule.start);
+    }
+    schedule.boundary(1)
+}
+
+/// A bill with its lines, as webhooks and answers show it.
+pub fn bill_document(bill: &BillRow, lines: &[LineRow]) -> Value {
+    json!({
+        "bill_id": bill.id,
+        "kind": bill.kind,
+        "billing_execution_info_id": bill.execution_id,
+        "billing_plan_id": bill.billing_plan_id,
+        "customer_id": bill.customer_id,
+        "period_start": bill.period_start.map(timestamp),
+        "period_end": bill.period_end.map(timestamp),
+        "sequence_number": bill.sequence_number,
+        "reference_id": bill.reference_id,
+        "currency": bill.currency,
+        "total": num(bill.total),
+        "credit_applied": num(bill.credit_applied),
+        "amount_due": num(bill.amount_due),
+        "status": bill.status,
+        "due_at": timestamp(bill.due_at),
+        "attempt": bill.attempt,
+        "max_retry": bill.max_retry,
+        "next_attempt_at": bill.next_attempt_at.map(timestamp),
+        "last_error": bill.last_error,
+        "gateway_txn_id": bill.gateway_txn_id,
+        "lines": lines.iter().map(|l| json!({
+            "kind": l.kind,
+            "metric_id": l.metric_id,
+            "quantity": l.quantity.map(num),
+            "amount": num(l.amount),
+            "description": l.description,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Writes a webhook about a bill. The caller holds the execution's row lock
+/// (when the bill has one), which keeps webhooks of one execution in order.
+pub async fn announce_bill(
+    conn: &mut PgConnection,
+    event: EventName,
+    bill: &BillRow,
+    execution: Option<&ExecutionRow>,
+    now: DateTime<Utc>,
+    extra: Option<(&str, Value)>,
+) -> Result<(), sqlx::Error> {
+    let lines = store::bills::lines(conn, &bill.id).await?;
+    let mut content = json!({ "bill": bill_document(bill, &lines) });
+    if let Some(obj) = content.as_object_mut() {
+        if let Some(e) = execution {
+            obj.insert(
+                "billing_execution_info".into(),
+                crate::protocol::documents::execution_summary(e),
+            );
+        }
+        if let Some((key, value)) = extra {
+            obj.insert(key.into(), value);
+        }
+    }
+    let webhook = Webhook::new(event, &bill.merchant_id, now, content);
+    store::outbox::enqueue(conn, &webhook, bill.execution_id.as_deref()).await
+}

@@ -1,0 +1,211 @@
+//! A bill: its lines, rounded to the currency's minor unit, credit applied
+//! first, and what remains to collect. Pure arithmetic, no I/O.
+
+use rust_decimal::Decimal;
+
+use super::ledger::apply_credit;
+use super::money::Currency;
+
+/// What a line charges for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    /// The plan's recurring amount (in advance or in arrears).
+    PlanAmount,
+    /// One metric's usage in the period.
+    Usage,
+    /// An unpaid amount carried over from an earlier bill.
+    Carried,
+    /// The amount of an explicit schedule entry.
+    ScheduledAmount,
+}
+
+impl LineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineKind::PlanAmount => "PLAN_AMOUNT",
+            LineKind::Usage => "USAGE",
+            LineKind::Carried => "CARRIED",
+            LineKind::ScheduledAmount => "SCHEDULED_AMOUNT",
+        }
+    }
+}
+
+/// A charge before rounding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub kind: LineKind,
+    pub metric_id: Option<String>,
+    pub quantity: Option<Decimal>,
+    /// Exact amount; the bill rounds it.
+    pub amount: Decimal,
+    pub description: String,
+}
+
+/// A line as billed: its amount rounded to the minor unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub kind: LineKind,
+    pub metric_id: Option<String>,
+    pub quantity: Option<Decimal>,
+    pub amount: Decimal,
+    pub description: String,
+}
+
+/// The figures of a bill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bill {
+    pub lines: Vec<Line>,
+    /// Sum of the rounded lines.
+    pub total: Decimal,
+    /// Paid from the credit balance.
+    pub credit_applied: Decimal,
+    /// Left to collect through the gateway.
+    pub amount_due: Decimal,
+}
+
+/// Rounds every charge to the minor unit (so the lines add up to the total
+/// a customer sees), then pays what it can from `credit_balance`.
+pub fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance: Decimal) -> Bill {
+    let lines: Vec<Line> = charges
+        .into_iter()
+        .map(|c| Line {
+            kind: c.kind,
+            metric_id: c.metric_id,
+            quantity: c.quantity,
+            amount: currency.round(c.amount).max(Decimal::ZERO),
+            description: c.description,
+        })
+        .collect();
+    let total: Decimal = lines.iter().map(|l| l.amount).sum();
+    let (credit_applied, amount_due) = apply_credit(credit_balance, total);
+    Bill {
+        lines,
+        total,
+        credit_applied,
+        amount_due,
+    }
+}
+
+/// What happens after a failed debit attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Try again later (`retries_left` after this one).
+    Retry,
+    /// `max_retry` retries were spent: the plan's action applies.
+    RetriesExhausted,
+    /// The gateway said retrying cannot help: the plan's action applies now.
+    NotRetryable,
+}
+
+/// Decides after attempt number `attempt` (1 is the first try) failed: at
+/// most `max_retry` retries follow the first attempt.
+pub fn after_failure(attempt: u32, max_retry: u32, retryable: bool) -> AfterFailure {
+    if !retryable {
+        AfterFailure::NotRetryable
+    } else if attempt <= max_retry {
+        AfterFailure::Retry
+    } else {
+        AfterFailure::RetriesExhausted
+    }
+}
+
+/// Formats an amount with exactly the currency's minor digits (`10.00`), as
+/// debit requests carry it.
+pub fn format_amount(currency: &Currency, amount: Decimal) -> String {
+    let mut rounded = currency.round(amount);
+    rounded.rescale(currency.minor_units());
+    rounded.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).expect("decimal")
+    }
+
+    fn inr() -> Currency {
+        Currency::parse("INR").expect("currency")
+    }
+
+    fn usage(metric: &str, amount: &str) -> Charge {
+        Charge {
+            kind: LineKind::Usage,
+            metric_id: Some(metric.into()),
+            quantity: Some(Decimal::ONE),
+            amount: d(amount),
+            description: metric.into(),
+        }
+    }
+
+    fn plan(amount: &str) -> Charge {
+        Charge {
+            kind: LineKind::PlanAmount,
+            metric_id: None,
+            quantity: None,
+            amount: d(amount),
+            description: "plan".into(),
+        }
+    }
+
+    #[test]
+    fn lines_are_rounded_and_credit_goes_first() {
+        let bill = compute(
+            &inr(),
+            vec![plan("499"), usage("api", "10.005"), usage("gb", "0.004")],
+            d("100"),
+        );
+        let amounts: Vec<Decimal> = bill.lines.iter().map(|l| l.amount).collect();
+        assert_eq!(amounts, vec![d("499"), d("10.01"), d("0.00")]);
+        assert_eq!(bill.total, d("509.01"));
+        assert_eq!(bill.credit_applied, d("100"));
+        assert_eq!(bill.amount_due, d("409.01"));
+    }
+
+    #[test]
+    fn a_bill_paid_by_credit_leaves_nothing_due() {
+        let bill = compute(&inr(), vec![usage("api", "7.5")], d("10"));
+        assert_eq!((bill.credit_applied, bill.amount_due), (d("7.5"), d("0")));
+    }
+
+    #[test]
+    fn zero_decimal_currencies_round_to_units() {
+        let yen = Currency::parse("JPY").expect("currency");
+        let bill = compute(&yen, vec![usage("api", "10.5")], Decimal::ZERO);
+        assert_eq!(bill.total, d("11"));
+        assert_eq!(format_amount(&yen, bill.total), "11");
+    }
+
+    #[test]
+    fn amounts_are_formatted_with_minor_digits() {
+        assert_eq!(format_amount(&inr(), d("10")), "10.00");
+        assert_eq!(format_amount(&inr(), d("10.5")), "10.50");
+        assert_eq!(format_amount(&inr(), d("10.005")), "10.01");
+    }
+
+    #[test]
+    fn failure_decisions() {
+        // max_retry 2: attempts 1 and 2 fail into a retry, attempt 3 is the last.
+        assert_eq!(after_failure(1, 2, true), AfterFailure::Retry);
+        assert_eq!(after_failure(2, 2, true), AfterFailure::Retry);
+        assert_eq!(after_failure(3, 2, true), AfterFailure::RetriesExhausted);
+        assert_eq!(after_failure(1, 0, true), AfterFailure::RetriesExhausted);
+        assert_eq!(after_failure(1, 5, false), AfterFailure::NotRetryable);
+    }
+
+    proptest! {
+        #[test]
+        fn money_is_conserved(cents in proptest::collection::vec(0i64..10_000_000, 0..8), credit in 0i64..100_000_000) {
+            let charges: Vec<Charge> = cents.iter().map(|c| usage("m", &Decimal::new(*c, 3).to_string())).collect();
+            let bill = compute(&inr(), charges, Decimal::new(credit, 2));
+            let sum: Decimal = bill.lines.iter().map(|l| l.amount).sum();
+            prop_assert_eq!(sum, bill.total);
+            prop_assert_eq!(bill.credit_applied + bill.amount_due, bill.total);
+            prop_assert!(bill.amount_due >= Decimal::ZERO);
+            prop_assert!(bill.lines.iter().all(|l| l.amount.normalize().scale() <= 2));
+        }
+    }
+}

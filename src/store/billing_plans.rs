@@ -1,0 +1,124 @@
+//! Explicit bill schedules (`add_billing_plan`).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+
+use crate::billing::plans::PlanIn;
+use crate::domain::money::Currency;
+use crate::store::bills::BillRow;
+
+/// A stored billing plan.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BillingPlanRow {
+    pub id: String,
+    pub merchant_id: String,
+    pub customer_id: String,
+    pub token: Option<String>,
+    pub plan_type: Option<String>,
+    pub schedule_type: String,
+    pub periodicity: i32,
+    pub start_date: NaiveDate,
+    pub end_date: Option<NaiveDate>,
+    pub end_type: i32,
+    pub no_of_payments: Option<i32>,
+    pub amount: Decimal,
+    pub currency: String,
+    pub reference_id: Option<String>,
+    pub max_retry: i32,
+    pub active: bool,
+    pub billing_mode: Option<String>,
+    pub bill_day: Option<i32>,
+}
+
+pub async fn find_by_reference(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    reference_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM billing_plans WHERE merchant_id = $1 AND reference_id = $2")
+        .bind(merchant_id)
+        .bind(reference_id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn find(conn: &mut PgConnection, id: &str) -> Result<Option<BillingPlanRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, merchant_id, customer_id, token, plan_type, schedule_type, periodicity, start_date, end_date, end_type,
+                no_of_payments, amount, currency, reference_id, max_retry, active, billing_mode, bill_day
+         FROM billing_plans WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+fn text(v: &Option<serde_json::Value>) -> Option<String> {
+    v.as_ref().map(|v| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// Stores a plan as requested (the request itself is kept for reference).
+#[allow(clippy::too_many_arguments)]
+pub async fn insert(
+    conn: &mut PgConnection,
+    id: &str,
+    merchant_id: &str,
+    plan: &PlanIn,
+    currency: &Currency,
+    max_retry: u32,
+    first_date: Option<NaiveDate>,
+    request: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let start = plan
+        .start_date
+        .as_deref()
+        .and_then(|s| NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d").ok())
+        .or(first_date)
+        .unwrap_or_else(|| now.date_naive());
+    let end = plan
+        .end_date
+        .as_deref()
+        .and_then(|s| NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d").ok());
+    sqlx::query(
+        "INSERT INTO billing_plans (id, merchant_id, customer_id, token, plan_type, schedule_type, periodicity, start_date,
+             end_date, end_type, no_of_payments, amount, currency, reference_id, max_retry, active, billing_mode, bill_day,
+             request, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+    )
+    .bind(id)
+    .bind(merchant_id)
+    .bind(&plan.customer_id)
+    .bind(&plan.token)
+    .bind(text(&plan.plan_type))
+    .bind(plan.schedule_type.as_deref().map(str::to_ascii_uppercase).unwrap_or_else(|| "M".into()))
+    .bind(plan.periodicity.unwrap_or(1) as i32)
+    .bind(start)
+    .bind(end)
+    .bind(plan.end_type.unwrap_or(1) as i32)
+    .bind(plan.no_of_payments.map(|n| n as i32))
+    .bind(plan.amount.unwrap_or(Decimal::ZERO))
+    .bind(currency.as_str())
+    .bind(&plan.reference_id)
+    .bind(max_retry as i32)
+    .bind(plan.active.unwrap_or(true))
+    .bind(text(&plan.billing_mode))
+    .bind(plan.bill_day.map(|d| d as i32))
+    .bind(request)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The bills of a plan, by sequence number.
+pub async fn bills(conn: &mut PgConnection, id: &str) -> Result<Vec<BillRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM bills WHERE billing_plan_id = $1 ORDER BY sequence_number")
+        .bind(id)
+        .fetch_all(conn)
+        .await
+}

@@ -1,0 +1,378 @@
+//! Bills, their lines and debit attempts. A bill row is the state machine
+//! of its collection: status, attempt, next attempt, lease and last error.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+
+use crate::domain::bill::Line;
+
+/// A stored bill.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct BillRow {
+    pub id: String,
+    pub merchant_id: String,
+    pub customer_id: String,
+    pub execution_id: Option<String>,
+    pub billing_plan_id: Option<String>,
+    pub kind: String,
+    pub bill_key: Option<String>,
+    pub period_start: Option<DateTime<Utc>>,
+    pub period_end: Option<DateTime<Utc>>,
+    pub sequence_number: Option<i32>,
+    pub reference_id: Option<String>,
+    pub currency: String,
+    pub total: Decimal,
+    pub credit_applied: Decimal,
+    pub amount_due: Decimal,
+    pub status: String,
+    pub action_on_failure: String,
+    pub token: Option<String>,
+    pub due_at: DateTime<Utc>,
+    pub notice_sent_at: Option<DateTime<Utc>>,
+    pub attempt: i32,
+    pub max_retry: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub request_id: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub gateway_txn_id: Option<String>,
+    pub settled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A stored line.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LineRow {
+    pub position: i32,
+    pub kind: String,
+    pub metric_id: Option<String>,
+    pub quantity: Option<Decimal>,
+    pub amount: Decimal,
+    pub description: String,
+}
+
+/// Inserts a bill; `false` when a bill with its key (or sequence number) exists.
+pub async fn insert(conn: &mut PgConnection, b: &BillRow) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO bills (id, merchant_id, customer_id, execution_id, billing_plan_id, kind, bill_key, period_start,
+             period_end, sequence_number, reference_id, currency, total, credit_applied, amount_due, status,
+             action_on_failure, token, due_at, notice_sent_at, attempt, max_retry, next_attempt_at, settled_at,
+             created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                 $22, $23, $24, $25, $25)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&b.id)
+    .bind(&b.merchant_id)
+    .bind(&b.customer_id)
+    .bind(&b.execution_id)
+    .bind(&b.billing_plan_id)
+    .bind(&b.kind)
+    .bind(&b.bill_key)
+    .bind(b.period_start)
+    .bind(b.period_end)
+    .bind(b.sequence_number)
+    .bind(&b.reference_id)
+    .bind(&b.currency)
+    .bind(b.total)
+    .bind(b.credit_applied)
+    .bind(b.amount_due)
+    .bind(&b.status)
+    .bind(&b.action_on_failure)
+    .bind(&b.token)
+    .bind(b.due_at)
+    .bind(b.notice_sent_at)
+    .bind(b.attempt)
+    .bind(b.max_retry)
+    .bind(b.next_attempt_at)
+    .bind(b.settled_at)
+    .bind(b.created_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Writes a bill's lines in one statement.
+pub async fn insert_lines(conn: &mut PgConnection, bill_id: &str, lines: &[Line]) -> Result<(), sqlx::Error> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let positions: Vec<i32> = (1..=lines.len() as i32).collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l.kind.as_str()).collect();
+    let metrics: Vec<Option<String>> = lines.iter().map(|l| l.metric_id.clone()).collect();
+    let quantities: Vec<Option<Decimal>> = lines.iter().map(|l| l.quantity).collect();
+    let amounts: Vec<Decimal> = lines.iter().map(|l| l.amount).collect();
+    let descriptions: Vec<&str> = lines.iter().map(|l| l.description.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO bill_lines (bill_id, position, kind, metric_id, quantity, amount, description)
+         SELECT $1, * FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::text[])",
+    )
+    .bind(bill_id)
+    .bind(&positions)
+    .bind(&kinds)
+    .bind(&metrics)
+    .bind(&quantities)
+    .bind(&amounts)
+    .bind(&descriptions)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn lines(conn: &mut PgConnection, bill_id: &str) -> Result<Vec<LineRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT position, kind, metric_id, quantity, amount, description FROM bill_lines WHERE bill_id = $1 ORDER BY position",
+    )
+    .bind(bill_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Claims bills whose debit is due: notice given, next attempt reached.
+/// Each claimed bill moves to PROCESSING with a new attempt number, a new
+/// request id and a lease, so no other process attempts it.
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    owner: &str,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<BillRow>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH due AS (
+             SELECT id FROM bills
+             WHERE status IN ('SCHEDULED', 'RETRY_SCHEDULED') AND notice_sent_at IS NOT NULL AND next_attempt_at <= $1
+             ORDER BY next_attempt_at
+             LIMIT $4
+             FOR UPDATE SKIP LOCKED)
+         UPDATE bills b SET status = 'PROCESSING', attempt = b.attempt + 1,
+             request_id = 'req_' || replace(gen_random_uuid()::text, '-', ''),
+             lease_owner = $2, lease_expires_at = $3, updated_at = $1
+         FROM due WHERE b.id = due.id
+         RETURNING b.*",
+    )
+    .bind(now)
+    .bind(owner)
+    .bind(lease_until)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records the attempts of claimed bills.
+pub async fn insert_attempts(
+    conn: &mut PgConnection,
+    bills: &[BillRow],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let request_ids: Vec<String> = bills.iter().map(|b| b.request_id.clone().unwrap_or_default()).collect();
+    let bill_ids: Vec<&str> = bills.iter().map(|b| b.id.as_str()).collect();
+    let attempts: Vec<i32> = bills.iter().map(|b| b.attempt).collect();
+    let amounts: Vec<Decimal> = bills.iter().map(|b| b.amount_due).collect();
+    sqlx::query(
+        "INSERT INTO debit_attempts (request_id, bill_id, attempt, amount, status, created_at)
+         SELECT r, b, a, m, 'REQUESTED', $5 FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::numeric[]) AS t(r, b, a, m)",
+    )
+    .bind(&request_ids)
+    .bind(&bill_ids)
+    .bind(&attempts)
+    .bind(&amounts)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks requests as handed to the broker; the lease now lasts until the
+/// result is overdue.
+pub async fn mark_requested(
+    conn: &mut PgConnection,
+    request_ids: &[String],
+    now: DateTime<Utc>,
+    result_deadline: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE debit_attempts SET requested_at = $2 WHERE request_id = ANY($1) AND requested_at IS NULL")
+        .bind(request_ids)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE bills SET lease_expires_at = $2, updated_at = $3 WHERE request_id = ANY($1) AND status = 'PROCESSING'",
+    )
+    .bind(request_ids)
+    .bind(result_deadline)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A PROCESSING bill whose lease ran out, with whether its request left.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Expired {
+    #[sqlx(flatten)]
+    pub bill: BillRow,
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// Claims PROCESSING bills whose lease expired: a request never handed to the
+/// broker (the process died in between) or a result that never came.
+pub async fn claim_expired(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    owner: &str,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Expired>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH expired AS (
+             SELECT id FROM bills WHERE status = 'PROCESSING' AND lease_expires_at <= $1
+             ORDER BY lease_expires_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+         UPDATE bills b SET lease_owner = $2, lease_expires_at = $3, updated_at = $1
+         FROM expired WHERE b.id = expired.id
+         RETURNING b.*, (SELECT requested_at FROM debit_attempts d WHERE d.request_id = b.request_id) AS requested_at",
+    )
+    .bind(now)
+    .bind(owner)
+    .bind(lease_until)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Locks a bill.
+pub async fn lock(conn: &mut PgConnection, id: &str) -> Result<Option<BillRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM bills WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// A debit attempt.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub request_id: String,
+    pub bill_id: String,
+    pub attempt: i32,
+    pub status: String,
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// Locks an attempt by its request id.
+pub async fn lock_attempt(conn: &mut PgConnection, request_id: &str) -> Result<Option<AttemptRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT request_id, bill_id, attempt, status, requested_at FROM debit_attempts WHERE request_id = $1 FOR UPDATE",
+    )
+        .bind(request_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Records a gateway result (or a timeout) on an attempt.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_result(
+    conn: &mut PgConnection,
+    request_id: &str,
+    status: &str,
+    error_code: Option<&str>,
+    error_message: Option<&str>,
+    retryable: Option<bool>,
+    gateway_txn_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE debit_attempts SET status = $2, error_code = $3, error_message = $4, retryable = $5,
+             gateway_txn_id = COALESCE($6, gateway_txn_id), result_at = $7
+         WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .bind(status)
+    .bind(error_code)
+    .bind(error_message)
+    .bind(retryable)
+    .bind(gateway_txn_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves a bill to a new status with the fields that go with it.
+pub async fn update(conn: &mut PgConnection, b: &BillRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE bills SET status = $2, next_attempt_at = $3, lease_owner = $4, lease_expires_at = $5, last_error = $6,
+             gateway_txn_id = $7, settled_at = $8, notice_sent_at = $9, updated_at = $10
+         WHERE id = $1",
+    )
+    .bind(&b.id)
+    .bind(&b.status)
+    .bind(b.next_attempt_at)
+    .bind(&b.lease_owner)
+    .bind(b.lease_expires_at)
+    .bind(&b.last_error)
+    .bind(&b.gateway_txn_id)
+    .bind(b.settled_at)
+    .bind(b.notice_sent_at)
+    .bind(b.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Bills whose pre-debit notice is due (explicit schedules bill ahead).
+pub async fn claim_notices(
+    conn: &mut PgConnection,
+    notice_from: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<BillRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM bills WHERE status = 'SCHEDULED' AND notice_sent_at IS NULL AND due_at <= $1
+         ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(notice_from)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Cancels an execution's bills that were not attempted yet.
+pub async fn cancel_open(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    except: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE bills SET status = 'CANCELLED', updated_at = $3
+         WHERE execution_id = $1 AND id <> $2 AND status IN ('SCHEDULED', 'RETRY_SCHEDULED')",
+    )
+    .bind(execution_id)
+    .bind(except)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Age in seconds of the oldest bill past its due time and not yet attempted.
+pub async fn oldest_due_age(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<f64, sqlx::Error> {
+    let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT min(next_attempt_at) FROM bills WHERE status IN ('SCHEDULED', 'RETRY_SCHEDULED')
+         AND notice_sent_at IS NOT NULL AND next_attempt_at <= $1",
+    )
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(oldest.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0))
+}
+
+/// Bills of an execution, newest first.
+pub async fn for_execution(conn: &mut PgConnection, execution_id: &str) -> Result<Vec<BillRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM bills WHERE execution_id = $1 ORDER BY created_at DESC, id")
+        .bind(execution_id)
+        .fetch_all(conn)
+        .await
+}

@@ -1,0 +1,55 @@
+//! The scheduler role: a billing pass every `scheduler.tick`, or at once when
+//! `run_billing` asks. Passes of several processes never collide: every step
+//! claims its rows with `FOR UPDATE SKIP LOCKED`.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use super::{mark_up, supervise};
+use crate::app::Context;
+use crate::billing::run::{RunError, run_once};
+use crate::broker::Session;
+use crate::error::HandleError;
+
+const ROLE: &str = "scheduler";
+
+/// Runs the role until `cancel` fires.
+pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
+    let session_ctx = ctx.clone();
+    supervise(ROLE, ctx, cancel.clone(), move || {
+        session(session_ctx.clone(), cancel.clone())
+    })
+    .await;
+}
+
+async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let session = Session::open(&ctx.settings.amqp, ROLE)
+        .await
+        .context("open broker session")?;
+    mark_up(&ctx, ROLE);
+    loop {
+        match run_once(&ctx, &session.publisher, ctx.settings.scheduler.batch_size).await {
+            Ok(report) => tracing::debug!(?report, "billing pass"),
+            Err(RunError::Broker(err)) => return Err(err).context("publish debit requests"),
+            Err(RunError::Handle(HandleError::Transient(reason))) => {
+                ctx.metrics
+                    .transient_errors
+                    .with_label_values(&[ROLE, "database"])
+                    .inc();
+                tracing::warn!(reason = %reason, "billing pass interrupted; the next tick goes on");
+            }
+            Err(RunError::Handle(HandleError::Rejected(rejection))) => {
+                tracing::error!(error = %rejection, "billing pass failed; the next tick tries again");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(ctx.settings.scheduler.tick) => {}
+            _ = ctx.scheduler_wake.notified() => {}
+        }
+    }
+    session.close().await;
+    Ok(())
+}

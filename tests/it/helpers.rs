@@ -124,6 +124,23 @@ impl TestApp {
         Self::spawn_with(Sandbox::new().await, Arc::new(SystemClock)).await
     }
 
+    /// A worker whose time is `clock`, set up for billing tests: passes run
+    /// only when asked (`run_billing`), a one-hour pre-debit notice, retries
+    /// after 10 then 20 minutes (no jitter), results due within 15 minutes.
+    pub async fn spawn_with_clock(clock: billing_worker::clock::ManualClock) -> TestApp {
+        let mut sandbox = Sandbox::new().await;
+        let s = &mut sandbox.settings;
+        s.scheduler.tick = Duration::from_secs(3600);
+        s.scheduler.pre_debit_notice = Duration::from_secs(3600);
+        s.scheduler.lease = Duration::from_secs(60);
+        s.retry.initial = Duration::from_secs(600);
+        s.retry.multiplier = 2.0;
+        s.retry.max = Duration::from_secs(86_400);
+        s.retry.jitter = 0.0;
+        s.payments.result_timeout = Duration::from_secs(900);
+        Self::spawn_with(sandbox, Arc::new(clock)).await
+    }
+
     /// A worker on the given sandbox (settings may have been changed).
     pub async fn spawn_with(sandbox: Sandbox, clock: SharedClock) -> TestApp {
         let settings = sandbox.settings.clone();

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub usage_commit_seconds: Histogram,
     /// Bills issued, by the status they were issued in (PAID: covered by credit).
     pub bills: IntCounterVec,
+    /// Bills reaching an outcome after their debit: paid, written_off, carried_over, failed.
+    pub bills_settled: IntCounterVec,
     /// Debit attempts and results, by result.
     pub debit_attempts: IntCounterVec,
     /// Time from a debit request to its result.
@@ -150,9 +152,15 @@ impl Metrics {
             ),
             bills: counter(
                 &registry,
-                "billing_bills_total",
+                "billing_bills_issued_total",
                 "Bills issued, by status at issue",
                 &["status"],
+            ),
+            bills_settled: counter(
+                &registry,
+                "billing_bills_settled_total",
+                "Bills settled after a debit, by outcome",
+                &["outcome"],
             ),
             debit_attempts: counter(
                 &registry,

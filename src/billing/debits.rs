@@ -66,7 +66,8 @@ pub enum ResultStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultOutcome {
     Paid,
-    Failed,
+    /// Failed; the bill's new status (a retry, or the plan's action).
+    Failed(&'static str),
     Pending,
     /// A repeat, or a result for an attempt already settled: nothing changed.
     Ignored,
@@ -76,7 +77,7 @@ impl ResultOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             ResultOutcome::Paid => "paid",
-            ResultOutcome::Failed => "failed",
+            ResultOutcome::Failed(_) => "failed",
             ResultOutcome::Pending => "pending",
             ResultOutcome::Ignored => "ignored",
         }
@@ -174,8 +175,8 @@ async fn settle(
             )
             .await?;
             let reason = format!("{}: {}", code.unwrap_or("FAILURE"), message.unwrap_or("debit failed"));
-            fail(conn, bill, execution, retryable, reason, retry, now).await?;
-            Ok(ResultOutcome::Failed)
+            let status = fail(conn, bill, execution, retryable, reason, retry, now).await?;
+            Ok(ResultOutcome::Failed(status))
         }
         _ => {
             if !settled {
@@ -215,7 +216,7 @@ fn is_final(status: &str) -> bool {
 }
 
 /// A failed attempt: retry with backoff while retries remain, else apply
-/// the plan's action. Webhooks say each step.
+/// the plan's action. Webhooks say each step. Returns the bill's new status.
 pub async fn fail(
     conn: &mut PgConnection,
     mut bill: BillRow,
@@ -224,7 +225,7 @@ pub async fn fail(
     reason: String,
     retry: &RetrySettings,
     now: DateTime<Utc>,
-) -> Result<(), HandleError> {
+) -> Result<&'static str, HandleError> {
     bill.last_error = Some(reason);
     bill.lease_owner = None;
     bill.lease_expires_at = None;
@@ -238,16 +239,16 @@ pub async fn fail(
         store::bills::update(conn, &bill).await?;
         announce_bill(conn, EventName::TxnFailed, &bill, execution.as_ref(), now, None).await?;
         announce_bill(conn, EventName::RetryTxnScheduled, &bill, execution.as_ref(), now, None).await?;
-        return Ok(());
+        return Ok("RETRY_SCHEDULED");
     }
     bill.next_attempt_at = None;
     let action = ActionOnFailure::parse(&bill.action_on_failure).unwrap_or(ActionOnFailure::Skip);
-    bill.status = match (action, &execution) {
+    let status = match (action, &execution) {
         (ActionOnFailure::Retry, Some(_)) => "CARRIED_OVER",
         (ActionOnFailure::Revoke, Some(_)) => "FAILED",
         _ => "WRITTEN_OFF",
-    }
-    .into();
+    };
+    bill.status = status.into();
     store::bills::update(conn, &bill).await?;
     announce_bill(conn, EventName::TxnFailed, &bill, execution.as_ref(), now, None).await?;
     if decision == AfterFailure::RetriesExhausted {
@@ -272,7 +273,7 @@ pub async fn fail(
             announce_bill(conn, EventName::TxnSkipped, &bill, execution.as_ref(), now, None).await?;
         }
     }
-    Ok(())
+    Ok(status)
 }
 
 /// A PROCESSING bill whose result never came: a retryable failure.
@@ -281,7 +282,7 @@ pub async fn time_out(
     bill: BillRow,
     retry: &RetrySettings,
     now: DateTime<Utc>,
-) -> Result<(), HandleError> {
+) -> Result<&'static str, HandleError> {
     let execution = lock_execution_of(conn, &bill).await?;
     if let Some(request_id) = &bill.request_id {
         store::bills::record_result(

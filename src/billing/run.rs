@@ -78,6 +78,9 @@ async fn issue_due(ctx: &Context, now: DateTime<Utc>, limit: i64) -> Result<usiz
             let bills = bill_due_execution(&mut tx, id, now, notice).await?;
             for bill in &bills {
                 ctx.metrics.bills.with_label_values(&[bill.status.as_str()]).inc();
+                if bill.status == super::issue::PAID && bill.total > rust_decimal::Decimal::ZERO {
+                    ctx.metrics.bills_settled.with_label_values(&["paid_by_credit"]).inc();
+                }
             }
             issued += bills.len();
         }
@@ -131,7 +134,13 @@ async fn recover(ctx: &Context, publisher: &Publisher, now: DateTime<Utc>, limit
         if e.requested_at.is_none() {
             resend.push(e.bill);
         } else {
-            time_out(&mut tx, e.bill, &ctx.settings.retry, now).await?;
+            let status = time_out(&mut tx, e.bill, &ctx.settings.retry, now).await?;
+            if status != "RETRY_SCHEDULED" {
+                ctx.metrics
+                    .bills_settled
+                    .with_label_values(&[status.to_ascii_lowercase().as_str()])
+                    .inc();
+            }
             ctx.metrics.debit_attempts.with_label_values(&["timeout"]).inc();
             timed_out += 1;
         }

@@ -122,6 +122,7 @@ async fn process(
 }
 
 async fn apply(ctx: &Context, result: &DebitResult) -> Result<&'static str, HandleError> {
+    use crate::billing::debits::ResultOutcome;
     let mut tx = ctx
         .pool
         .begin()
@@ -129,6 +130,15 @@ async fn apply(ctx: &Context, result: &DebitResult) -> Result<&'static str, Hand
         .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
     let (outcome, roundtrip) = apply_result(&mut tx, result, &ctx.settings.retry, ctx.clock.now()).await?;
     tx.commit().await?;
+    match outcome {
+        ResultOutcome::Paid => ctx.metrics.bills_settled.with_label_values(&["paid"]).inc(),
+        ResultOutcome::Failed(status) if status != "RETRY_SCHEDULED" => ctx
+            .metrics
+            .bills_settled
+            .with_label_values(&[status.to_ascii_lowercase().as_str()])
+            .inc(),
+        _ => {}
+    }
     if let Some(rt) = roundtrip {
         ctx.metrics
             .debit_roundtrip_seconds

@@ -235,7 +235,8 @@ async fn a_hybrid_bill_has_usage_lines_uses_credit_first_and_debits_the_rest() {
     .await;
     let metrics = app.http_get("/metrics").await.1;
     for name in [
-        "billing_bills_total",
+        "billing_bills_issued_total",
+        "billing_bills_settled_total",
         "billing_debit_attempts_total",
         "billing_debit_roundtrip_seconds",
         "billing_oldest_due_bill_age_seconds",

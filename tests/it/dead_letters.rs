@@ -169,3 +169,39 @@ async fn a_database_outage_is_waited_out_not_dead_lettered() {
     );
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn with_tenant_authentication_a_user_acts_only_for_its_merchants() {
+    let mut sandbox = crate::helpers::Sandbox::new().await;
+    sandbox.settings.auth.enabled = true;
+    sandbox.settings.auth.users = std::collections::BTreeMap::from([("guest".to_string(), vec!["m1".to_string()])]);
+    let mut app = TestApp::spawn_with(sandbox, std::sync::Arc::new(billing_worker::clock::SystemClock)).await;
+    let command = serde_json::to_vec(&json!({"command": "create_customer", "customer_id": "c1"})).expect("json");
+    // The broker checks that user_id is the connection's user; the worker checks the user may act for the merchant.
+    let as_guest = |merchant: &str| with_merchant(BasicProperties::default().with_user_id("guest".into()), merchant);
+    let allowed = app.request(&command, as_guest("m1")).await;
+    assert_eq!(allowed["success"], true, "{allowed}");
+    let other = app.request(&command, as_guest("m2")).await;
+    assert_eq!(other["error_code"], "FORBIDDEN");
+    let dead = app.next_dead_letter().await;
+    assert_eq!(dead.code, "FORBIDDEN");
+    assert!(
+        dead.message.contains("guest") && dead.message.contains("m2"),
+        "{}",
+        dead.message
+    );
+    let anonymous = app
+        .request(&command, with_merchant(BasicProperties::default(), "m1"))
+        .await;
+    assert_eq!(anonymous["error_code"], "FORBIDDEN");
+    assert_eq!(app.next_dead_letter().await.code, "FORBIDDEN");
+    // Usage is guarded the same way.
+    app.publish_raw(
+        "usage.test",
+        br#"{"event_id":"e","billing_execution_info_id":"x","metric_id":"m"}"#,
+        as_guest("m2"),
+    )
+    .await;
+    assert_eq!(app.next_dead_letter().await.code, "FORBIDDEN");
+    app.teardown().await;
+}

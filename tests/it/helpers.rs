@@ -151,26 +151,7 @@ impl TestApp {
         let http = app.http_addr();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run(shutdown.clone()));
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("test client connects");
-        let channel = connection.create_channel().await.expect("channel");
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirms");
-        let reply = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("reply queue");
+        let (connection, channel, reply_queue) = client().await;
         let db = PgPool::connect(&database_url(&sandbox.db_name))
             .await
             .expect("test pool");
@@ -182,7 +163,7 @@ impl TestApp {
             http,
             channel,
             _connection: connection,
-            reply_queue: reply.name().as_str().to_string(),
+            reply_queue,
             replies: HashMap::new(),
             shutdown,
             handle: Some(handle),
@@ -190,6 +171,14 @@ impl TestApp {
         };
         app.wait_ready().await;
         app
+    }
+
+    /// Connects the test client again (after a broker restart).
+    pub async fn reconnect(&mut self) {
+        let (connection, channel, reply_queue) = client().await;
+        self._connection = connection;
+        self.channel = channel;
+        self.reply_queue = reply_queue;
     }
 
     /// The name of the reply queue of this client.
@@ -218,6 +207,7 @@ impl TestApp {
         settings.http.listen = "127.0.0.1:0".parse().expect("addr");
         let app = Application::build(settings, clock).await.expect("build peer");
         let ctx = app.context();
+        let http = app.http_addr();
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app.run(stop.clone()));
         eventually("peer ready", || {
@@ -228,18 +218,16 @@ impl TestApp {
         Peer {
             stop,
             handle: Some(handle),
+            http,
         }
     }
 
     /// Publishes usage (one event or `{"events": [...]}`) as `merchant`.
     pub async fn publish_usage(&self, merchant: &str, body: &Value) {
         let bytes = serde_json::to_vec(body).expect("json");
-        self.publish_raw(
-            "usage.test",
-            &bytes,
-            with_merchant(BasicProperties::default(), merchant),
-        )
-        .await;
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        self.publish_raw("usage.test", &bytes, with_merchant(persistent, merchant))
+            .await;
     }
 
     /// Waits until `sql` (returning one bigint) equals `expected`.
@@ -433,8 +421,36 @@ impl TestApp {
     }
 }
 
+/// A client connection: a confirm-mode channel and an exclusive reply queue.
+async fn client() -> (Connection, Channel, String) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("test client connects");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let reply = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("reply queue");
+    let name = reply.name().as_str().to_string();
+    (connection, channel, name)
+}
+
 /// Another worker process on the same sandbox.
 pub struct Peer {
+    /// Its HTTP address (`/readyz`, `/metrics`).
+    pub http: std::net::SocketAddr,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }

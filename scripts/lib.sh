@@ -247,6 +247,10 @@ SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)
 FROM pg_database
 WHERE datname LIKE 'bwt\_%'
 \gexec
+SELECT format('DROP ROLE IF EXISTS %I', rolname)
+FROM pg_roles
+WHERE rolname LIKE 'bwt\_role\_%'
+\gexec
 SQL
     ); then
         count=$(grep -c '^DROP DATABASE' <<<"$out" || true)

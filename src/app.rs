@@ -90,7 +90,7 @@ impl Application {
         };
         tracing::info!(addr = %ctx.settings.http.listen, prefix = %ctx.settings.amqp.prefix, "billing-worker starting");
 
-        if !migrate_until_done(&ctx, &shutdown).await {
+        if ctx.settings.database.migrate_on_start && !migrate_until_done(&ctx, &shutdown).await {
             http_stop.cancel();
             let _ = http.await;
             return Ok(());

@@ -41,6 +41,9 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Apply pending migrations at start. Off when the worker's role may not
+    /// change the schema (run `billing-worker migrate` as the owner instead).
+    pub migrate_on_start: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -61,3 +61,88 @@ async fn shutdown_finishes_cleanly() {
     assert_eq!(unpublished, 0);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn the_worker_runs_under_the_least_privilege_role() {
+    use secrecy::ExposeSecret;
+    let mut sandbox = crate::helpers::Sandbox::new().await;
+    let owner_url = sandbox.settings.database.url.expose_secret().to_string();
+    let owner = sqlx::PgPool::connect(&owner_url).await.expect("owner");
+    billing_worker::store::migrate(&owner)
+        .await
+        .expect("migrate as the owner");
+    let role = format!("bwt_role_{}", &sandbox.db_name[4..]);
+    let status = std::process::Command::new("psql")
+        .args([
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            &format!("worker={role}"),
+            "-f",
+            "ops/least-privilege.sql",
+            &owner_url,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "ops/least-privilege.sql applies");
+    let worker_url = owner_url.replacen("postgres@", &format!("{role}@"), 1);
+    sandbox.settings.database.url = secrecy::SecretString::from(worker_url.clone());
+    sandbox.settings.database.migrate_on_start = false;
+
+    let mut app = TestApp::spawn_with(sandbox, std::sync::Arc::new(billing_worker::clock::SystemClock)).await;
+    seed_catalog(&mut app, "m1").await;
+    let r = app
+        .call(
+            "m1",
+            serde_json::json!({"command": "update_plan", "plan_id": "test_3", "metric_ids": ["storage"]}),
+        )
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    let created = app
+        .call(
+            "m1",
+            serde_json::json!({"command": "create", "plan_id": "test_3", "customer_id": "cth_1", "amount": 5}),
+        )
+        .await;
+    let id = created["billing_execution_info_id"].as_str().expect("id").to_string();
+    app.publish_usage(
+        "m1",
+        &serde_json::json!({"event_id": "e1", "billing_execution_info_id": id, "metric_id": "storage", "value": 2}),
+    )
+    .await;
+    app.wait_for_count("counted", "SELECT count(*) FROM usage_events", 1)
+        .await;
+    app.wait_for_count(
+        "webhooks out",
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        0,
+    )
+    .await;
+
+    // The role can change rows, never the schema.
+    let worker = sqlx::PgPool::connect(&worker_url).await.expect("worker role connects");
+    let denied = sqlx::query("DROP TABLE outbox")
+        .execute(&worker)
+        .await
+        .expect_err("no DDL");
+    assert!(
+        denied.to_string().contains("must be owner") || denied.to_string().contains("permission denied"),
+        "{denied}"
+    );
+    let denied = sqlx::query("DELETE FROM usage_events")
+        .execute(&worker)
+        .await
+        .expect_err("no deletes of events");
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+    worker.close().await;
+    owner.close().await;
+    app.teardown().await;
+    let admin = sqlx::PgPool::connect(&crate::helpers::admin_database_url())
+        .await
+        .expect("admin");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&admin)
+        .await;
+}

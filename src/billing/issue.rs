@@ -9,19 +9,19 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{announce_bill, bills_on_present};
-use crate::domain::bill::{Charge, LineKind, compute};
+use super::{bill_webhook, bills_on_present};
+use crate::domain::bill::{Charge, Line, LineKind, compute};
 use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanSpec, PlanType};
 use crate::domain::ids::new_execution_id;
 use crate::domain::ledger::EntryKind;
-use crate::domain::money::Currency;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents::{num, timestamp};
-use crate::protocol::webhook::EventName;
+use crate::protocol::webhook::{EventName, Webhook};
 use crate::provisioning::{plan_metrics, plan_spec};
 use crate::store;
-use crate::store::bills::BillRow;
+use crate::store::bills::{BillRow, LineRow};
 use crate::store::executions::ExecutionRow;
+use crate::store::ledger::LedgerEntry;
 use crate::usage::{PeriodBasis, aggregate_of, effective_metrics, usage_of};
 
 /// Most periods one pass bills for one execution; the next pass goes on.
@@ -41,12 +41,37 @@ struct NewBill {
 }
 
 /// The plan an execution is on, with everything billing needs of it.
-struct PlanView {
+pub struct PlanView {
     spec: PlanSpec,
     row: store::catalog::PlanRow,
     metrics: HashMap<String, MetricSpec>,
     /// Metric ids in the plan's order (then the customer's extra ones).
     order: Vec<String>,
+}
+
+/// Plans already read in this pass, by merchant, plan and customer prices:
+/// executions on one plan share one read.
+#[derive(Default)]
+pub struct PlanCache(HashMap<(String, String, String), std::sync::Arc<PlanView>>);
+
+impl PlanCache {
+    async fn get(
+        &mut self,
+        conn: &mut PgConnection,
+        execution: &ExecutionRow,
+    ) -> Result<std::sync::Arc<PlanView>, HandleError> {
+        let key = (
+            execution.merchant_id.clone(),
+            execution.plan_id.clone(),
+            execution.metric_info.to_string(),
+        );
+        if let Some(view) = self.0.get(&key) {
+            return Ok(view.clone());
+        }
+        let view = std::sync::Arc::new(plan_view(conn, execution).await?);
+        self.0.insert(key, view.clone());
+        Ok(view)
+    }
 }
 
 async fn plan_view(conn: &mut PgConnection, execution: &ExecutionRow) -> Result<PlanView, HandleError> {
@@ -144,18 +169,17 @@ async fn usage_charges(
     Ok(charges)
 }
 
-/// Bills every period of the execution that closed by `now`, oldest first.
-/// The caller's transaction holds nothing yet; this locks the execution.
+/// Plans the bills of every period of a locked execution that closed by
+/// `now`, oldest first, into `batch` (which writes them all at once), and
+/// moves the execution's cursor in memory.
 pub async fn bill_due_execution(
     conn: &mut PgConnection,
-    execution_id: &str,
+    cache: &mut PlanCache,
+    execution: &mut ExecutionRow,
     now: DateTime<Utc>,
     notice: Duration,
-) -> Result<Vec<BillRow>, HandleError> {
-    let Some(mut execution) = store::executions::lock_by_id(conn, execution_id).await? else {
-        return Ok(Vec::new());
-    };
-    let mut issued = Vec::new();
+    batch: &mut BillBatch,
+) -> Result<(), HandleError> {
     for _ in 0..MAX_CATCH_UP {
         let Some(at) = execution.next_bill_at.filter(|at| *at <= now) else {
             break;
@@ -163,8 +187,8 @@ pub async fn bill_due_execution(
         if execution.status != "ACTIVE" {
             break;
         }
-        let plan = plan_view(conn, &execution).await?;
-        let schedule = basis(&execution, &plan.row).schedule();
+        let plan = cache.get(conn, execution).await?;
+        let schedule = basis(execution, &plan.row).schedule();
         let onetime = plan.spec.plan_interval == PlanInterval::Onetime;
         // The bill belongs to the plan of the period it closes.
         let bill_plan = plan.spec.clone();
@@ -174,7 +198,7 @@ pub async fn bill_due_execution(
         {
             // The amount in advance for the first period (or the one-time charge).
             let end = if onetime { None } else { schedule.boundary(1) };
-            let charges = plan_amount_charge(&execution, &plan, at, end, "in advance")
+            let charges = plan_amount_charge(execution, &plan, at, end, "in advance")
                 .into_iter()
                 .collect();
             execution.next_bill_at = end;
@@ -187,9 +211,9 @@ pub async fn bill_due_execution(
             }
         } else {
             let from = execution.billed_until.unwrap_or(schedule.start);
-            let mut charges = usage_charges(conn, &execution, &plan, from).await?;
+            let mut charges = usage_charges(conn, execution, &plan, from).await?;
             if plan.spec.plan_type == PlanType::PostDebit
-                && let Some(c) = plan_amount_charge(&execution, &plan, from, Some(at), "in arrears")
+                && let Some(c) = plan_amount_charge(execution, &plan, from, Some(at), "in arrears")
             {
                 charges.insert(0, c);
             }
@@ -200,16 +224,16 @@ pub async fn bill_due_execution(
                     execution.plan_id = next;
                     execution.plan_amount = execution.pending_plan_amount.take();
                     execution.billing_start_date = Some(at);
-                    plan_view(conn, &execution).await?
+                    cache.get(conn, execution).await?
                 }
                 None => plan,
             };
             execution.billed_until = Some(at);
-            let next_schedule = basis(&execution, &plan.row).schedule();
+            let next_schedule = basis(execution, &plan.row).schedule();
             let next_period = next_schedule.period_containing(at);
             if plan.spec.plan_type == PlanType::PreDebit
                 && !bills_on_present(plan.spec.plan_interval, plan.spec.plan_model)
-                && let Some(c) = plan_amount_charge(&execution, &plan, next_period.start, next_period.end, "in advance")
+                && let Some(c) = plan_amount_charge(execution, &plan, next_period.start, next_period.end, "in advance")
             {
                 charges.push(c);
             }
@@ -226,12 +250,9 @@ pub async fn bill_due_execution(
                 charges,
             }
         };
-        if let Some(bill) = issue(conn, &mut execution, &bill_plan, bill, now, notice).await? {
-            issued.push(bill);
-        }
-        store::executions::save_billing_state(conn, &execution, now).await?;
+        prepare(execution, &bill_plan, bill, now, notice, batch)?;
     }
-    Ok(issued)
+    Ok(())
 }
 
 /// `present`: bills the usage of the open period so far, for plans billed as presented.
@@ -275,21 +296,54 @@ pub async fn present(
         period_end: Some(now),
         charges,
     };
-    let issued = issue(conn, &mut execution, &plan.spec, bill, now, notice).await?;
-    store::executions::save_billing_state(conn, &execution, now).await?;
-    Ok(issued)
+    // A plan change waits for the next bill, which this is.
+    if let Some(next) = execution.pending_plan_id.take() {
+        execution.plan_id = next;
+        execution.plan_amount = execution.pending_plan_amount.take();
+    }
+    let mut batch = BillBatch::default();
+    let bill = prepare(&mut execution, &plan.spec, bill, now, notice, &mut batch)?;
+    batch.executions.push(execution);
+    batch.write(conn, now).await?;
+    Ok(Some(bill))
+}
+
+/// Everything a pass of billing writes, set-based: one statement per table
+/// however many bills.
+#[derive(Default)]
+pub struct BillBatch {
+    pub bills: Vec<BillRow>,
+    pub lines: Vec<(String, Vec<Line>)>,
+    pub credit_uses: Vec<LedgerEntry>,
+    pub webhooks: Vec<(Webhook, Option<String>)>,
+    /// Executions whose billing state (cursor, plan, balance) moved.
+    pub executions: Vec<ExecutionRow>,
+}
+
+impl BillBatch {
+    /// Writes the batch in the caller's transaction.
+    pub async fn write(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        store::bills::insert_many(conn, &self.bills).await?;
+        store::bills::insert_lines_many(conn, &self.lines).await?;
+        store::ledger::insert_many(conn, &self.credit_uses, now).await?;
+        store::executions::save_billing_states(conn, &self.executions, now).await?;
+        store::outbox::enqueue_many(conn, &self.webhooks).await?;
+        Ok(())
+    }
 }
 
 /// The path of every execution bill: carried amount, rounding, credit,
 /// then PAID (credit covered it) or SCHEDULED with the pre-debit notice.
-async fn issue(
-    conn: &mut PgConnection,
+/// Nothing is written here: the bill, its lines, its credit use and its
+/// webhooks go into `batch`; `execution` follows in memory.
+fn prepare(
     execution: &mut ExecutionRow,
     plan: &PlanSpec,
     new: NewBill,
     now: DateTime<Utc>,
     notice: Duration,
-) -> Result<Option<BillRow>, HandleError> {
+    batch: &mut BillBatch,
+) -> Result<BillRow, HandleError> {
     let mut charges = new.charges;
     if execution.carried_amount > Decimal::ZERO {
         charges.push(Charge {
@@ -301,9 +355,8 @@ async fn issue(
         });
         execution.carried_amount = Decimal::ZERO;
     }
-    let currency =
-        Currency::parse(&plan.plan_currency.to_string()).map_err(|e| Rejection::new(ErrorCode::InternalError, e))?;
-    let computed = compute(&currency, charges, execution.credit_balance);
+    let currency = &plan.plan_currency;
+    let computed = compute(currency, charges, execution.credit_balance);
     let id = format!("bill_{}", new_execution_id());
     let paid = computed.amount_due.is_zero();
     let due_at = now + notice;
@@ -340,41 +393,44 @@ async fn issue(
         created_at: now,
         updated_at: now,
     };
-    if !store::bills::insert(conn, &bill).await? {
-        // Billed already (another process got there first): nothing to add.
-        return Ok(None);
-    }
-    store::bills::insert_lines(conn, &id, &computed.lines).await?;
     if computed.credit_applied > Decimal::ZERO {
-        let entry = store::ledger::append(
-            conn,
-            &execution.merchant_id,
-            &execution.id,
-            EntryKind::Use,
-            computed.credit_applied,
-            &id,
-            now,
-        )
-        .await?;
-        execution.credit_balance = entry.balance_after;
+        execution.credit_balance -= computed.credit_applied;
+        batch.credit_uses.push(LedgerEntry {
+            merchant_id: execution.merchant_id.clone(),
+            execution_id: execution.id.clone(),
+            kind: EntryKind::Use,
+            amount: computed.credit_applied,
+            balance_after: execution.credit_balance,
+            reference_id: id.clone(),
+        });
     }
+    let line_rows: Vec<LineRow> = computed
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| LineRow {
+            position: i as i32 + 1,
+            kind: l.kind.as_str().to_string(),
+            metric_id: l.metric_id.clone(),
+            quantity: l.quantity,
+            amount: l.amount,
+            description: l.description.clone(),
+        })
+        .collect();
+    let mut announce = |event: EventName, extra: Option<(&str, serde_json::Value)>| {
+        let webhook = bill_webhook(event, &bill, &line_rows, Some(execution), now, extra);
+        batch.webhooks.push((webhook, Some(execution.id.clone())));
+    };
     if paid {
         if computed.total > Decimal::ZERO {
-            let settlement =
-                json!({"credit_applied": num(computed.credit_applied), "debited_amount": 0, "currency": bill.currency});
-            announce_bill(
-                conn,
-                EventName::ExecutionDebitEvent,
-                &bill,
-                Some(execution),
-                now,
-                Some(("settlement", settlement)),
-            )
-            .await?;
+            let settlement = json!({"credit_applied": num(computed.credit_applied), "debited_amount": 0, "currency": currency.as_str()});
+            announce(EventName::ExecutionDebitEvent, Some(("settlement", settlement)));
         }
     } else {
-        announce_bill(conn, EventName::TxnScheduled, &bill, Some(execution), now, None).await?;
-        announce_bill(conn, EventName::TxnToBeExecuted, &bill, Some(execution), now, None).await?;
+        announce(EventName::TxnScheduled, None);
+        announce(EventName::TxnToBeExecuted, None);
     }
-    Ok(Some(bill))
+    batch.lines.push((id, computed.lines));
+    batch.bills.push(bill.clone());
+    Ok(bill)
 }

@@ -76,18 +76,17 @@ pub fn bill_document(bill: &BillRow, lines: &[LineRow]) -> Value {
     })
 }
 
-/// Writes a webhook about a bill. The caller holds the execution's row lock
-/// (when the bill has one), which keeps webhooks of one execution in order.
-pub async fn announce_bill(
-    conn: &mut PgConnection,
+/// A webhook about a bill: the bill with its lines, the execution when it
+/// has one, and anything else the event carries.
+pub fn bill_webhook(
     event: EventName,
     bill: &BillRow,
+    lines: &[LineRow],
     execution: Option<&ExecutionRow>,
     now: DateTime<Utc>,
     extra: Option<(&str, Value)>,
-) -> Result<(), sqlx::Error> {
-    let lines = store::bills::lines(conn, &bill.id).await?;
-    let mut content = json!({ "bill": bill_document(bill, &lines) });
+) -> Webhook {
+    let mut content = json!({ "bill": bill_document(bill, lines) });
     if let Some(obj) = content.as_object_mut() {
         if let Some(e) = execution {
             obj.insert(
@@ -99,6 +98,21 @@ pub async fn announce_bill(
             obj.insert(key.into(), value);
         }
     }
-    let webhook = Webhook::new(event, &bill.merchant_id, now, content);
+    Webhook::new(event, &bill.merchant_id, now, content)
+}
+
+/// Writes a webhook about a stored bill. The caller holds the execution's
+/// row lock (when the bill has one), which keeps webhooks of one execution
+/// in order.
+pub async fn announce_bill(
+    conn: &mut PgConnection,
+    event: EventName,
+    bill: &BillRow,
+    execution: Option<&ExecutionRow>,
+    now: DateTime<Utc>,
+    extra: Option<(&str, Value)>,
+) -> Result<(), sqlx::Error> {
+    let lines = store::bills::lines(conn, &bill.id).await?;
+    let webhook = bill_webhook(event, bill, &lines, execution, now, extra);
     store::outbox::enqueue(conn, &webhook, bill.execution_id.as_deref()).await
 }

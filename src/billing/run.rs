@@ -8,7 +8,7 @@ use lapin::types::ShortString;
 use serde::Serialize;
 
 use super::debits::{request_body, time_out};
-use super::issue::bill_due_execution;
+use super::issue::{BillBatch, PlanCache, bill_due_execution};
 use crate::app::Context;
 use crate::broker::{self, BrokerError, Publisher};
 use crate::error::HandleError;
@@ -64,28 +64,44 @@ pub async fn run_once(ctx: &Context, publisher: &Publisher, limit: i64) -> Resul
     Ok(report)
 }
 
-/// Closes due periods, a batch of executions per transaction.
+/// Closes due periods: a batch of executions per transaction, planned in
+/// memory and written set-based.
 async fn issue_due(ctx: &Context, now: DateTime<Utc>, limit: i64) -> Result<usize, RunError> {
     let notice = duration(ctx.settings.scheduler.pre_debit_notice);
     let mut issued = 0;
     loop {
         let mut tx = ctx.pool.begin().await?;
-        let ids = store::executions::due_for_billing(&mut tx, now, limit).await?;
-        if ids.is_empty() {
+        let mut executions = store::executions::lock_due_for_billing(&mut tx, now, limit).await?;
+        if executions.is_empty() {
             break;
         }
-        for id in &ids {
-            let bills = bill_due_execution(&mut tx, id, now, notice).await?;
-            for bill in &bills {
-                ctx.metrics.bills.with_label_values(&[bill.status.as_str()]).inc();
-                if bill.status == super::issue::PAID && bill.total > rust_decimal::Decimal::ZERO {
-                    ctx.metrics.bills_settled.with_label_values(&["paid_by_credit"]).inc();
-                }
-            }
-            issued += bills.len();
+        let claimed = executions.len();
+        let mut cache = PlanCache::default();
+        let mut batch = BillBatch::default();
+        for execution in &mut executions {
+            bill_due_execution(&mut tx, &mut cache, execution, now, notice, &mut batch).await?;
         }
+        let outcomes: Vec<(String, bool)> = batch
+            .bills
+            .iter()
+            .map(|b| {
+                (
+                    b.status.clone(),
+                    b.status == super::issue::PAID && b.total > rust_decimal::Decimal::ZERO,
+                )
+            })
+            .collect();
+        batch.executions = executions;
+        batch.write(&mut tx, now).await?;
         tx.commit().await?;
-        if (ids.len() as i64) < limit {
+        for (status, paid_by_credit) in &outcomes {
+            ctx.metrics.bills.with_label_values(&[status.as_str()]).inc();
+            if *paid_by_credit {
+                ctx.metrics.bills_settled.with_label_values(&["paid_by_credit"]).inc();
+            }
+        }
+        issued += outcomes.len();
+        if (claimed as i64) < limit {
             break;
         }
     }

@@ -95,6 +95,89 @@ pub async fn insert(conn: &mut PgConnection, b: &BillRow) -> Result<bool, sqlx::
     Ok(done.rows_affected() == 1)
 }
 
+/// Inserts many bills in one statement.
+pub async fn insert_many(conn: &mut PgConnection, bills: &[BillRow]) -> Result<(), sqlx::Error> {
+    if bills.is_empty() {
+        return Ok(());
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            bills.iter().map(|b| b.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query(
+        "INSERT INTO bills (id, merchant_id, customer_id, execution_id, billing_plan_id, kind, bill_key, period_start,
+             period_end, sequence_number, reference_id, currency, total, credit_applied, amount_due, status,
+             action_on_failure, token, due_at, notice_sent_at, attempt, max_retry, next_attempt_at, settled_at,
+             created_at, updated_at)
+         SELECT *, created_at FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+             $8::timestamptz[], $9::timestamptz[], $10::int4[], $11::text[], $12::text[], $13::numeric[], $14::numeric[],
+             $15::numeric[], $16::text[], $17::text[], $18::text[], $19::timestamptz[], $20::timestamptz[], $21::int4[],
+             $22::int4[], $23::timestamptz[], $24::timestamptz[], $25::timestamptz[])
+             AS t(id, merchant_id, customer_id, execution_id, billing_plan_id, kind, bill_key, period_start, period_end,
+                  sequence_number, reference_id, currency, total, credit_applied, amount_due, status, action_on_failure,
+                  token, due_at, notice_sent_at, attempt, max_retry, next_attempt_at, settled_at, created_at)",
+    )
+    .bind(col!(id))
+    .bind(col!(merchant_id))
+    .bind(col!(customer_id))
+    .bind(col!(execution_id))
+    .bind(col!(billing_plan_id))
+    .bind(col!(kind))
+    .bind(col!(bill_key))
+    .bind(col!(period_start))
+    .bind(col!(period_end))
+    .bind(col!(sequence_number))
+    .bind(col!(reference_id))
+    .bind(col!(currency))
+    .bind(col!(total))
+    .bind(col!(credit_applied))
+    .bind(col!(amount_due))
+    .bind(col!(status))
+    .bind(col!(action_on_failure))
+    .bind(col!(token))
+    .bind(col!(due_at))
+    .bind(col!(notice_sent_at))
+    .bind(col!(attempt))
+    .bind(col!(max_retry))
+    .bind(col!(next_attempt_at))
+    .bind(col!(settled_at))
+    .bind(col!(created_at))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes the lines of many bills in one statement.
+pub async fn insert_lines_many(conn: &mut PgConnection, bills: &[(String, Vec<Line>)]) -> Result<(), sqlx::Error> {
+    let rows: Vec<(&str, i32, &Line)> = bills
+        .iter()
+        .flat_map(|(id, lines)| {
+            lines
+                .iter()
+                .enumerate()
+                .map(move |(i, l)| (id.as_str(), i as i32 + 1, l))
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO bill_lines (bill_id, position, kind, metric_id, quantity, amount, description)
+         SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::text[])",
+    )
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2.kind.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2.metric_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2.quantity).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2.amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2.description.as_str()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Writes a bill's lines in one statement.
 pub async fn insert_lines(conn: &mut PgConnection, bill_id: &str, lines: &[Line]) -> Result<(), sqlx::Error> {
     if lines.is_empty() {

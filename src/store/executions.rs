@@ -56,23 +56,6 @@ pub async fn lock_by_id(conn: &mut PgConnection, id: &str) -> Result<Option<Exec
         .await
 }
 
-/// Executions whose next bill is due, for the scheduler, skipping those
-/// another process holds.
-pub async fn due_for_billing(
-    conn: &mut PgConnection,
-    now: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM executions WHERE status = 'ACTIVE' AND next_bill_at <= $1
-         ORDER BY next_bill_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(now)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
-}
-
 /// Saves what billing moves: the cursor, the plan, carried amounts, status.
 pub async fn save_billing_state(
     conn: &mut PgConnection,
@@ -99,6 +82,61 @@ pub async fn save_billing_state(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Saves the billing state of many executions in one statement, their
+/// credit balances included (the ledger entries of the same batch explain them).
+pub async fn save_billing_states(
+    conn: &mut PgConnection,
+    rows: &[ExecutionRow],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE executions e SET plan_id = u.plan_id, plan_amount = u.plan_amount, pending_plan_id = u.pending_plan_id,
+             pending_plan_amount = u.pending_plan_amount, billing_start_date = u.billing_start_date,
+             billed_until = u.billed_until, next_bill_at = u.next_bill_at, carried_amount = u.carried_amount,
+             credit_balance = u.credit_balance, status = u.status, updated_at = $12
+         FROM UNNEST($1::text[], $2::text[], $3::numeric[], $4::text[], $5::numeric[], $6::timestamptz[],
+                     $7::timestamptz[], $8::timestamptz[], $9::numeric[], $10::numeric[], $11::text[])
+              AS u(id, plan_id, plan_amount, pending_plan_id, pending_plan_amount, billing_start_date, billed_until,
+                   next_bill_at, carried_amount, credit_balance, status)
+         WHERE e.id = u.id",
+    )
+    .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.plan_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.plan_amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.pending_plan_id.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.pending_plan_amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.billing_start_date).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.billed_until).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.next_bill_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.carried_amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.credit_balance).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Executions whose next bill is due, locked for this transaction, skipping
+/// those another process holds.
+pub async fn lock_due_for_billing(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<ExecutionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM executions WHERE status = 'ACTIVE' AND next_bill_at <= $1
+         ORDER BY next_bill_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }
 
 pub async fn find_by_ref(

@@ -19,6 +19,43 @@ pub struct EntryRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// An entry computed by the caller, with the balance it leaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerEntry {
+    pub merchant_id: String,
+    pub execution_id: String,
+    pub kind: EntryKind,
+    pub amount: Decimal,
+    pub balance_after: Decimal,
+    pub reference_id: String,
+}
+
+/// Writes many entries in one statement. The caller holds the executions'
+/// row locks and writes their balances (see `executions::save_billing_states`).
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    entries: &[LedgerEntry],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO credit_ledger (merchant_id, execution_id, kind, amount, balance_after, reference_id, created_at)
+         SELECT *, $7 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::text[])",
+    )
+    .bind(entries.iter().map(|e| e.merchant_id.as_str()).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.execution_id.as_str()).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.amount).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.balance_after).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.reference_id.as_str()).collect::<Vec<_>>())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The entry of this kind and reference, if one was written.
 pub async fn find(
     conn: &mut PgConnection,

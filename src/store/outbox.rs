@@ -41,6 +41,29 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Writes many webhooks in one statement, in order.
+pub async fn enqueue_many(conn: &mut PgConnection, webhooks: &[(Webhook, Option<String>)]) -> Result<(), sqlx::Error> {
+    if webhooks.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (id, merchant_id, execution_id, event_name, payload, created_at)
+         SELECT id, merchant_id, execution_id, event_name, payload, created_at
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[]) WITH ORDINALITY
+              AS t(id, merchant_id, execution_id, event_name, payload, created_at, n)
+         ORDER BY n",
+    )
+    .bind(webhooks.iter().map(|(w, _)| w.id.as_str()).collect::<Vec<_>>())
+    .bind(webhooks.iter().map(|(w, _)| w.merchant_id.as_str()).collect::<Vec<_>>())
+    .bind(webhooks.iter().map(|(_, e)| e.as_deref()).collect::<Vec<_>>())
+    .bind(webhooks.iter().map(|(w, _)| w.event_name.as_str()).collect::<Vec<_>>())
+    .bind(webhooks.iter().map(|(w, _)| w.payload.clone()).collect::<Vec<_>>())
+    .bind(webhooks.iter().map(|(w, _)| w.date_created).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Takes the relay lock for this transaction; `false` if another relay holds it.
 pub async fn try_lock_relay(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")

@@ -20,7 +20,7 @@
 //! Services: `BILLING_TEST_DATABASE_URL` (an admin database URL) and
 //! `BILLING_TEST_AMQP_URL`, with the same defaults as the integration tests.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -60,7 +60,7 @@ const POLL_EVERY: Duration = Duration::from_millis(5);
 /// The no-op consumer acks (with `multiple`) this often, or when idle this long.
 const NOOP_ACK_EVERY: u64 = 100;
 const NOOP_IDLE: Duration = Duration::from_millis(2);
-/// Messages per publish of the backlog phase.
+/// Events per message of the backlog phase.
 const QUEUED_BATCH: usize = 100;
 /// Start-up runs migrations and declares the topology; allow for a slow machine.
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -94,6 +94,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The worker runs on the defaults too (see `Worker::start`).
     let defaults = Settings::load_with(&config_dir(), None, std::iter::empty()).context("load config/default.toml")?;
     ensure!(args.events > 0, "--events must be at least 1");
     ensure!(args.confirm_window > 0, "--confirm-window must be at least 1");
@@ -103,15 +104,16 @@ async fn main() -> anyhow::Result<()> {
         defaults.usage.max_events_per_message
     );
 
-    let sandbox = Sandbox::create(&args).await?;
+    let sandbox = Sandbox::create(&args, defaults).await?;
     let mut worker = None;
-    let outcome = run(&args, &sandbox, &mut worker).await;
-    // Clean up whatever happened, then report the run's own error first.
+    // On Ctrl-C, stop the phase and still clean up: no worker, queue or database left behind.
+    let outcome = tokio::select! {
+        outcome = run(&args, &sandbox, &mut worker) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     let cleaned = sandbox.remove(worker).await;
-    let report = outcome?;
-    cleaned?;
-    print!("{report}");
-    Ok(())
+    print!("{}", outcome?);
+    cleaned
 }
 
 fn config_dir() -> PathBuf {
@@ -137,15 +139,14 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    async fn create(args: &Args) -> anyhow::Result<Sandbox> {
+    async fn create(args: &Args, mut settings: Settings) -> anyhow::Result<Sandbox> {
         let admin_url = std::env::var("BILLING_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let amqp_url =
             std::env::var("BILLING_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
         let hex = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let db_name = format!("bwt_bench_{hex}");
-        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
-        let db_url = format!("{base}/{db_name}");
+        let db_url = database_url(&admin_url, &db_name);
         let prefix = format!("bwt.bench{hex}.");
         let queue_type = match args.queue_type.as_str() {
             "quorum" => QueueType::Quorum,
@@ -161,8 +162,6 @@ impl Sandbox {
             .with_context(|| format!("create database {db_name}"))?;
         let _ = admin.close().await;
 
-        let mut settings =
-            Settings::load_with(&config_dir(), None, std::iter::empty()).context("load config/default.toml")?;
         settings.database.url = SecretString::from(db_url.clone());
         settings.amqp.url = SecretString::from(amqp_url.clone());
         settings.amqp.prefix = prefix.clone();
@@ -245,6 +244,24 @@ impl Sandbox {
     }
 }
 
+/// The admin URL with another database name; its parameters (`sslmode`, a
+/// socket `host`) are kept.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let (url, query) = match admin_url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (admin_url, None),
+    };
+    // Everything before the path: scheme, credentials, host and port.
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let server = url[authority_start..]
+        .find('/')
+        .map_or(url, |slash| &url[..authority_start + slash]);
+    match query {
+        Some(query) => format!("{server}/{name}?{query}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
 // ----------------------------------------------------------------- worker
 
 /// A `billing-worker run` process on the sandbox.
@@ -255,7 +272,7 @@ struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker and waits until `/readyz` answers 200.
+    /// Starts the worker and waits until it is ready.
     async fn start(sandbox: &Sandbox) -> anyhow::Result<Worker> {
         let exe = worker_executable()?;
         let http = free_local_addr()?;
@@ -281,22 +298,26 @@ impl Worker {
             .stderr(Stdio::inherit())
             // Never leave a worker behind if this process fails half-way.
             .kill_on_drop(true);
-        let child = command
-            .spawn()
-            .with_context(|| format!("start {}", exe.display()))?;
+        let child = command.spawn().with_context(|| format!("start {}", exe.display()))?;
         let pid = child.id().context("the worker exited at once")?;
         let mut worker = Worker { child, pid, http };
         worker.wait_ready().await?;
         Ok(worker)
     }
 
+    /// Ready means `/readyz` answers 200 and the roles this benchmark talks
+    /// to are consuming: `/readyz` alone can pass before the roles register.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_WITHIN;
         loop {
             if let Some(status) = self.child.try_wait().context("check the worker process")? {
                 bail!("the worker exited during start-up ({status}); see its log above");
             }
-            if let Ok((200, _)) = http_get(self.http, "/readyz").await {
+            if let (Ok((200, _)), Ok((200, metrics))) = (
+                http_get(self.http, "/readyz").await,
+                http_get(self.http, "/metrics").await,
+            ) && ["provisioning", "usage"].iter().all(|role| role_up(&metrics, role))
+            {
                 return Ok(());
             }
             ensure!(
@@ -376,8 +397,19 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)>
         .await
         .with_context(|| format!("read the answer to GET {path}"))?;
     let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Whether `billing_role_up{role="<role>"}` is 1 in a `/metrics` text.
+fn role_up(metrics: &str, role: &str) -> bool {
+    let series = format!("billing_role_up{{role=\"{role}\"}}");
+    metrics
+        .lines()
+        .any(|line| line.strip_prefix(series.as_str()).is_some_and(|v| v.trim() == "1"))
 }
 
 /// The worker's `billing_usage_events_counted_total`.
@@ -389,13 +421,47 @@ async fn counted(addr: SocketAddr) -> anyhow::Result<u64> {
         .lines()
         .find(|l| l.starts_with("billing_dead_letters_total{") && l.contains("role=\"usage\""))
     {
-        bail!("the worker dead-lettered usage events ({line}); see {{prefix}}billing.dead");
+        bail!("the worker dead-lettered usage events ({line}); see its dead-letter queue, billing.dead");
     }
-    text.lines()
-        .find_map(|line| line.strip_prefix(COUNTED)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
+    metric(&text, COUNTED)
         .map(|v| v as u64)
         .with_context(|| format!("{COUNTED} missing from /metrics"))
+}
+
+/// The value of an unlabelled series in a `/metrics` text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The worker's own account of its usage batches, from its histograms.
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchStats {
+    batches: f64,
+    events: f64,
+    commit_seconds: f64,
+}
+
+impl BatchStats {
+    async fn read(addr: SocketAddr) -> anyhow::Result<BatchStats> {
+        let (status, text) = http_get(addr, "/metrics").await?;
+        ensure!(status == 200, "GET /metrics answered {status}");
+        let get = |name: &str| metric(&text, name).with_context(|| format!("{name} missing from /metrics"));
+        Ok(BatchStats {
+            batches: get("billing_usage_commit_duration_seconds_count")?,
+            events: get("billing_usage_batch_size_sum")?,
+            commit_seconds: get("billing_usage_commit_duration_seconds_sum")?,
+        })
+    }
+
+    fn since(&self, earlier: &BatchStats) -> BatchStats {
+        BatchStats {
+            batches: self.batches - earlier.batches,
+            events: self.events - earlier.events,
+            commit_seconds: self.commit_seconds - earlier.commit_seconds,
+        }
+    }
 }
 
 // ----------------------------------------------------------- provisioning
@@ -747,6 +813,8 @@ struct Phase {
     publishing: Duration,
     latency: Option<(Duration, Duration)>,
     cpu: CpuShare,
+    /// What the worker did meanwhile (none for the ceiling).
+    batches: Option<BatchStats>,
 }
 
 impl Phase {
@@ -772,6 +840,17 @@ struct Report {
     drain: Option<(Phase, f64)>,
 }
 
+/// What every phase publishes with: the sandbox, the provisioned execution,
+/// a publisher and a channel for inspecting queues.
+struct Rig<'a> {
+    args: &'a Args,
+    sandbox: &'a Sandbox,
+    execution: String,
+    connection: Connection,
+    publisher: Publisher,
+    inspect: Channel,
+}
+
 /// Runs every phase; the worker in `worker` is left for the caller to stop.
 async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> anyhow::Result<Report> {
     log("starting the worker");
@@ -779,18 +858,24 @@ async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> any
     log("provisioning metric, plan, customer and execution");
     let execution = provision(&sandbox.settings).await?;
     let connection = sandbox.connect("publisher").await?;
-    let inspect = connection.create_channel().await.context("open a channel")?;
-    let publisher = Publisher::open(&connection, &sandbox.names.inbound, args.confirm_window).await?;
+    let rig = Rig {
+        args,
+        sandbox,
+        execution,
+        inspect: connection.create_channel().await.context("open a channel")?,
+        publisher: Publisher::open(&connection, &sandbox.names.inbound, args.confirm_window).await?,
+        connection,
+    };
 
-    let ceiling = ceiling(args, sandbox, &publisher, &execution, live.pid).await?;
+    let ceiling = ceiling(&rig, live.pid).await?;
     log(format_args!("single-event messages: {} events", thousands(args.events)));
-    let single = through_worker(args, sandbox, &publisher, &inspect, live, &execution, "single", 1).await?;
+    let single = through_worker(&rig, live, "single", 1).await?;
     log(format_args!(
         "batched messages: {} events, {} per message",
         thousands(args.events),
         args.batch
     ));
-    let batched = through_worker(args, sandbox, &publisher, &inspect, live, &execution, "batch", args.batch).await?;
+    let batched = through_worker(&rig, live, "batch", args.batch).await?;
     let live_rss_mb = live.peak_rss_mb()?;
 
     let drain = if args.queued > 0 {
@@ -798,11 +883,11 @@ async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> any
             log("stopping the worker (SIGTERM)");
             stopped.stop().await?;
         }
-        Some(drain(args, sandbox, &publisher, &inspect, worker, &execution).await?)
+        Some(drain(&rig, worker).await?)
     } else {
         None
     };
-    let _ = connection.close(200, "done".into()).await;
+    let _ = rig.connection.close(200, "done".into()).await;
 
     let usage = &sandbox.settings.usage;
     Ok(Report {
@@ -821,19 +906,20 @@ async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> any
 
 /// The broker alone: a classic durable queue on `billing.in`, a consumer that
 /// only acks, with the worker's prefetch. Timed from the first publish to the last ack.
-async fn ceiling(
-    args: &Args,
-    sandbox: &Sandbox,
-    publisher: &Publisher,
-    execution: &str,
-    worker_pid: u32,
-) -> anyhow::Result<Phase> {
-    log(format_args!("ceiling: {} messages to a no-op consumer", thousands(args.events)));
+async fn ceiling(rig: &Rig<'_>, worker_pid: u32) -> anyhow::Result<Phase> {
+    let (args, sandbox) = (rig.args, rig.sandbox);
+    log(format_args!(
+        "ceiling: {} messages to a no-op consumer",
+        thousands(args.events)
+    ));
     let consumer_connection = sandbox.connect("noop-consumer").await?;
     let channel = consumer_connection.create_channel().await.context("open a channel")?;
     let queue = sandbox.noop_queue.as_str();
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("classic".into()));
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("classic".into()),
+    );
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
@@ -866,10 +952,10 @@ async fn ceiling(
         .await
         .with_context(|| format!("consume {queue}"))?;
 
-    let messages: Vec<Vec<u8>> = bodies("noop", execution, args.events, 1).collect::<anyhow::Result<_>>()?;
+    let messages: Vec<Vec<u8>> = bodies("noop", &rig.execution, args.events, 1).collect::<anyhow::Result<_>>()?;
     let consuming = tokio::spawn(consume_and_ack(consumer, args.events));
     let cpu_before = CpuTicks::now(worker_pid);
-    let sent = publisher.publish_all(NOOP_KEY, messages.iter().map(Ok)).await?;
+    let sent = rig.publisher.publish_all(NOOP_KEY, messages.iter().map(Ok)).await?;
     let published = Instant::now();
     let last_ack = consuming.await.context("the no-op consumer panicked")??;
     let first = sent.first().copied().context("nothing was published")?;
@@ -883,6 +969,7 @@ async fn ceiling(
         publishing: published.saturating_duration_since(first),
         latency: None,
         cpu,
+        batches: None,
     })
 }
 
@@ -931,28 +1018,21 @@ async fn ack_up_to(acker: Option<Acker>) -> anyhow::Result<()> {
 /// Publishes `args.events` events, `per_message` to a message, to the
 /// worker; timed from the first publish until the counter shows them all
 /// and the usage queue is empty.
-#[allow(clippy::too_many_arguments)] // each is a distinct piece of the running bench
-async fn through_worker(
-    args: &Args,
-    sandbox: &Sandbox,
-    publisher: &Publisher,
-    inspect: &Channel,
-    worker: &Worker,
-    execution: &str,
-    tag: &str,
-    per_message: u64,
-) -> anyhow::Result<Phase> {
+async fn through_worker(rig: &Rig<'_>, worker: &Worker, tag: &str, per_message: u64) -> anyhow::Result<Phase> {
+    let args = rig.args;
     let messages: Vec<Vec<u8>> =
-        bodies(tag, execution, args.events, per_message).collect::<anyhow::Result<_>>()?;
+        bodies(tag, &rig.execution, args.events, per_message).collect::<anyhow::Result<_>>()?;
     let base = counted(worker.http).await?;
+    let stats_before = BatchStats::read(worker.http).await?;
     let target = base + args.events;
     let watching = tokio::spawn(watch_counter(worker.http, worker.pid, target));
     let cpu_before = CpuTicks::now(worker.pid);
-    let sent = publisher.publish_all(USAGE_KEY, messages.iter().map(Ok)).await?;
+    let sent = rig.publisher.publish_all(USAGE_KEY, messages.iter().map(Ok)).await?;
     let published = Instant::now();
     let samples = watching.await.context("the counter watcher panicked")??;
-    wait_queue_empty(inspect, &sandbox.names.usage).await?;
+    wait_queue_empty(&rig.inspect, &rig.sandbox.names.usage).await?;
     let done = Instant::now();
+    let batches = BatchStats::read(worker.http).await?.since(&stats_before);
 
     let first = sent.first().copied().context("nothing was published")?;
     let elapsed = done.saturating_duration_since(first);
@@ -968,31 +1048,30 @@ async fn through_worker(
         publishing: published.saturating_duration_since(first),
         latency: latency_percentiles(&per_event, &samples, base),
         cpu: cpu_before.cores(&CpuTicks::now(worker.pid), elapsed),
+        batches: Some(batches),
     })
 }
 
 /// With no worker running, queues `args.queued` events in 100-event
 /// messages, then lets a fresh worker drain them. Returns the drain and the
 /// fresh worker's peak RSS in MB.
-async fn drain(
-    args: &Args,
-    sandbox: &Sandbox,
-    publisher: &Publisher,
-    inspect: &Channel,
-    worker: &mut Option<Worker>,
-    execution: &str,
-) -> anyhow::Result<(Phase, f64)> {
+async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Phase, f64)> {
+    let (args, sandbox) = (rig.args, rig.sandbox);
     log(format_args!(
         "queueing {} events in {QUEUED_BATCH}-event messages with no worker running",
         thousands(args.queued)
     ));
     let started = Instant::now();
     // Generated while publishing: the backlog need not sit in memory twice.
-    let sent = publisher
-        .publish_all(USAGE_KEY, bodies("queued", execution, args.queued, QUEUED_BATCH as u64))
+    let sent = rig
+        .publisher
+        .publish_all(
+            USAGE_KEY,
+            bodies("queued", &rig.execution, args.queued, QUEUED_BATCH as u64),
+        )
         .await?;
     let publishing = started.elapsed();
-    let depth = queue_depth(inspect, &sandbox.names.usage).await?;
+    let depth = queue_depth(&rig.inspect, &sandbox.names.usage).await?;
     log(format_args!(
         "{} messages queued in {:.1} s; starting a fresh worker to drain them",
         thousands(u64::from(depth)),
@@ -1004,10 +1083,12 @@ async fn drain(
     let cpu_before = CpuTicks::now(fresh.pid);
     // A new process: its counter starts from zero.
     watch_counter(fresh.http, fresh.pid, args.queued).await?;
-    wait_queue_empty(inspect, &sandbox.names.usage).await?;
+    wait_queue_empty(&rig.inspect, &sandbox.names.usage).await?;
     let elapsed = started.elapsed();
     let cpu = cpu_before.cores(&CpuTicks::now(fresh.pid), elapsed);
     let rss = fresh.peak_rss_mb()?;
+    // A new process: its histograms start from zero too.
+    let batches = BatchStats::read(fresh.http).await?;
     let phase = Phase {
         events: args.queued,
         messages: sent.len() as u64,
@@ -1015,6 +1096,7 @@ async fn drain(
         publishing,
         latency: None,
         cpu,
+        batches: Some(batches),
     };
     Ok((phase, rss))
 }
@@ -1026,7 +1108,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -1040,15 +1122,36 @@ fn rate(per_second: f64) -> String {
 
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
-    if ms < 10.0 { format!("{ms:.1} ms") } else { format!("{ms:.0} ms") }
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
 }
 
 fn cpu_line(cpu: &CpuShare) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Whatever else ran on the machine competed for the same cores.
+    let other = (cpu.machine - cpu.worker - cpu.postgres - cpu.rabbitmq - cpu.bench).max(0.0);
     format!(
-        "cpu (cores): worker {:.2}, postgres {:.2}, rabbitmq {:.2}, bench {:.2}; machine {:.2} of {cores}",
+        "cpu (cores): worker {:.2}, postgres {:.2}, rabbitmq {:.2}, bench {:.2}, other {other:.2}; busy {:.2} of {cores}",
         cpu.worker, cpu.postgres, cpu.rabbitmq, cpu.bench, cpu.machine
     )
+}
+
+/// The worker's batches: how many, how full, and how much of the phase went to committing them.
+fn batches_line(phase: &Phase) -> Option<String> {
+    let b = phase.batches?;
+    if b.batches < 1.0 {
+        return None;
+    }
+    Some(format!(
+        "worker: {} batches of {:.0} events on average, {} per batch transaction, transactions {:.0}% of the phase",
+        thousands(b.batches as u64),
+        b.events / b.batches,
+        ms(Duration::from_secs_f64(b.commit_seconds / b.batches)),
+        100.0 * b.commit_seconds / phase.elapsed.as_secs_f64()
+    ))
 }
 
 fn latency_text(phase: &Phase) -> String {
@@ -1073,6 +1176,16 @@ fn timing(phase: &Phase) -> String {
     )
 }
 
+/// The indented lines under a phase's headline.
+fn details(f: &mut std::fmt::Formatter<'_>, phase: &Phase) -> std::fmt::Result {
+    writeln!(f, "    {}", timing(phase))?;
+    writeln!(f, "    {}", cpu_line(&phase.cpu))?;
+    if let Some(line) = batches_line(phase) {
+        writeln!(f, "    {line}")?;
+    }
+    Ok(())
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         const SINGLE_TARGET: f64 = 0.7;
@@ -1093,13 +1206,8 @@ impl std::fmt::Display for Report {
             self.batch_timeout,
             self.args.confirm_window
         )?;
-        writeln!(
-            f,
-            "ceiling (no-op consumer, 1 event/message): {} msg/s",
-            rate(ceiling)
-        )?;
-        writeln!(f, "    {}", timing(&self.ceiling))?;
-        writeln!(f, "    {}", cpu_line(&self.ceiling.cpu))?;
+        writeln!(f, "ceiling (no-op consumer, 1 event/message): {} msg/s", rate(ceiling))?;
+        details(f, &self.ceiling)?;
         writeln!(
             f,
             "single-event messages: {} events/s ({ratio:.2}x ceiling; target >= {SINGLE_TARGET}x: {}), {}",
@@ -1107,8 +1215,7 @@ impl std::fmt::Display for Report {
             verdict(ratio >= SINGLE_TARGET),
             latency_text(&self.single)
         )?;
-        writeln!(f, "    {}", timing(&self.single))?;
-        writeln!(f, "    {}", cpu_line(&self.single.cpu))?;
+        details(f, &self.single)?;
         writeln!(
             f,
             "batched ({}/message): {} events/s (target >= {}: {}), {}",
@@ -1118,8 +1225,7 @@ impl std::fmt::Display for Report {
             verdict(batched >= BATCHED_TARGET),
             latency_text(&self.batched)
         )?;
-        writeln!(f, "    {}", timing(&self.batched))?;
-        writeln!(f, "    {}", cpu_line(&self.batched.cpu))?;
+        details(f, &self.batched)?;
         writeln!(
             f,
             "worker peak RSS over the two phases above: {:.0} MB",
@@ -1140,6 +1246,9 @@ impl std::fmt::Display for Report {
                 drain.elapsed.as_secs_f64()
             )?;
             writeln!(f, "    {}", cpu_line(&drain.cpu))?;
+            if let Some(line) = batches_line(drain) {
+                writeln!(f, "    {line}")?;
+            }
         }
         writeln!(
             f,
@@ -1157,6 +1266,23 @@ impl std::fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_url_swaps_the_name_and_keeps_parameters() {
+        assert_eq!(
+            database_url("postgres://postgres@127.0.0.1:5432/postgres", "b1"),
+            "postgres://postgres@127.0.0.1:5432/b1"
+        );
+        assert_eq!(
+            database_url("postgres://u:p@db/postgres?sslmode=disable", "b1"),
+            "postgres://u:p@db/b1?sslmode=disable"
+        );
+        assert_eq!(database_url("postgres://localhost", "b1"), "postgres://localhost/b1");
+        assert_eq!(
+            database_url("postgres://postgres@localhost/postgres?host=/var/run/postgresql", "b1"),
+            "postgres://postgres@localhost/b1?host=/var/run/postgresql"
+        );
+    }
 
     #[test]
     fn thousands_groups_digits() {
@@ -1177,7 +1303,7 @@ mod tests {
             Sample { at: at(30), count: 9 },
         ];
         let (p50, p99) = latency_percentiles(&published, &samples, 5).expect("all visible");
-        // Latencies: 20, 20, 20, 20 -> event 2 needs 8, first seen at 30 -> 20 ms.
+        // Events need 6, 7, 8, 9: first seen at 20, 20, 30, 30, so every latency is 20 ms.
         assert_eq!(p50, Duration::from_millis(20));
         assert_eq!(p99, Duration::from_millis(20));
         assert!(latency_percentiles(&published, &samples[..2], 5).is_none());

@@ -26,7 +26,10 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
         problems.push("database unreachable".to_string());
     }
     let down = ctx.health.down();
-    if !down.is_empty() {
+    if ctx.health.roles().is_empty() {
+        // Roles register once migrations are applied: until then, not ready.
+        problems.push("starting".to_string());
+    } else if !down.is_empty() {
         problems.push(format!("not connected: {}", down.join(", ")));
     }
     if problems.is_empty() {

@@ -40,10 +40,15 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
-/// Whether the database answers now.
+/// Whether the database answers now, on a fresh connection: a pooled one
+/// could hide an outage behind the pool's own reconnect attempts.
 pub async fn ping(pool: &PgPool) -> bool {
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(pool)).await,
-        Ok(Ok(_))
-    )
+    use sqlx::Connection as _;
+    let options = pool.connect_options();
+    let check = async {
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        conn.close().await
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(2), check).await, Ok(Ok(())))
 }

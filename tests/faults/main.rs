@@ -31,9 +31,12 @@ async fn sh(command: &'static str) {
     assert!(status.success(), "`{command}` failed: {status}");
 }
 
-const RESTART_BROKER: &str = "rabbitmqctl -q stop_app && rabbitmqctl -q start_app && rabbitmqctl -q await_startup";
-const RESTART_POSTGRES: &str =
-    "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -1) main restart -m fast";
+const RESTART_BROKER: &str =
+    "rabbitmqctl -q stop_app && sleep 1 && rabbitmqctl -q start_app && rabbitmqctl -q await_startup";
+// Down for a second at least, so that the outage is long enough to observe.
+const RESTART_POSTGRES: &str = "v=$(ls /etc/postgresql | sort -V | tail -1); \
+    pg_ctlcluster --skip-systemctl-redirect $v main stop -m fast && sleep 1 && \
+    pg_ctlcluster --skip-systemctl-redirect $v main start";
 
 async fn metered(app: &mut TestApp) -> String {
     let r = app
@@ -111,8 +114,14 @@ fn watch_readiness(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<bool> 
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while tokio::time::Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() && http_get(addr, "/readyz").await.0 == 503 {
-                return true;
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                let (status, body) = http_get(addr, "/readyz").await;
+                if std::env::var_os("FAULTS_DEBUG").is_some() {
+                    eprintln!("{:?} readyz {status} {}", std::time::SystemTime::now(), body.trim());
+                }
+                if status == 503 {
+                    return true;
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

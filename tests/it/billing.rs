@@ -748,3 +748,76 @@ async fn pre_debit_bills_in_advance_and_onetime_bills_once() {
     assert!(b.iter().all(|b| b.amount_due == Decimal::ZERO && b.attempt == 0));
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn every_plan_model_bills_its_parts() {
+    let clock = ManualClock::new(at(2026, 1, 1, 0, 0));
+    let mut app = TestApp::spawn_with_clock(clock.clone()).await;
+    app.call(
+        "m1",
+        json!({"command": "create_metric", "metric_id": "calls", "name": "Calls", "aggregation_type": "COUNT",
+        "pricing_type": "FIXED", "pricing_model": [{"unit_amount": 1}], "currency": "INR"}),
+    )
+    .await;
+    app.call("m1", json!({"command": "create_customer", "customer_id": "c1"}))
+        .await;
+    let models = [
+        ("FIXED", 100, false),
+        ("VARIABLE", 50, true),
+        ("USAGE_BASED", 0, true),
+        ("HYBRID", 10, true),
+        ("USAGE_CALCULATION", 999, true),
+    ];
+    let mut ids = Vec::new();
+    for (model, amount, metered) in models {
+        let mut plan = json!({"command": "create_plan", "plan_id": model, "plan_name": model, "plan_type": "POST_DEBIT",
+            "plan_model": model, "plan_interval": "MONTHLY", "plan_currency": "INR", "plan_amount": amount});
+        if metered {
+            plan["metric_ids"] = json!(["calls"]);
+        }
+        assert_eq!(app.call("m1", plan).await["success"], true, "{model}");
+        let mut create = json!({"command": "create", "plan_id": model, "customer_id": "c1", "amount": 10000});
+        if model == "VARIABLE" {
+            create["metric_info"] =
+                json!([{"metric_id": "calls", "pricing_type": "FIXED", "pricing_model": [{"unit_amount": 2}]}]);
+        }
+        let r = app.call("m1", create).await;
+        ids.push((model, r["billing_execution_info_id"].as_str().expect("id").to_string()));
+    }
+    clock.set(at(2026, 1, 10, 0, 0));
+    for (model, id) in ids.iter().filter(|(m, _)| *m != "FIXED") {
+        let events: Vec<Value> = (0..3)
+            .map(|i| {
+                json!({"event_id": format!("{model}-{i}"), "billing_execution_info_id": id, "metric_id": "calls",
+                            "timestamp": at(2026, 1, 5, i, 0).to_rfc3339()})
+            })
+            .collect();
+        app.publish_usage("m1", &json!({ "events": events })).await;
+    }
+    app.wait_for_count("usage counted", "SELECT count(*) FROM usage_events", 12)
+        .await;
+    clock.set(at(2026, 2, 1, 0, 0));
+    run_billing(&mut app).await;
+    let expected = [
+        ("FIXED", Some("100")),
+        ("VARIABLE", Some("56")),
+        ("USAGE_BASED", Some("3")),
+        ("HYBRID", Some("13")),
+        ("USAGE_CALCULATION", None),
+    ];
+    for ((model, id), (_, total)) in ids.iter().zip(expected) {
+        let b = bills(&app, id).await;
+        assert_eq!(b.first().map(|b| b.total), total.map(dec), "{model}");
+    }
+    // USAGE_CALCULATION bills its usage only, and only when presented.
+    let usage_calc = &ids[4].1;
+    let r = app
+        .call(
+            "m1",
+            json!({"command": "present", "billing_execution_info_id": usage_calc}),
+        )
+        .await;
+    assert_eq!(r["bill"]["total"], json!(3), "{r}");
+    assert_eq!(r["bill"]["lines"].as_array().map(Vec::len), Some(1));
+    app.teardown().await;
+}

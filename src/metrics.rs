@@ -48,6 +48,10 @@ pub struct Metrics {
     pub debit_roundtrip_seconds: Histogram,
     /// Age of the oldest bill past its debit time and not yet attempted.
     pub oldest_due_bill_age_seconds: Gauge,
+    /// Time of one scheduler pass (issue, notices, recovery, debit requests).
+    pub scheduler_pass_seconds: Histogram,
+    /// Time to apply one debit result, commit included.
+    pub payment_result_seconds: Histogram,
     /// 1 when a role is connected and consuming, by role.
     pub role_up: IntGaugeVec,
     /// Broker (re)connections, by role.
@@ -172,6 +176,16 @@ impl Metrics {
                 "billing_debit_roundtrip_seconds",
                 "Time from a debit request to its result",
                 vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+            ),
+            scheduler_pass_seconds: histogram(
+                "billing_scheduler_pass_duration_seconds",
+                "Time of one scheduler pass",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            payment_result_seconds: histogram(
+                "billing_payment_result_duration_seconds",
+                "Time to apply one debit result",
+                LATENCY_BUCKETS.to_vec(),
             ),
             oldest_due_bill_age_seconds: {
                 let g = Gauge::new(

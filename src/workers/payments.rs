@@ -123,6 +123,7 @@ async fn process(
 
 async fn apply(ctx: &Context, result: &DebitResult) -> Result<&'static str, HandleError> {
     use crate::billing::debits::ResultOutcome;
+    let started = std::time::Instant::now();
     let mut tx = ctx
         .pool
         .begin()
@@ -130,6 +131,9 @@ async fn apply(ctx: &Context, result: &DebitResult) -> Result<&'static str, Hand
         .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
     let (outcome, roundtrip) = apply_result(&mut tx, result, &ctx.settings.retry, ctx.clock.now()).await?;
     tx.commit().await?;
+    ctx.metrics
+        .payment_result_seconds
+        .observe(started.elapsed().as_secs_f64());
     match outcome {
         ResultOutcome::Paid => ctx.metrics.bills_settled.with_label_values(&["paid"]).inc(),
         ResultOutcome::Failed(status) if status != "RETRY_SCHEDULED" => ctx

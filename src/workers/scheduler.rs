@@ -30,7 +30,12 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         .context("open broker session")?;
     mark_up(&ctx, ROLE);
     loop {
-        match run_once(&ctx, &session.publisher, ctx.settings.scheduler.batch_size).await {
+        let started = std::time::Instant::now();
+        let pass = run_once(&ctx, &session.publisher, ctx.settings.scheduler.batch_size).await;
+        ctx.metrics
+            .scheduler_pass_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match pass {
             Ok(report) => tracing::debug!(?report, "billing pass"),
             Err(RunError::Broker(err)) => return Err(err).context("publish debit requests"),
             Err(RunError::Handle(HandleError::Transient(reason))) => {

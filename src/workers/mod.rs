@@ -12,10 +12,15 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use lapin::Consumer;
+use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Context;
 use crate::backoff_policy::Backoff;
+use crate::broker::Session;
 
 /// Which roles are connected and working; `/readyz` reads it.
 #[derive(Debug, Default)]
@@ -86,6 +91,76 @@ where
         }
     }
     tracing::info!(role, "role stopped");
+}
+
+/// Runs `attempt` until it is something other than a transient fault,
+/// waiting with backoff between tries. `None` if `cancel` fired first: the
+/// work stays unacked and the broker hands it out again.
+pub async fn hold_through_outages<T, F, Fut>(
+    ctx: &Context,
+    role: &'static str,
+    cancel: &CancellationToken,
+    mut attempt: F,
+) -> Option<Result<T, crate::error::Rejection>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, crate::error::HandleError>>,
+{
+    use crate::error::HandleError;
+    let amqp = &ctx.settings.amqp;
+    let mut backoff = Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2);
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(Ok(value)),
+            Err(HandleError::Rejected(rejection)) => return Some(Err(rejection)),
+            Err(HandleError::Transient(reason)) => {
+                ctx.metrics
+                    .transient_errors
+                    .with_label_values(&[role, "database"])
+                    .inc();
+                let delay = backoff.next_delay();
+                tracing::warn!(role, reason = %reason, retry_in = ?delay, "transient fault; holding the work");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Opens a role's broker session and starts consuming `queue`; the role is
+/// up from here.
+pub async fn open_consumer(
+    ctx: &Context,
+    role: &'static str,
+    queue: &str,
+    prefetch: u16,
+) -> anyhow::Result<(Session, Consumer)> {
+    let session = Session::open(&ctx.settings.amqp, role)
+        .await
+        .context("open broker session")?;
+    let consumer = session.consume(queue, prefetch).await.context("consume")?;
+    mark_up(ctx, role);
+    Ok((session, consumer))
+}
+
+/// The next delivery, `None` once `cancel` fires; an error when the
+/// consumer fails or the broker cancels it (the supervisor reconnects).
+pub async fn next_delivery(consumer: &mut Consumer, cancel: &CancellationToken) -> anyhow::Result<Option<Delivery>> {
+    tokio::select! {
+        _ = cancel.cancelled() => Ok(None),
+        next = consumer.next() => delivery(next).map(Some),
+    }
+}
+
+/// A delivery from a consumer's stream item.
+pub fn delivery(next: Option<Result<Delivery, lapin::Error>>) -> anyhow::Result<Delivery> {
+    match next {
+        Some(Ok(delivery)) => Ok(delivery),
+        Some(Err(err)) => Err(err).context("consumer failed"),
+        None => anyhow::bail!("consumer was cancelled by the broker"),
+    }
 }
 
 /// Marks a role up once it consumes.

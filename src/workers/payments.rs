@@ -4,17 +4,14 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::{mark_up, supervise};
+use super::{hold_through_outages, next_delivery, open_consumer, supervise};
 use crate::app::Context;
-use crate::backoff_policy::Backoff;
 use crate::billing::debits::{DebitResult, apply_result};
-use crate::broker::{BrokerError, Publisher, Session};
+use crate::broker::{BrokerError, Publisher};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::de::decode;
 
@@ -30,25 +27,12 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let session = Session::open(&ctx.settings.amqp, ROLE)
-        .await
-        .context("open broker session")?;
-    let mut consumer = session
-        .consume(&ctx.names.payment_results, ctx.settings.amqp.provisioning_prefetch)
-        .await
-        .context("consume")?;
-    mark_up(&ctx, ROLE);
-    loop {
-        let delivery = tokio::select! {
-            _ = cancel.cancelled() => break,
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(err)) => return Err(err).context("consumer failed"),
-                None => anyhow::bail!("consumer was cancelled by the broker"),
-            },
-        };
+    let prefetch = ctx.settings.amqp.provisioning_prefetch;
+    let (session, mut consumer) = open_consumer(&ctx, ROLE, &ctx.names.payment_results, prefetch).await?;
+    while let Some(delivery) = next_delivery(&mut consumer, &cancel).await? {
         process(&ctx, &session.publisher, delivery, &cancel).await?;
     }
+    // Unacked messages go back to the queue when the channel closes.
     session.close().await;
     Ok(())
 }
@@ -71,29 +55,12 @@ async fn process(
     cancel: &CancellationToken,
 ) -> Result<(), BrokerError> {
     ctx.metrics.messages_received.with_label_values(&[ROLE]).inc();
-    let amqp = &ctx.settings.amqp;
-    let mut backoff = Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2);
-    let outcome = loop {
-        let result = match parse(ctx, &delivery) {
-            Ok(result) => apply(ctx, &result).await,
-            Err(rejection) => Err(rejection.into()),
-        };
-        match result {
-            Err(HandleError::Transient(reason)) => {
-                ctx.metrics
-                    .transient_errors
-                    .with_label_values(&[ROLE, "database"])
-                    .inc();
-                let delay = backoff.next_delay();
-                tracing::warn!(reason = %reason, retry_in = ?delay, "transient fault; holding the result");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
-                    _ = cancel.cancelled() => return Ok(()),
-                }
-            }
-            Err(HandleError::Rejected(rejection)) => break Err(rejection),
-            Ok(applied) => break Ok(applied),
-        }
+    let outcome = match parse(ctx, &delivery) {
+        Err(rejection) => Err(rejection),
+        Ok(result) => match hold_through_outages(ctx, ROLE, cancel, || apply(ctx, &result)).await {
+            Some(outcome) => outcome,
+            None => return Ok(()),
+        },
     };
     match outcome {
         Ok(label) => {

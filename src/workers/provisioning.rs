@@ -3,16 +3,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context as _;
-use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::{mark_up, supervise};
+use super::{hold_through_outages, next_delivery, open_consumer, supervise};
 use crate::app::Context;
-use crate::backoff_policy::Backoff;
-use crate::broker::{BrokerError, Publisher, Session};
+use crate::broker::{BrokerError, Publisher};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::{
     documents, envelope,
@@ -32,33 +29,14 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let session = Session::open(&ctx.settings.amqp, ROLE)
-        .await
-        .context("open broker session")?;
-    let mut consumer = session
-        .consume(&ctx.names.provisioning, ctx.settings.amqp.provisioning_prefetch)
-        .await
-        .context("consume")?;
-    mark_up(&ctx, ROLE);
-    loop {
-        let delivery = tokio::select! {
-            _ = cancel.cancelled() => break,
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(err)) => return Err(err).context("consumer failed"),
-                None => anyhow::bail!("consumer was cancelled by the broker"),
-            },
-        };
+    let prefetch = ctx.settings.amqp.provisioning_prefetch;
+    let (session, mut consumer) = open_consumer(&ctx, ROLE, &ctx.names.provisioning, prefetch).await?;
+    while let Some(delivery) = next_delivery(&mut consumer, &cancel).await? {
         process(&ctx, &session.publisher, delivery, &cancel).await?;
     }
+    // Unacked messages go back to the queue when the channel closes.
     session.close().await;
     Ok(())
-}
-
-/// What handling one message came to.
-struct Handled {
-    command: Option<Command>,
-    result: Result<Answer, HandleError>,
 }
 
 /// A successful answer and whether webhooks were written.
@@ -67,37 +45,27 @@ struct Answer {
     announced: bool,
 }
 
-async fn handle(ctx: &Context, publisher: &Publisher, delivery: &Delivery) -> Handled {
-    let env = match envelope::open(
+/// The tenant and the command, or why the message is unreadable.
+fn parse(ctx: &Context, delivery: &Delivery) -> Result<(envelope::Envelope, Command), Rejection> {
+    let settings = &ctx.settings;
+    let env = envelope::open(
         &delivery.properties,
         &delivery.data,
-        ctx.settings.amqp.max_message_bytes,
-        &ctx.settings.auth,
-    ) {
-        Ok(env) => env,
-        Err(r) => {
-            return Handled {
-                command: None,
-                result: Err(r.into()),
-            };
-        }
-    };
-    let command = match provisioning::parse(&delivery.data) {
-        Ok(c) => c,
-        Err(r) => {
-            return Handled {
-                command: None,
-                result: Err(r.into()),
-            };
-        }
-    };
-    let result = match &command {
-        Command::RunBilling(r) => run_billing(ctx, publisher, &env, r.limit).await,
-        _ => execute(ctx, &env, command.clone()).await,
-    };
-    Handled {
-        command: Some(command),
-        result,
+        settings.amqp.max_message_bytes,
+        &settings.auth,
+    )?;
+    Ok((env, provisioning::parse(&delivery.data)?))
+}
+
+async fn handle(
+    ctx: &Context,
+    publisher: &Publisher,
+    env: &envelope::Envelope,
+    command: &Command,
+) -> Result<Answer, HandleError> {
+    match command {
+        Command::RunBilling(r) => run_billing(ctx, publisher, env, r.limit).await,
+        _ => execute(ctx, env, command.clone()).await,
     }
 }
 
@@ -180,29 +148,13 @@ async fn process(
 ) -> Result<(), BrokerError> {
     ctx.metrics.messages_received.with_label_values(&[ROLE]).inc();
     let started = Instant::now();
-    let mut backoff = Backoff::new(
-        ctx.settings.amqp.reconnect_initial,
-        2.0,
-        ctx.settings.amqp.reconnect_max,
-        0.2,
-    );
-    let (command, result) = loop {
-        let handled = handle(ctx, publisher, &delivery).await;
-        match handled.result {
-            Ok(answer) => break (handled.command, Ok(answer)),
-            Err(HandleError::Rejected(rejection)) => break (handled.command, Err(rejection)),
-            Err(HandleError::Transient(reason)) => {
-                ctx.metrics
-                    .transient_errors
-                    .with_label_values(&[ROLE, "database"])
-                    .inc();
-                let delay = backoff.next_delay();
-                tracing::warn!(reason = %reason, retry_in = ?delay, "transient fault; holding the message");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
-                    // Left unacked: the broker gives it to the next consumer.
-                    _ = cancel.cancelled() => return Ok(()),
-                }
+    let (command, result) = match parse(ctx, &delivery) {
+        Err(rejection) => (None, Err(rejection)),
+        Ok((env, command)) => {
+            match hold_through_outages(ctx, ROLE, cancel, || handle(ctx, publisher, &env, &command)).await {
+                Some(result) => (Some(command), result),
+                // Left unacked: the broker gives it to the next consumer.
+                None => return Ok(()),
             }
         }
     };

@@ -5,17 +5,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::{mark_up, supervise};
+use super::{delivery, hold_through_outages, open_consumer, supervise};
 use crate::app::Context;
-use crate::backoff_policy::Backoff;
-use crate::broker::{BrokerError, Publisher, Session};
+use crate::broker::{BrokerError, Publisher};
 use crate::error::{HandleError, Rejection};
 use crate::protocol::envelope;
 use crate::protocol::usage::{Decoded, decode_message};
@@ -68,14 +66,7 @@ impl Message {
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
     let usage = &ctx.settings.usage;
-    let session = Session::open(&ctx.settings.amqp, ROLE)
-        .await
-        .context("open broker session")?;
-    let mut consumer = session
-        .consume(&ctx.names.usage, usage.prefetch)
-        .await
-        .context("consume")?;
-    mark_up(&ctx, ROLE);
+    let (session, mut consumer) = open_consumer(&ctx, ROLE, &ctx.names.usage, usage.prefetch).await?;
     let mut stopping = false;
     while !stopping {
         let mut batch = Vec::new();
@@ -110,14 +101,6 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     // Anything not acked returns to the queue when the channel closes.
     session.close().await;
     Ok(())
-}
-
-fn delivery(next: Option<Result<Delivery, lapin::Error>>) -> anyhow::Result<Delivery> {
-    match next {
-        Some(Ok(delivery)) => Ok(delivery),
-        Some(Err(err)) => Err(err).context("consumer failed"),
-        None => anyhow::bail!("consumer was cancelled by the broker"),
-    }
 }
 
 /// Where a candidate event came from: its message and its text in the body.
@@ -233,36 +216,19 @@ async fn count_with_retry(
     candidates: &[Candidate],
     cancel: &CancellationToken,
 ) -> Option<Result<Report, Rejection>> {
-    let amqp = &ctx.settings.amqp;
-    let mut backoff = Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2);
     let limits = Limits {
         future_tolerance: chrono::Duration::from_std(ctx.settings.usage.future_tolerance)
             .unwrap_or(chrono::Duration::minutes(5)),
     };
-    loop {
+    hold_through_outages(ctx, ROLE, cancel, || async move {
         let started = Instant::now();
-        match count(ctx, candidates, limits).await {
-            Ok(report) => {
-                ctx.metrics
-                    .usage_commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                return Some(Ok(report));
-            }
-            Err(HandleError::Rejected(rejection)) => return Some(Err(rejection)),
-            Err(HandleError::Transient(reason)) => {
-                ctx.metrics
-                    .transient_errors
-                    .with_label_values(&[ROLE, "database"])
-                    .inc();
-                let delay = backoff.next_delay();
-                tracing::warn!(reason = %reason, retry_in = ?delay, "transient fault; holding the batch");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return None,
-                }
-            }
-        }
-    }
+        let report = count(ctx, candidates, limits).await?;
+        ctx.metrics
+            .usage_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(report)
+    })
+    .await
 }
 
 async fn count(ctx: &Context, candidates: &[Candidate], limits: Limits) -> Result<Report, HandleError> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use billing_worker::clock::SystemClock;
 use serde_json::{Value, json};
 
-use helpers::{DEADLINE, TestApp, eventually, http_get};
+use helpers::{DEADLINE, TestApp, eventually, eventually_within, http_get};
 
 /// Runs a shell command to completion, failing the test if it fails.
 async fn sh(command: &'static str) {
@@ -77,7 +77,8 @@ async fn publish_events(app: &TestApp, id: &str, from: usize, to: usize, per_mes
 
 async fn wait_exact(app: &TestApp, n: i64) {
     let db = app.db.clone();
-    eventually(&format!("exactly {n} events counted once"), || {
+    // A backlog of tens of thousands of events drains in seconds; the bound is generous.
+    eventually_within(&format!("exactly {n} events counted once"), Duration::from_secs(120), || {
         let db = db.clone();
         async move {
             let (events, total): (i64, i64) = sqlx::query_as(

@@ -494,19 +494,28 @@ pub fn with_merchant(props: BasicProperties, merchant: &str) -> BasicProperties 
 }
 
 /// Polls `probe` until it yields a value or the deadline passes.
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    eventually_within(what, DEADLINE, probe).await
+}
+
+/// [`eventually`] with its own deadline, for outcomes that wait on a backlog.
+pub async fn eventually_within<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(v) = probe().await {
             return v;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what}: not reached within {DEADLINE:?}"
+            "{what}: not reached within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

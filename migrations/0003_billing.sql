@@ -10,7 +10,7 @@ ALTER TABLE executions ADD COLUMN plan_amount NUMERIC CHECK (plan_amount >= 0);
 -- change_plan: the plan (and amount) taking effect at the next period boundary.
 ALTER TABLE executions ADD COLUMN pending_plan_id TEXT;
 ALTER TABLE executions ADD COLUMN pending_plan_amount NUMERIC CHECK (pending_plan_amount >= 0);
-CREATE INDEX executions_next_bill ON executions (next_bill_at) WHERE status = 'ACTIVE' AND next_bill_at IS NOT NULL;
+CREATE INDEX executions_next_bill ON executions (next_bill_at) WHERE next_bill_at IS NOT NULL;
 
 CREATE TABLE billing_plans (
     id             TEXT        PRIMARY KEY,

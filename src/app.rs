@@ -30,8 +30,6 @@ pub struct Context {
     pub health: Health,
     /// Wakes the outbox relay after a commit that wrote webhooks.
     pub outbox_wake: Notify,
-    /// Wakes the scheduler (the `run_billing` command).
-    pub scheduler_wake: Notify,
     /// This process among its peers: owner of the leases it takes.
     pub instance: String,
 }
@@ -57,7 +55,6 @@ impl Application {
             metrics: Metrics::new(),
             health: Health::default(),
             outbox_wake: Notify::new(),
-            scheduler_wake: Notify::new(),
             instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         });
         Ok(Application { ctx, listener })

@@ -192,10 +192,9 @@ async fn settle(
                 )
                 .await?;
             }
-            if status == ResultStatus::Success
-                && bill.status == "PAID"
-                && bill.request_id.as_deref() != Some(result.request_id.as_str())
-            {
+            // The first success of an attempt for a bill already settled by
+            // another attempt: money moved twice.
+            if status == ResultStatus::Success && !settled && is_final(&bill.status) {
                 tracing::warn!(bill = %bill.id, request = %result.request_id, "a second successful debit for a paid bill: reconcile with the gateway");
             }
             Ok(ResultOutcome::Ignored)

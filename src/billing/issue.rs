@@ -185,6 +185,9 @@ pub async fn bill_due_execution(
             break;
         };
         if execution.status != "ACTIVE" {
+            // Deactivated during the period: its counted usage is billed
+            // (never its plan amount), and billing stops there.
+            close_inactive(conn, cache, execution, at, now, notice, batch).await?;
             break;
         }
         let plan = cache.get(conn, execution).await?;
@@ -204,7 +207,7 @@ pub async fn bill_due_execution(
             execution.next_bill_at = end;
             NewBill {
                 kind: "PERIOD",
-                key: format!("advance:{}", timestamp(at)),
+                key: format!("advance:{}", at.timestamp_micros()),
                 period_start: Some(at),
                 period_end: end,
                 charges,
@@ -244,13 +247,44 @@ pub async fn bill_due_execution(
             };
             NewBill {
                 kind: "PERIOD",
-                key: format!("period:{}", timestamp(from)),
+                key: format!("period:{}", from.timestamp_micros()),
                 period_start: Some(from),
                 period_end: Some(at),
                 charges,
             }
         };
         prepare(execution, &bill_plan, bill, now, notice, batch)?;
+    }
+    Ok(())
+}
+
+/// The last bill of an execution deactivated during its open period: the
+/// usage counted in it, if any.
+async fn close_inactive(
+    conn: &mut PgConnection,
+    cache: &mut PlanCache,
+    execution: &mut ExecutionRow,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    notice: Duration,
+    batch: &mut BillBatch,
+) -> Result<(), HandleError> {
+    let plan = cache.get(conn, execution).await?;
+    let from = execution
+        .billed_until
+        .unwrap_or(basis(execution, &plan.row).schedule().start);
+    let charges = usage_charges(conn, execution, &plan, from).await?;
+    execution.billed_until = Some(at);
+    execution.next_bill_at = None;
+    if charges.iter().any(|c| c.amount > Decimal::ZERO) || execution.carried_amount > Decimal::ZERO {
+        let bill = NewBill {
+            kind: "PERIOD",
+            key: format!("period:{}", from.timestamp_micros()),
+            period_start: Some(from),
+            period_end: Some(at),
+            charges,
+        };
+        prepare(execution, &plan.spec, bill, now, notice, batch)?;
     }
     Ok(())
 }
@@ -291,7 +325,7 @@ pub async fn present(
     execution.billed_until = Some(now);
     let bill = NewBill {
         kind: "PRESENTED",
-        key: format!("presented:{}", timestamp(from)),
+        key: format!("presented:{}", from.timestamp_micros()),
         period_start: Some(from),
         period_end: Some(now),
         charges,

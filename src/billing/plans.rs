@@ -128,8 +128,37 @@ fn amount(field: &str, value: Decimal, currency: &Currency) -> Result<Decimal, R
     Ok(value)
 }
 
+/// Checks the plan's schedule fields whenever they are given, so a bad
+/// value is named even when an explicit sequence makes them unused.
+fn check_plan_fields(plan: &PlanIn, currency: &Currency) -> Result<(), Rejection> {
+    if let Some(unit) = &plan.schedule_type
+        && !matches!(unit.to_ascii_uppercase().as_str(), "D" | "W" | "M" | "Y")
+    {
+        return Err(Rejection::field("billing_plan.schedule_type", "must be D, W, M or Y"));
+    }
+    if plan.periodicity == Some(0) {
+        return Err(Rejection::field("billing_plan.periodicity", "must be at least 1"));
+    }
+    if let Some(end_type) = plan.end_type
+        && !(1..=3).contains(&end_type)
+    {
+        return Err(Rejection::field(
+            "billing_plan.end_type",
+            "must be 1 (never), 2 (end_date) or 3 (no_of_payments)",
+        ));
+    }
+    if let Some(a) = plan.amount {
+        amount("billing_plan.amount", a, currency)?;
+    }
+    if let Some(start) = &plan.start_date {
+        date("billing_plan.start_date", start)?;
+    }
+    Ok(())
+}
+
 /// The schedule: the explicit sequence when given, else generated.
 pub fn schedule(plan: &PlanIn, sequence: &[EntryIn], currency: &Currency) -> Result<Vec<Entry>, Rejection> {
+    check_plan_fields(plan, currency)?;
     let mut entries = if sequence.is_empty() {
         generate(plan, currency)?
     } else {
@@ -537,6 +566,18 @@ mod tests {
             let err = generate(&plan(p), &inr()).expect_err("invalid");
             assert!(err.message.starts_with(field), "{field}: {}", err.message);
         }
+        let err = schedule(
+            &plan(json!({"customer_id":"c","schedule_type":"Q"})),
+            &[EntryIn {
+                amount: Decimal::ONE,
+                schedule_date: "2026-01-01".into(),
+                reference_id: None,
+                sequence_number: None,
+            }],
+            &inr(),
+        )
+        .expect_err("bad schedule_type even with a sequence");
+        assert!(err.message.starts_with("billing_plan.schedule_type"), "{}", err.message);
         let bad = vec![EntryIn {
             amount: Decimal::ONE,
             schedule_date: "17/05/2021".into(),

@@ -456,9 +456,11 @@ pub(super) async fn change_plan(
     reply_with(conn, merchant_id, &row, now, false).await
 }
 
-/// Moves the billing cursor with the status: the first activation starts
-/// billing; deactivation stops it; reactivation resumes from the period
-/// containing `now` (periods spent inactive are not billed).
+/// Moves the billing cursor with the status. The first activation starts
+/// billing. Deactivation keeps the open period's end: the scheduler still
+/// bills the usage counted in it when it closes (usage is never lost), and
+/// nothing after. Reactivation after that resumes from the period containing
+/// `now`: periods spent wholly inactive are not billed.
 async fn schedule_billing(
     conn: &mut PgConnection,
     row: &mut ExecutionRow,
@@ -469,11 +471,15 @@ async fn schedule_billing(
     let plan = store::catalog::find_plan(conn, &row.merchant_id, &row.plan_id)
         .await?
         .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
+    let first_activation =
+        from == ExecutionStatus::Created || (row.activated_at == Some(now) && row.billed_until.is_none());
     match event {
-        StatusEvent::Deactivated => row.next_bill_at = None,
-        StatusEvent::Activated if from == ExecutionStatus::Created => {
+        StatusEvent::Deactivated => {}
+        StatusEvent::Activated if first_activation => {
             row.next_bill_at = first_bill_at(row, &plan);
         }
+        // Reactivated before the open period closed: it goes on as it was.
+        StatusEvent::Activated if row.next_bill_at.is_some() => {}
         StatusEvent::Activated => {
             let spec = plan_spec(&plan)?;
             let schedule = crate::billing::issue::basis(row, &plan).schedule();

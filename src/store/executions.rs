@@ -130,7 +130,7 @@ pub async fn lock_due_for_billing(
     limit: i64,
 ) -> Result<Vec<ExecutionRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT * FROM executions WHERE status = 'ACTIVE' AND next_bill_at <= $1
+        "SELECT * FROM executions WHERE next_bill_at <= $1
          ORDER BY next_bill_at LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
     .bind(now)

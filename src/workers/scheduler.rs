@@ -1,5 +1,5 @@
-//! The scheduler role: a billing pass every `scheduler.tick`, or at once when
-//! `run_billing` asks. Passes of several processes never collide: every step
+//! The scheduler role: a billing pass every `scheduler.tick` (`run_billing`
+//! runs one at once, in the provisioning role). Passes of several processes never collide: every step
 //! claims its rows with `FOR UPDATE SKIP LOCKED`.
 
 use std::sync::Arc;
@@ -52,7 +52,6 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(ctx.settings.scheduler.tick) => {}
-            _ = ctx.scheduler_wake.notified() => {}
         }
     }
     session.close().await;

@@ -821,3 +821,108 @@ async fn every_plan_model_bills_its_parts() {
     assert_eq!(r["bill"]["lines"].as_array().map(Vec::len), Some(1));
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn deactivation_bills_counted_usage_and_reactivation_skips_idle_periods() {
+    let clock = ManualClock::new(at(2026, 1, 1, 0, 0));
+    let mut app = TestApp::spawn_with_clock(clock.clone()).await;
+    app.call(
+        "m1",
+        json!({"command": "create_metric", "metric_id": "calls", "name": "Calls", "aggregation_type": "COUNT",
+        "pricing_type": "FIXED", "pricing_model": [{"unit_amount": 1}], "currency": "INR"}),
+    )
+    .await;
+    plan(
+        &mut app,
+        json!({"plan_model": "HYBRID", "plan_amount": 100, "metric_ids": ["calls"]}),
+    )
+    .await;
+    let id = execution(&mut app, json!({"amount": 10000})).await;
+    clock.set(at(2026, 1, 10, 0, 0));
+    let events: Vec<Value> = (0..4)
+        .map(|i| json!({"event_id": format!("e{i}"), "billing_execution_info_id": id, "metric_id": "calls", "timestamp": at(2026, 1, 9, i, 0).to_rfc3339()}))
+        .collect();
+    app.publish_usage("m1", &json!({ "events": events })).await;
+    app.wait_for_count("counted", "SELECT count(*) FROM usage_events", 4)
+        .await;
+    let r = app
+        .call(
+            "m1",
+            json!({"command": "update_status", "billing_execution_info_id": id, "status": "INACTIVE"}),
+        )
+        .await;
+    assert_eq!(r["status"], "INACTIVE");
+
+    // January closes while inactive: its usage is billed, its plan amount is not.
+    clock.set(at(2026, 4, 15, 0, 0));
+    run_billing(&mut app).await;
+    let b = bills(&app, &id).await;
+    assert_eq!(b.len(), 1, "only the period with usage");
+    assert_eq!((b[0].period_end, b[0].total), (Some(at(2026, 2, 1, 0, 0)), dec("4")));
+
+    // Back in April: February and March (wholly inactive) are never billed.
+    let r = app
+        .call(
+            "m1",
+            json!({"command": "update_status", "billing_execution_info_id": id, "status": "ACTIVE"}),
+        )
+        .await;
+    assert_eq!(r["next_bill_at"], "2026-05-01T00:00:00Z", "{r}");
+    clock.set(at(2026, 5, 1, 0, 0));
+    run_billing(&mut app).await;
+    let b = bills(&app, &id).await;
+    assert_eq!(b.len(), 2);
+    assert_eq!(
+        (b[1].period_start, b[1].total),
+        (Some(at(2026, 4, 1, 0, 0)), dec("100"))
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_pre_debit_execution_created_inactive_pays_its_advance_on_activation() {
+    let clock = ManualClock::new(at(2026, 1, 1, 0, 0));
+    let mut app = TestApp::spawn_with_clock(clock.clone()).await;
+    plan(&mut app, json!({"plan_type": "PRE_DEBIT", "plan_amount": 100})).await;
+    let id = execution(&mut app, json!({"amount": 1000, "status": "INACTIVE"})).await;
+    clock.set(at(2026, 1, 5, 0, 0));
+    app.call(
+        "m1",
+        json!({"command": "update_status", "billing_execution_info_id": id, "status": "ACTIVE"}),
+    )
+    .await;
+    run_billing(&mut app).await;
+    let b = bills(&app, &id).await;
+    assert_eq!(b.len(), 1);
+    assert_eq!(
+        (b[0].period_start, b[0].total),
+        (Some(at(2026, 1, 5, 0, 0)), dec("100"))
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn two_presents_in_the_same_instant_are_two_bills() {
+    let clock = ManualClock::new(at(2026, 1, 1, 0, 0));
+    let mut app = TestApp::spawn_with_clock(clock.clone()).await;
+    plan(
+        &mut app,
+        json!({"plan_interval": "ASPRESENTED", "plan_model": "FIXED", "plan_amount": 5}),
+    )
+    .await;
+    let id = execution(&mut app, json!({"amount": 1000})).await;
+    clock.set(at(2026, 1, 2, 0, 0));
+    let first = app
+        .call("m1", json!({"command": "present", "billing_execution_info_id": id}))
+        .await;
+    let second = app
+        .call("m1", json!({"command": "present", "billing_execution_info_id": id}))
+        .await;
+    assert_eq!(
+        (first["success"].clone(), second["success"].clone()),
+        (json!(true), json!(true)),
+        "{second}"
+    );
+    assert_ne!(first["bill"]["bill_id"], second["bill"]["bill_id"]);
+    app.teardown().await;
+}

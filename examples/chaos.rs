@@ -3,10 +3,15 @@
 //! event was counted exactly once and every webhook was published.
 //!
 //! `./scripts/chaos [--seconds 60] [--rate 2000]`. It restarts this machine's
-//! PostgreSQL and RabbitMQ: run it where nothing else depends on them.
+//! PostgreSQL and RabbitMQ: run it where nothing else depends on them. The
+//! worker runs on a fresh database and topology prefix, removed at the end
+//! (see `support`).
+
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,18 +19,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use billing_worker::broker::Names;
-use billing_worker::client::{Request, send};
 use billing_worker::settings::Settings;
 use clap::Parser;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection};
-use tokio::process::{Child, Command};
+use support::{Launch, Sandbox, Worker, amqp_url, send_command};
+use tokio::process::Command;
 
 #[derive(Parser)]
 struct Args {
@@ -42,24 +44,6 @@ struct Args {
 
 const MERCHANT: &str = "chaos";
 
-fn admin_url() -> String {
-    std::env::var("BILLING_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn amqp_url() -> String {
-    std::env::var("BILLING_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn worker_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("example directory")?;
-    Ok(dir.join("billing-worker"))
-}
-
 async fn shell(command: &str) -> anyhow::Result<()> {
     let status = Command::new("bash")
         .arg("-c")
@@ -73,35 +57,25 @@ async fn shell(command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_worker(settings: &Settings, port: u16) -> anyhow::Result<Child> {
-    Command::new(worker_binary()?)
-        .arg("run")
-        .current_dir(repo())
-        .env("BILLING__DATABASE__URL", settings.database.url.expose_secret())
-        .env("BILLING__AMQP__URL", settings.amqp.url.expose_secret())
-        .env("BILLING__AMQP__PREFIX", &settings.amqp.prefix)
-        .env("BILLING__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("BILLING__LOG__FILTER", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("start the worker (build it with `cargo build --release`)")
+/// Starts a worker without waiting for it: the commands below retry until
+/// it answers, and a restart must not hold up the fault schedule.
+fn spawn_worker(sandbox: &Sandbox, http: SocketAddr) -> anyhow::Result<Worker> {
+    let launch = Launch {
+        http: Some(http),
+        log_filter: Some("error".into()),
+        ..Launch::default()
+    };
+    Worker::spawn(sandbox, &launch)
 }
 
 /// Sends a provisioning command until it is answered; repeats are harmless
 /// because every command here carries a message_id.
 async fn command(settings: &Settings, message_id: &str, body: Value) -> anyhow::Result<Value> {
     loop {
-        let request = Request {
-            merchant_id: MERCHANT.into(),
-            routing_key: "provisioning.chaos".into(),
-            body: serde_json::to_vec(&body)?,
-            message_id: Some(message_id.into()),
-            wait: Some(Duration::from_secs(5)),
-        };
-        match send(settings, request).await {
-            Ok(Some(answer)) if answer["success"] == true => return Ok(answer),
-            Ok(Some(answer)) => bail!("{message_id} refused: {answer}"),
-            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        match send_command(settings, MERCHANT, Some(message_id), &body, Duration::from_secs(5)).await {
+            Ok(answer) if answer["success"] == true => return Ok(answer),
+            Ok(answer) => bail!("{message_id} refused: {answer}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
 }
@@ -185,97 +159,70 @@ async fn connect_db(url: &str) -> PgConnection {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
-    let db_name = format!("bwt_chaos_{id}");
-    let mut admin = PgConnection::connect(&admin_url())
-        .await
-        .context("connect to Postgres")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-        .execute(&mut admin)
-        .await?;
-    drop(admin);
-    let base = admin_url()
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_string())
-        .unwrap_or_default();
-    let db_url = format!("{base}/{db_name}");
-    let mut settings = Settings::load_with(&repo().join("config"), None, std::iter::empty())?;
-    settings.database.url = SecretString::from(db_url.clone());
-    settings.amqp.url = SecretString::from(amqp_url());
-    settings.amqp.prefix = format!("bwt.chaos{id}.");
-    let names = Names::new(&settings.amqp.prefix);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-
-    let mut worker = spawn_worker(&settings, port)?;
+/// Creates the metric, plan, customer and execution; returns the execution id.
+async fn provision(settings: &Settings) -> anyhow::Result<String> {
     command(
-        &settings,
+        settings,
         "metric",
         json!({"command": "create_metric", "metric_id": "calls", "name": "Calls", "aggregation_type": "SUM",
         "pricing_type": "FIXED", "pricing_model": [{"unit_amount": "0.01"}], "currency": "INR"}),
     )
     .await?;
     command(
-        &settings,
+        settings,
         "plan",
         json!({"command": "create_plan", "plan_id": "p", "plan_name": "P", "plan_type": "POST_DEBIT",
         "plan_model": "USAGE_BASED", "plan_interval": "MONTHLY", "plan_currency": "INR", "metric_ids": ["calls"]}),
     )
     .await?;
     command(
-        &settings,
+        settings,
         "customer",
         json!({"command": "create_customer", "customer_id": "c1"}),
     )
     .await?;
     let created = command(
-        &settings,
+        settings,
         "execution",
         json!({"command": "create", "plan_id": "p", "customer_id": "c1", "merchant_ref_id": "chaos"}),
     )
     .await?;
-    let execution = created["billing_execution_info_id"]
+    Ok(created["billing_execution_info_id"]
         .as_str()
         .context("execution id")?
-        .to_string();
+        .to_string())
+}
 
-    println!(
-        "chaos: {} s of {} events/s in messages of {}, prefix {}",
-        args.seconds, args.rate, args.batch, settings.amqp.prefix
-    );
-    let sent = Arc::new(AtomicU64::new(0));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (seconds, rate) = (args.seconds, args.rate);
-    let loader = tokio::spawn(load(names.clone(), execution.clone(), args, sent.clone(), stop_rx));
-    let started = Instant::now();
-    let at = |fraction: f64| started + Duration::from_secs_f64(seconds as f64 * fraction);
+/// Credit grants once a second while the load runs, so that webhooks keep
+/// being written while the faults happen; returns how many were granted.
+async fn grant_credit(settings: Settings, execution: String, started: Instant, seconds: u64) -> u64 {
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let body = json!({"command": "add_credit", "billing_execution_info_id": execution, "amount": 1, "reference_id": format!("g{n}")});
+        if command(&settings, &format!("grant-{n}"), body).await.is_ok() {
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    n
+}
 
-    // Webhooks keep being written while the faults happen.
-    let grants = {
-        let settings = settings.clone();
-        let execution = execution.clone();
-        tokio::spawn(async move {
-            let mut n = 0;
-            while started.elapsed() < Duration::from_secs(seconds) {
-                let body = json!({"command": "add_credit", "billing_execution_info_id": execution, "amount": 1, "reference_id": format!("g{n}")});
-                if command(&settings, &format!("grant-{n}"), body).await.is_ok() {
-                    n += 1;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            n
-        })
-    };
-
+/// The faults, at fixed fractions of the run: SIGKILL of the worker (and a
+/// fresh one 3 s later), a PostgreSQL restart, a RabbitMQ restart.
+async fn inject_faults(
+    sandbox: &Sandbox,
+    worker: &mut Option<Worker>,
+    http: SocketAddr,
+    at: impl Fn(f64) -> Instant,
+) -> anyhow::Result<Vec<&'static str>> {
     let mut faults = Vec::new();
     tokio::time::sleep_until(at(0.15).into()).await;
-    worker.start_kill()?;
-    worker.wait().await?;
+    if let Some(killed) = worker.take() {
+        killed.kill().await?;
+    }
     faults.push("worker killed with SIGKILL mid-batch, restarted 3 s later");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    worker = spawn_worker(&settings, port)?;
+    *worker = Some(spawn_worker(sandbox, http)?);
     tokio::time::sleep_until(at(0.4).into()).await;
     shell("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -1) main restart -m fast")
         .await?;
@@ -284,39 +231,50 @@ async fn main() -> anyhow::Result<()> {
     shell("rabbitmqctl -q stop_app && rabbitmqctl -q start_app && rabbitmqctl -q await_startup").await?;
     faults.push("RabbitMQ restarted (every connection dropped)");
     tokio::time::sleep_until(at(1.0).into()).await;
-    stop_tx.send(true)?;
-    loader.await?;
-    let grants = grants.await?;
-    let published = sent.load(Ordering::Relaxed) as i64;
-    let load_secs = started.elapsed().as_secs_f64();
+    Ok(faults)
+}
 
-    // Drain and verify.
-    let mut db = connect_db(&db_url).await;
+/// Waits until every published event is counted, failing on any counted twice.
+async fn wait_all_counted(db: &mut PgConnection, published: i64) -> anyhow::Result<()> {
     let drain_started = Instant::now();
     loop {
-        let (events, total) = counted(&mut db).await.unwrap_or((0, 0));
+        let (events, total) = counted(db).await.unwrap_or((0, 0));
         if events > published || total > published {
             bail!("counted twice: {events} events, total {total}, for {published} published");
         }
         if events == published && total == published {
-            break;
+            return Ok(());
         }
         if drain_started.elapsed() > Duration::from_secs(300) {
             bail!("not every event was counted: {events} of {published}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let drained_in = started.elapsed().as_secs_f64();
+}
+
+async fn wait_outbox_published(db: &mut PgConnection) -> anyhow::Result<()> {
     loop {
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&mut db)
+            .fetch_one(&mut *db)
             .await?;
         if left == 0 {
-            break;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let outbox: Vec<String> = sqlx::query_scalar("SELECT id FROM outbox").fetch_all(&mut db).await?;
+}
+
+/// What reached the webhook queue, against what the outbox holds.
+struct Delivery {
+    written: usize,
+    delivered: usize,
+    deliveries: usize,
+    missing: usize,
+    dead: u32,
+}
+
+async fn check_delivery(names: &Names, db: &mut PgConnection) -> anyhow::Result<Delivery> {
+    let outbox: Vec<String> = sqlx::query_scalar("SELECT id FROM outbox").fetch_all(db).await?;
     let amqp = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = amqp.create_channel().await?;
     let mut delivered = HashSet::new();
@@ -342,6 +300,56 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?
         .message_count();
+    let _ = amqp.close(200, "done".into()).await;
+    Ok(Delivery {
+        written: outbox.len(),
+        delivered: delivered.len(),
+        deliveries,
+        missing,
+        dead,
+    })
+}
+
+/// The load with its faults, then the proof; the worker in `worker` is left
+/// for the caller to end.
+async fn run(args: Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> anyhow::Result<Delivery> {
+    let settings = &sandbox.settings;
+    let http = support::free_local_addr()?;
+    *worker = Some(spawn_worker(sandbox, http)?);
+    let execution = provision(settings).await?;
+
+    println!(
+        "chaos: {} s of {} events/s in messages of {}, prefix {}",
+        args.seconds, args.rate, args.batch, settings.amqp.prefix
+    );
+    let sent = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (seconds, rate) = (args.seconds, args.rate);
+    let loader = tokio::spawn(load(
+        sandbox.names.clone(),
+        execution.clone(),
+        args,
+        sent.clone(),
+        stop_rx,
+    ));
+    let started = Instant::now();
+    let at = |fraction: f64| started + Duration::from_secs_f64(seconds as f64 * fraction);
+    let grants = tokio::spawn(grant_credit(settings.clone(), execution, started, seconds));
+
+    let faults = inject_faults(sandbox, worker, http, at).await?;
+    stop_tx.send(true)?;
+    loader.await?;
+    let grants = grants.await?;
+    let published = sent.load(Ordering::Relaxed) as i64;
+    let load_secs = started.elapsed().as_secs_f64();
+
+    // Drain and verify.
+    let mut db = connect_db(&sandbox.db_url).await;
+    wait_all_counted(&mut db, published).await?;
+    let drained_in = started.elapsed().as_secs_f64();
+    wait_outbox_published(&mut db).await?;
+    let delivery = check_delivery(&sandbox.names, &mut db).await?;
+    let _ = db.close().await;
 
     println!(
         "load held: {published} events published over {load_secs:.1} s ({:.0} events/s offered {rate}), all counted {drained_in:.1} s after the start",
@@ -352,32 +360,35 @@ async fn main() -> anyhow::Result<()> {
         println!("  - {f}");
     }
     println!(
-        "exactly once: {published} events published, {published} counted, aggregate total {published}, dead letters {dead}"
+        "exactly once: {published} events published, {published} counted, aggregate total {published}, dead letters {}",
+        delivery.dead
     );
     println!(
-        "webhooks: {} written ({grants} credit grants during the faults), {} delivered ({} deliveries with repeats), {missing} missing",
-        outbox.len(),
-        delivered.len(),
-        deliveries
+        "webhooks: {} written ({grants} credit grants during the faults), {} delivered ({} deliveries with repeats), {} missing",
+        delivery.written, delivery.delivered, delivery.deliveries, delivery.missing
     );
+    Ok(delivery)
+}
 
-    worker.start_kill()?;
-    let _ = worker.wait().await;
-    for queue in names.queues() {
-        let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sandbox = Sandbox::create("chaos", support::default_settings()?, &[]).await?;
+    let mut worker = None;
+    let outcome = run(args, &sandbox, &mut worker).await;
+    // The last worker ends as the first did (SIGKILL); then the sandbox goes.
+    if let Some(last) = worker.take() {
+        let _ = last.kill().await;
     }
-    for exchange in names.exchanges() {
-        let _ = channel.exchange_delete(exchange.into(), Default::default()).await;
-    }
-    drop(db);
-    let mut admin = connect_db(&admin_url()).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    if missing > 0 || dead > 0 {
-        bail!("chaos run failed: {missing} webhooks never published, {dead} dead letters");
+    let cleaned = sandbox.remove(Vec::new()).await;
+    let delivery = outcome?;
+    cleaned?;
+    if delivery.missing > 0 || delivery.dead > 0 {
+        bail!(
+            "chaos run failed: {} webhooks never published, {} dead letters",
+            delivery.missing,
+            delivery.dead
+        );
     }
     println!("chaos: PASSED");
     Ok(())

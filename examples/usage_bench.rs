@@ -3,12 +3,12 @@
 //! broker manages with a consumer that does nothing.
 //!
 //! ```text
-//! cargo build --release --example usage_bench --bin billing-worker
-//! cargo run --release --example usage_bench -- [--events N] [--batch 100] [--queued 1000000]
+//! ./scripts/bench-usage [--events N] [--batch 100] [--queued 1000000] [--queue-type classic]
 //! ```
 //!
 //! The worker runs as its own process (`target/release/billing-worker run`)
-//! on a fresh database and topology prefix, both removed at the end. Phases:
+//! on a fresh database and topology prefix, both removed at the end (see
+//! `support`). Phases:
 //!
 //! 1. ceiling: a no-op consumer in this process on a classic queue, same
 //!    messages, same prefetch as the worker;
@@ -16,35 +16,30 @@
 //! 3. batched messages (`{"events": [...]}`) through the worker;
 //! 4. a backlog published while no worker runs, drained by a fresh worker,
 //!    with that worker's peak resident memory.
-//!
-//! Services: `BILLING_TEST_DATABASE_URL` (an admin database URL) and
-//! `BILLING_TEST_AMQP_URL`, with the same defaults as the integration tests.
+
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use billing_worker::broker::{self, Names};
-use billing_worker::client::{self, Request};
+use billing_worker::broker;
 use billing_worker::protocol::envelope::MERCHANT_HEADER;
 use billing_worker::settings::{QueueType, Settings};
 use chrono::SecondsFormat;
 use clap::Parser;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
-use secrecy::SecretString;
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use serde_json::{Value, json};
-use sqlx::{Connection as _, PgConnection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use support::{
+    CpuShare, CpuTicks, Launch, Sandbox, Worker, command_ok, has_exited, metric, ms, rate, scrape, thousands, verdict,
+};
 
 const MERCHANT: &str = "bench_merchant";
 const METRIC: &str = "bench_units";
@@ -62,14 +57,12 @@ const NOOP_ACK_EVERY: u64 = 100;
 const NOOP_IDLE: Duration = Duration::from_millis(2);
 /// Events per message of the backlog phase.
 const QUEUED_BATCH: usize = 100;
-/// Start-up runs migrations and declares the topology; allow for a slow machine.
-const READY_WITHIN: Duration = Duration::from_secs(60);
-/// Above the worker's default shutdown grace period (25 s).
-const STOP_WITHIN: Duration = Duration::from_secs(60);
 /// A phase fails when nothing moves for this long (a stuck or crashed worker).
 const STALL_AFTER: Duration = Duration::from_secs(60);
-/// Linux reports process CPU time in ticks of `USER_HZ`, 100 on every mainstream architecture.
-const TICKS_PER_SECOND: f64 = 100.0;
+/// The no-op consumer's queue, under the sandbox's prefix.
+const NOOP_QUEUE: &str = "bench.noop";
+/// The roles this benchmark talks to.
+const ROLES: [&str; 2] = ["provisioning", "usage"];
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Usage pipeline benchmark: no-op ceiling, single-event and batched messages, backlog drain")]
@@ -94,8 +87,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The worker runs on the defaults too (see `Worker::start`).
-    let defaults = Settings::load_with(&config_dir(), None, std::iter::empty()).context("load config/default.toml")?;
+    let mut defaults = support::default_settings()?;
     ensure!(args.events > 0, "--events must be at least 1");
     ensure!(args.confirm_window > 0, "--confirm-window must be at least 1");
     ensure!(
@@ -104,318 +96,39 @@ async fn main() -> anyhow::Result<()> {
         defaults.usage.max_events_per_message
     );
 
-    let sandbox = Sandbox::create(&args, defaults).await?;
+    defaults.amqp.queue_type = match args.queue_type.as_str() {
+        "quorum" => QueueType::Quorum,
+        _ => QueueType::Classic,
+    };
+    let sandbox = Sandbox::create("bench", defaults, &[NOOP_QUEUE]).await?;
+    log(format_args!(
+        "database {}, topology prefix {}",
+        sandbox.db_name,
+        sandbox.prefix()
+    ));
     let mut worker = None;
     // On Ctrl-C, stop the phase and still clean up: no worker, queue or database left behind.
     let outcome = tokio::select! {
         outcome = run(&args, &sandbox, &mut worker) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    let cleaned = sandbox.remove(worker).await;
+    let cleaned = sandbox.remove(worker.into_iter().collect()).await;
     print!("{}", outcome?);
     cleaned
-}
-
-fn config_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
 }
 
 fn log(message: impl std::fmt::Display) {
     eprintln!("[usage_bench] {message}");
 }
 
-// ---------------------------------------------------------------- sandbox
-
-/// A fresh database and topology prefix, and settings pointing at them.
-struct Sandbox {
-    admin_url: String,
-    amqp_url: String,
-    db_name: String,
-    db_url: String,
-    queue_type: QueueType,
-    settings: Settings,
-    names: Names,
-    noop_queue: String,
-}
-
-impl Sandbox {
-    async fn create(args: &Args, mut settings: Settings) -> anyhow::Result<Sandbox> {
-        let admin_url = std::env::var("BILLING_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let amqp_url =
-            std::env::var("BILLING_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-        let hex = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let db_name = format!("bwt_bench_{hex}");
-        let db_url = database_url(&admin_url, &db_name);
-        let prefix = format!("bwt.bench{hex}.");
-        let queue_type = match args.queue_type.as_str() {
-            "quorum" => QueueType::Quorum,
-            _ => QueueType::Classic,
-        };
-
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .with_context(|| format!("connect to the admin database (BILLING_TEST_DATABASE_URL={admin_url})"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("create database {db_name}"))?;
-        let _ = admin.close().await;
-
-        settings.database.url = SecretString::from(db_url.clone());
-        settings.amqp.url = SecretString::from(amqp_url.clone());
-        settings.amqp.prefix = prefix.clone();
-        settings.amqp.queue_type = queue_type;
-        log(format_args!("database {db_name}, topology prefix {prefix}"));
-        Ok(Sandbox {
-            admin_url,
-            amqp_url,
-            names: Names::new(&prefix),
-            noop_queue: format!("{prefix}bench.noop"),
-            db_name,
-            db_url,
-            queue_type,
-            settings,
-        })
-    }
-
-    async fn connect(&self, name: &str) -> anyhow::Result<Connection> {
-        let props = ConnectionProperties::default().with_connection_name(format!("usage_bench/{name}").into());
-        Connection::connect(&self.amqp_url, props)
-            .await
-            .with_context(|| format!("connect to the broker (BILLING_TEST_AMQP_URL={})", self.amqp_url))
-    }
-
-    /// Stops the worker if one runs, deletes the bench's queues and exchanges
-    /// and drops the database. Goes on past failures so that as much as
-    /// possible is removed; returns the first.
-    async fn remove(&self, worker: Option<Worker>) -> anyhow::Result<()> {
-        let mut first_error = None;
-        if let Some(worker) = worker
-            && let Err(err) = worker.stop().await
-        {
-            log(format_args!("clean-up: {err:#}"));
-            first_error.get_or_insert(err);
-        }
-        if let Err(err) = self.delete_topology().await {
-            log(format_args!("clean-up: {err:#}"));
-            first_error.get_or_insert(err);
-        }
-        if let Err(err) = self.drop_database().await {
-            log(format_args!("clean-up: {err:#}"));
-            first_error.get_or_insert(err);
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    async fn delete_topology(&self) -> anyhow::Result<()> {
-        let connection = self.connect("cleanup").await?;
-        let channel = connection.create_channel().await.context("open a channel")?;
-        let queues = self.names.queues().into_iter().chain([self.noop_queue.as_str()]);
-        for queue in queues {
-            channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await
-                .with_context(|| format!("delete queue {queue}"))?;
-        }
-        for exchange in self.names.exchanges() {
-            channel
-                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                .await
-                .with_context(|| format!("delete exchange {exchange}"))?;
-        }
-        let _ = connection.close(200, "done".into()).await;
-        Ok(())
-    }
-
-    async fn drop_database(&self) -> anyhow::Result<()> {
-        let mut admin = PgConnection::connect(&self.admin_url)
-            .await
-            .context("connect to the admin database")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.db_name
-        )))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("drop database {}", self.db_name))?;
-        let _ = admin.close().await;
-        Ok(())
-    }
-}
-
-/// The admin URL with another database name; its parameters (`sslmode`, a
-/// socket `host`) are kept.
-fn database_url(admin_url: &str, name: &str) -> String {
-    let (url, query) = match admin_url.split_once('?') {
-        Some((url, query)) => (url, Some(query)),
-        None => (admin_url, None),
-    };
-    // Everything before the path: scheme, credentials, host and port.
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let server = url[authority_start..]
-        .find('/')
-        .map_or(url, |slash| &url[..authority_start + slash]);
-    match query {
-        Some(query) => format!("{server}/{name}?{query}"),
-        None => format!("{server}/{name}"),
-    }
-}
-
-// ----------------------------------------------------------------- worker
-
-/// A `billing-worker run` process on the sandbox.
-struct Worker {
-    child: Child,
-    pid: u32,
-    http: SocketAddr,
-}
-
-impl Worker {
-    /// Starts the worker and waits until it is ready.
-    async fn start(sandbox: &Sandbox) -> anyhow::Result<Worker> {
-        let exe = worker_executable()?;
-        let http = free_local_addr()?;
-        let mut command = Command::new(&exe);
-        // Inherited BILLING_* variables would make the worker differ from the
-        // defaults this benchmark reports (prefetch, batch size).
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("BILLING_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .arg("run")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("BILLING__DATABASE__URL", &sandbox.db_url)
-            .env("BILLING__AMQP__URL", &sandbox.amqp_url)
-            .env("BILLING__AMQP__PREFIX", &sandbox.settings.amqp.prefix)
-            .env("BILLING__AMQP__QUEUE_TYPE", sandbox.queue_type.as_str())
-            .env("BILLING__HTTP__LISTEN", http.to_string())
-            .env("BILLING__LOG__FILTER", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            // Never leave a worker behind if this process fails half-way.
-            .kill_on_drop(true);
-        let child = command.spawn().with_context(|| format!("start {}", exe.display()))?;
-        let pid = child.id().context("the worker exited at once")?;
-        let mut worker = Worker { child, pid, http };
-        worker.wait_ready().await?;
-        Ok(worker)
-    }
-
-    /// Ready means `/readyz` answers 200 and the roles this benchmark talks
-    /// to are consuming: `/readyz` alone can pass before the roles register.
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Some(status) = self.child.try_wait().context("check the worker process")? {
-                bail!("the worker exited during start-up ({status}); see its log above");
-            }
-            if let (Ok((200, _)), Ok((200, metrics))) = (
-                http_get(self.http, "/readyz").await,
-                http_get(self.http, "/metrics").await,
-            ) && ["provisioning", "usage"].iter().all(|role| role_up(&metrics, role))
-            {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "the worker was not ready within {READY_WITHIN:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Peak resident memory so far (`VmHWM`), in MB.
-    fn peak_rss_mb(&self) -> anyhow::Result<f64> {
-        let path = format!("/proc/{}/status", self.pid);
-        let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("no VmHWM in {path}"))?;
-        Ok(kib / 1024.0)
-    }
-
-    /// SIGTERM, then waits for the graceful exit, which must be status 0.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait().context("check the worker process")? {
-            bail!("the worker had already exited ({status})");
-        }
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .context("run kill -TERM")?;
-        ensure!(sent.success(), "kill -TERM {} failed", self.pid);
-        let status = tokio::time::timeout(STOP_WITHIN, self.child.wait())
-            .await
-            .with_context(|| format!("the worker did not stop within {STOP_WITHIN:?} of SIGTERM"))?
-            .context("wait for the worker")?;
-        ensure!(status.success(), "the worker stopped with {status} after SIGTERM");
-        Ok(())
-    }
-}
-
-/// `billing-worker` next to this example: examples live in `target/<profile>/examples/`.
-fn worker_executable() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locate this executable")?;
-    let exe = me
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile_dir| profile_dir.join("billing-worker"))
-        .context("this executable has no parent directory")?;
-    ensure!(
-        exe.is_file(),
-        "{} not found; build it with: cargo build --release --example usage_bench --bin billing-worker",
-        exe.display()
-    );
-    Ok(exe)
-}
-
-/// A port nobody listens on now; the worker binds it a moment later.
-fn free_local_addr() -> anyhow::Result<SocketAddr> {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-    probe.local_addr().context("find a free port")
-}
-
-/// A minimal HTTP/1.0 GET: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect to http://{addr}"))?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .with_context(|| format!("send GET {path}"))?;
-    let mut raw = String::new();
-    stream
-        .read_to_string(&mut raw)
-        .await
-        .with_context(|| format!("read the answer to GET {path}"))?;
-    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// Whether `billing_role_up{role="<role>"}` is 1 in a `/metrics` text.
-fn role_up(metrics: &str, role: &str) -> bool {
-    let series = format!("billing_role_up{{role=\"{role}\"}}");
-    metrics
-        .lines()
-        .any(|line| line.strip_prefix(series.as_str()).is_some_and(|v| v.trim() == "1"))
+/// A worker on the defaults, ready once the roles this benchmark uses consume.
+async fn start_worker(sandbox: &Sandbox) -> anyhow::Result<Worker> {
+    Worker::start(sandbox, &Launch::default(), &ROLES).await
 }
 
 /// The worker's `billing_usage_events_counted_total`.
 async fn counted(addr: SocketAddr) -> anyhow::Result<u64> {
-    let (status, text) = http_get(addr, "/metrics").await?;
-    ensure!(status == 200, "GET /metrics answered {status}");
+    let text = scrape(addr).await?;
     // A bad event is dead-lettered and never counted: say so rather than wait for the stall timeout.
     if let Some(line) = text
         .lines()
@@ -428,13 +141,6 @@ async fn counted(addr: SocketAddr) -> anyhow::Result<u64> {
         .with_context(|| format!("{COUNTED} missing from /metrics"))
 }
 
-/// The value of an unlabelled series in a `/metrics` text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// The worker's own account of its usage batches, from its histograms.
 #[derive(Debug, Clone, Copy, Default)]
 struct BatchStats {
@@ -445,8 +151,7 @@ struct BatchStats {
 
 impl BatchStats {
     async fn read(addr: SocketAddr) -> anyhow::Result<BatchStats> {
-        let (status, text) = http_get(addr, "/metrics").await?;
-        ensure!(status == 200, "GET /metrics answered {status}");
+        let text = scrape(addr).await?;
         let get = |name: &str| metric(&text, name).with_context(|| format!("{name} missing from /metrics"));
         Ok(BatchStats {
             batches: get("billing_usage_commit_duration_seconds_count")?,
@@ -478,11 +183,12 @@ async fn provision(settings: &Settings) -> anyhow::Result<String> {
         json!({"command": "create_customer", "customer_id": CUSTOMER, "email": "bench@example.com"}),
     ];
     for command in commands {
-        command_ok(settings, command).await?;
+        command_ok(settings, MERCHANT, command).await?;
     }
     // No credit and no max_amount: the benchmark measures counting, not threshold webhooks.
     let created = command_ok(
         settings,
+        MERCHANT,
         json!({"command": "create", "plan_id": PLAN, "customer_id": CUSTOMER, "amount": "0"}),
     )
     .await?;
@@ -490,23 +196,6 @@ async fn provision(settings: &Settings) -> anyhow::Result<String> {
         .as_str()
         .map(str::to_string)
         .with_context(|| format!("no billing_execution_info_id in {created}"))
-}
-
-async fn command_ok(settings: &Settings, command: Value) -> anyhow::Result<Value> {
-    let name = command["command"].as_str().unwrap_or_default().to_string();
-    let request = Request {
-        merchant_id: MERCHANT.to_string(),
-        routing_key: "provisioning.bench".to_string(),
-        body: serde_json::to_vec(&command).context("encode command")?,
-        message_id: None,
-        wait: Some(Duration::from_secs(30)),
-    };
-    let answer = client::send(settings, request)
-        .await
-        .with_context(|| format!("send {name}"))?
-        .with_context(|| format!("no answer to {name}"))?;
-    ensure!(answer["success"] == true, "{name} failed: {answer}");
-    Ok(answer)
 }
 
 // ---------------------------------------------------------------- messages
@@ -688,16 +377,6 @@ async fn watch_counter(worker: SocketAddr, pid: u32, target: u64) -> anyhow::Res
     }
 }
 
-/// Whether a child process has exited (it stays a zombie until waited for).
-fn has_exited(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit_once(')')
-                .is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
-        })
-        .unwrap_or(true)
-}
-
 /// Event `i` of a phase is visible once the counter reaches `base + i + 1`:
 /// one FIFO queue, batches committed in order. Returns (p50, p99).
 fn latency_percentiles(published: &[Instant], samples: &[Sample], base: u64) -> Option<(Duration, Duration)> {
@@ -717,90 +396,6 @@ fn latency_percentiles(published: &[Instant], samples: &[Sample], base: u64) -> 
 fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     let rank = ((p * sorted.len() as f64).ceil() as usize).max(1);
     sorted.get(rank - 1).copied()
-}
-
-/// CPU time used so far, in ticks, by the processes that matter here.
-#[derive(Debug, Clone, Copy, Default)]
-struct CpuTicks {
-    worker: u64,
-    postgres: u64,
-    rabbitmq: u64,
-    bench: u64,
-    machine: u64,
-}
-
-impl CpuTicks {
-    /// Reads `/proc`; Postgres and RabbitMQ by process name (`postgres`, `beam.smp`).
-    fn now(worker_pid: u32) -> CpuTicks {
-        let mut ticks = CpuTicks {
-            machine: machine_busy_ticks().unwrap_or(0),
-            ..CpuTicks::default()
-        };
-        let me = std::process::id();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return ticks;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Some((name, used)) = process_ticks(pid) else {
-                continue;
-            };
-            match (pid, name.as_str()) {
-                (p, _) if p == worker_pid => ticks.worker += used,
-                (p, _) if p == me => ticks.bench += used,
-                (_, "postgres") => ticks.postgres += used,
-                (_, "beam.smp") => ticks.rabbitmq += used,
-                _ => {}
-            }
-        }
-        ticks
-    }
-
-    /// Cores kept busy on average between `self` (earlier) and `later`.
-    fn cores(&self, later: &CpuTicks, elapsed: Duration) -> CpuShare {
-        let share = |a: u64, b: u64| b.saturating_sub(a) as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64();
-        CpuShare {
-            worker: share(self.worker, later.worker),
-            postgres: share(self.postgres, later.postgres),
-            rabbitmq: share(self.rabbitmq, later.rabbitmq),
-            bench: share(self.bench, later.bench),
-            machine: share(self.machine, later.machine),
-        }
-    }
-}
-
-/// (name, user + system ticks) of a process from `/proc/<pid>/stat`.
-fn process_ticks(pid: u32) -> Option<(String, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name is in parentheses and may itself hold spaces or parentheses.
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_string();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((name, utime + stime))
-}
-
-/// Non-idle ticks of all CPUs together, from `/proc/stat`.
-fn machine_busy_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let values: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal; guest time is already in user.
-    let busy = values.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4);
-    Some(busy.map(|(_, v)| v).sum())
-}
-
-#[derive(Debug, Clone, Copy)]
-struct CpuShare {
-    worker: f64,
-    postgres: f64,
-    rabbitmq: f64,
-    bench: f64,
-    machine: f64,
 }
 
 // ------------------------------------------------------------------ phases
@@ -854,10 +449,10 @@ struct Rig<'a> {
 /// Runs every phase; the worker in `worker` is left for the caller to stop.
 async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> anyhow::Result<Report> {
     log("starting the worker");
-    let live = worker.insert(Worker::start(sandbox).await?);
+    let live = worker.insert(start_worker(sandbox).await?);
     log("provisioning metric, plan, customer and execution");
     let execution = provision(&sandbox.settings).await?;
-    let connection = sandbox.connect("publisher").await?;
+    let connection = sandbox.connect("usage_bench", "publisher").await?;
     let rig = Rig {
         args,
         sandbox,
@@ -892,7 +487,7 @@ async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> any
     let usage = &sandbox.settings.usage;
     Ok(Report {
         args: args.clone(),
-        queue_type: sandbox.queue_type,
+        queue_type: sandbox.settings.amqp.queue_type,
         prefetch: usage.prefetch,
         batch_size: usage.batch_size,
         batch_timeout: usage.batch_timeout,
@@ -912,9 +507,10 @@ async fn ceiling(rig: &Rig<'_>, worker_pid: u32) -> anyhow::Result<Phase> {
         "ceiling: {} messages to a no-op consumer",
         thousands(args.events)
     ));
-    let consumer_connection = sandbox.connect("noop-consumer").await?;
+    let consumer_connection = sandbox.connect("usage_bench", "noop-consumer").await?;
     let channel = consumer_connection.create_channel().await.context("open a channel")?;
-    let queue = sandbox.noop_queue.as_str();
+    let queue = sandbox.queue(NOOP_QUEUE);
+    let queue = queue.as_str();
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
@@ -938,29 +534,17 @@ async fn ceiling(rig: &Rig<'_>, worker_pid: u32) -> anyhow::Result<Phase> {
         )
         .await
         .with_context(|| format!("bind {queue}"))?;
-    channel
-        .basic_qos(sandbox.settings.usage.prefetch, BasicQosOptions::default())
-        .await
-        .context("set prefetch")?;
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consume {queue}"))?;
+    let consumer = support::consume(&channel, queue, sandbox.settings.usage.prefetch).await?;
 
     let messages: Vec<Vec<u8>> = bodies("noop", &rig.execution, args.events, 1).collect::<anyhow::Result<_>>()?;
     let consuming = tokio::spawn(consume_and_ack(consumer, args.events));
-    let cpu_before = CpuTicks::now(worker_pid);
+    let cpu_before = CpuTicks::now(&[worker_pid]);
     let sent = rig.publisher.publish_all(NOOP_KEY, messages.iter().map(Ok)).await?;
     let published = Instant::now();
     let last_ack = consuming.await.context("the no-op consumer panicked")??;
     let first = sent.first().copied().context("nothing was published")?;
     let elapsed = last_ack.saturating_duration_since(first);
-    let cpu = cpu_before.cores(&CpuTicks::now(worker_pid), elapsed);
+    let cpu = cpu_before.cores(&CpuTicks::now(&[worker_pid]), elapsed);
     let _ = consumer_connection.close(200, "done".into()).await;
     Ok(Phase {
         events: args.events,
@@ -1026,7 +610,7 @@ async fn through_worker(rig: &Rig<'_>, worker: &Worker, tag: &str, per_message: 
     let stats_before = BatchStats::read(worker.http).await?;
     let target = base + args.events;
     let watching = tokio::spawn(watch_counter(worker.http, worker.pid, target));
-    let cpu_before = CpuTicks::now(worker.pid);
+    let cpu_before = CpuTicks::now(&[worker.pid]);
     let sent = rig.publisher.publish_all(USAGE_KEY, messages.iter().map(Ok)).await?;
     let published = Instant::now();
     let samples = watching.await.context("the counter watcher panicked")??;
@@ -1047,7 +631,7 @@ async fn through_worker(rig: &Rig<'_>, worker: &Worker, tag: &str, per_message: 
         elapsed,
         publishing: published.saturating_duration_since(first),
         latency: latency_percentiles(&per_event, &samples, base),
-        cpu: cpu_before.cores(&CpuTicks::now(worker.pid), elapsed),
+        cpu: cpu_before.cores(&CpuTicks::now(&[worker.pid]), elapsed),
         batches: Some(batches),
     })
 }
@@ -1079,13 +663,13 @@ async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Ph
     ));
 
     let started = Instant::now();
-    let fresh = worker.insert(Worker::start(sandbox).await?);
-    let cpu_before = CpuTicks::now(fresh.pid);
+    let fresh = worker.insert(start_worker(sandbox).await?);
+    let cpu_before = CpuTicks::now(&[fresh.pid]);
     // A new process: its counter starts from zero.
     watch_counter(fresh.http, fresh.pid, args.queued).await?;
     wait_queue_empty(&rig.inspect, &sandbox.names.usage).await?;
     let elapsed = started.elapsed();
-    let cpu = cpu_before.cores(&CpuTicks::now(fresh.pid), elapsed);
+    let cpu = cpu_before.cores(&CpuTicks::now(&[fresh.pid]), elapsed);
     let rss = fresh.peak_rss_mb()?;
     // A new process: its histograms start from zero too.
     let batches = BatchStats::read(fresh.http).await?;
@@ -1102,42 +686,6 @@ async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Ph
 }
 
 // ------------------------------------------------------------------ report
-
-/// 1234567 -> "1,234,567".
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn rate(per_second: f64) -> String {
-    thousands(per_second.round() as u64)
-}
-
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms < 10.0 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{ms:.0} ms")
-    }
-}
-
-fn cpu_line(cpu: &CpuShare) -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    // Whatever else ran on the machine competed for the same cores.
-    let other = (cpu.machine - cpu.worker - cpu.postgres - cpu.rabbitmq - cpu.bench).max(0.0);
-    format!(
-        "cpu (cores): worker {:.2}, postgres {:.2}, rabbitmq {:.2}, bench {:.2}, other {other:.2}; busy {:.2} of {cores}",
-        cpu.worker, cpu.postgres, cpu.rabbitmq, cpu.bench, cpu.machine
-    )
-}
 
 /// The worker's batches: how many, how full, and how much of the phase went to committing them.
 fn batches_line(phase: &Phase) -> Option<String> {
@@ -1161,10 +709,6 @@ fn latency_text(phase: &Phase) -> String {
     }
 }
 
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "MISSED" }
-}
-
 /// Where each event's time went: elapsed overall and for publishing alone.
 fn timing(phase: &Phase) -> String {
     format!(
@@ -1179,7 +723,7 @@ fn timing(phase: &Phase) -> String {
 /// The indented lines under a phase's headline.
 fn details(f: &mut std::fmt::Formatter<'_>, phase: &Phase) -> std::fmt::Result {
     writeln!(f, "    {}", timing(phase))?;
-    writeln!(f, "    {}", cpu_line(&phase.cpu))?;
+    writeln!(f, "    {}", phase.cpu)?;
     if let Some(line) = batches_line(phase) {
         writeln!(f, "    {line}")?;
     }
@@ -1245,7 +789,7 @@ impl std::fmt::Display for Report {
                 drain.publishing.as_secs_f64(),
                 drain.elapsed.as_secs_f64()
             )?;
-            writeln!(f, "    {}", cpu_line(&drain.cpu))?;
+            writeln!(f, "    {}", drain.cpu)?;
             if let Some(line) = batches_line(drain) {
                 writeln!(f, "    {line}")?;
             }
@@ -1266,31 +810,6 @@ impl std::fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_url_swaps_the_name_and_keeps_parameters() {
-        assert_eq!(
-            database_url("postgres://postgres@127.0.0.1:5432/postgres", "b1"),
-            "postgres://postgres@127.0.0.1:5432/b1"
-        );
-        assert_eq!(
-            database_url("postgres://u:p@db/postgres?sslmode=disable", "b1"),
-            "postgres://u:p@db/b1?sslmode=disable"
-        );
-        assert_eq!(database_url("postgres://localhost", "b1"), "postgres://localhost/b1");
-        assert_eq!(
-            database_url("postgres://postgres@localhost/postgres?host=/var/run/postgresql", "b1"),
-            "postgres://postgres@localhost/b1?host=/var/run/postgresql"
-        );
-    }
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
 
     #[test]
     fn latency_takes_the_first_reading_at_or_past_each_position() {

@@ -80,6 +80,7 @@ CREATE UNIQUE INDEX bills_key ON bills (execution_id, bill_key) WHERE execution_
 CREATE UNIQUE INDEX bills_sequence ON bills (billing_plan_id, sequence_number) WHERE kind = 'SEQUENCE';
 CREATE INDEX bills_due ON bills (next_attempt_at) WHERE status IN ('SCHEDULED', 'RETRY_SCHEDULED');
 CREATE INDEX bills_processing ON bills (lease_expires_at) WHERE status = 'PROCESSING';
+CREATE INDEX bills_request ON bills (request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX bills_notice ON bills (due_at) WHERE status = 'SCHEDULED' AND notice_sent_at IS NULL;
 
 CREATE TABLE bill_lines (

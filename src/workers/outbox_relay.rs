@@ -33,13 +33,23 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         .await
         .context("open broker session")?;
     mark_up(&ctx, ROLE);
+    let mut measured = Instant::now();
+    measure_backlog(&ctx).await;
     loop {
         let stopping = tokio::select! {
             _ = cancel.cancelled() => true,
-            _ = ctx.outbox_wake.notified() => false,
+            _ = ctx.outbox_wake.notified() => {
+                // Let the commits of a burst land, so they leave in one batch.
+                tokio::time::sleep(COALESCE).await;
+                false
+            }
             _ = tokio::time::sleep(ctx.settings.outbox.poll_interval) => false,
         };
         drain(&ctx, &session.publisher).await?;
+        if measured.elapsed() >= BACKLOG_EVERY {
+            measure_backlog(&ctx).await;
+            measured = Instant::now();
+        }
         if stopping {
             break;
         }
@@ -68,14 +78,23 @@ pub async fn drain(ctx: &Context, publisher: &Publisher) -> anyhow::Result<()> {
             Err(RelayError::Broker(err)) => return Err(err.into()),
         }
     }
+    Ok(())
+}
+
+/// Refreshes the backlog gauges; the query scans the unpublished rows, so it
+/// runs once per `BACKLOG_EVERY`, not after every batch.
+async fn measure_backlog(ctx: &Context) {
     if let Ok(mut conn) = ctx.pool.acquire().await
         && let Ok((count, age)) = store::outbox::backlog(&mut conn, ctx.clock.now()).await
     {
         ctx.metrics.outbox_backlog.set(count);
         ctx.metrics.outbox_oldest_age_seconds.set(age);
     }
-    Ok(())
 }
+
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
+
+const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {

@@ -82,6 +82,9 @@ struct Args {
     /// Publisher confirms outstanding at most.
     #[arg(long, default_value_t = 1000)]
     confirm_window: usize,
+    /// Worker processes that drain the backlog together (one queue, one database).
+    #[arg(long, default_value_t = 1)]
+    drain_workers: usize,
 }
 
 #[tokio::main]
@@ -662,14 +665,30 @@ async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Ph
         publishing.as_secs_f64()
     ));
 
+    // Peers start first, so that the clock below covers them all from the start.
+    let mut peers = Vec::new();
+    for _ in 1..args.drain_workers.max(1) {
+        peers.push(start_worker(sandbox).await?);
+    }
     let started = Instant::now();
     let fresh = worker.insert(start_worker(sandbox).await?);
-    let cpu_before = CpuTicks::now(&[fresh.pid]);
-    // A new process: its counter starts from zero.
-    watch_counter(fresh.http, fresh.pid, args.queued).await?;
+    let pids: Vec<u32> = std::iter::once(fresh.pid).chain(peers.iter().map(|p| p.pid)).collect();
+    let cpu_before = CpuTicks::now(&pids);
+    if peers.is_empty() {
+        // A new process: its counter starts from zero.
+        watch_counter(fresh.http, fresh.pid, args.queued).await?;
+    } else {
+        let addrs: Vec<SocketAddr> = std::iter::once(fresh.http)
+            .chain(peers.iter().map(|p| p.http))
+            .collect();
+        wait_counted_by_all(&addrs, args.queued).await?;
+    }
     wait_queue_empty(&rig.inspect, &sandbox.names.usage).await?;
     let elapsed = started.elapsed();
-    let cpu = cpu_before.cores(&CpuTicks::now(&[fresh.pid]), elapsed);
+    let cpu = cpu_before.cores(&CpuTicks::now(&pids), elapsed);
+    for peer in peers {
+        peer.stop().await?;
+    }
     let rss = fresh.peak_rss_mb()?;
     // A new process: its histograms start from zero too.
     let batches = BatchStats::read(fresh.http).await?;
@@ -683,6 +702,22 @@ async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Ph
         batches: Some(batches),
     };
     Ok((phase, rss))
+}
+
+/// Waits until the counters of several workers add up to `target`.
+async fn wait_counted_by_all(addrs: &[SocketAddr], target: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STALL_AFTER * 10;
+    loop {
+        let mut total = 0;
+        for addr in addrs {
+            total += counted(*addr).await?;
+        }
+        if total >= target {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "only {total} of {target} events counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ------------------------------------------------------------------ report
@@ -778,8 +813,10 @@ impl std::fmt::Display for Report {
         if let Some((drain, rss)) = &self.drain {
             writeln!(
                 f,
-                "drain of {} queued events: {} events/s, worker peak RSS {rss:.0} MB",
+                "drain of {} queued events by {} worker process{}: {} events/s, worker peak RSS {rss:.0} MB",
                 thousands(drain.events),
+                self.args.drain_workers.max(1),
+                if self.args.drain_workers > 1 { "es" } else { "" },
                 rate(drain.events_per_second())
             )?;
             writeln!(

@@ -146,3 +146,28 @@ async fn the_worker_runs_under_the_least_privilege_role() {
         .execute(&admin)
         .await;
 }
+
+#[tokio::test]
+async fn the_database_can_be_reached_over_tls_by_setting_sslmode() {
+    use secrecy::ExposeSecret;
+    let mut sandbox = crate::helpers::Sandbox::new().await;
+    let url = sandbox
+        .settings
+        .database
+        .url
+        .expose_secret()
+        .replace("sslmode=disable", "sslmode=require");
+    sandbox.settings.database.url = secrecy::SecretString::from(url);
+    let mut app = TestApp::spawn_with(sandbox, std::sync::Arc::new(billing_worker::clock::SystemClock)).await;
+    seed_catalog(&mut app, "m1").await;
+    // Every connection of the worker's application name is encrypted.
+    let encrypted: bool = sqlx::query_scalar(
+        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+         WHERE a.application_name = 'billing-worker' AND a.datname = current_database()",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("ssl status");
+    assert!(encrypted, "the worker's connections use TLS");
+    app.teardown().await;
+}

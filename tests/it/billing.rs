@@ -35,6 +35,18 @@ async fn plan(app: &mut TestApp, fields: Value) {
         .await;
 }
 
+/// A COUNT metric `calls` at `price` INR per call.
+async fn calls_metric(app: &mut TestApp, price: u32) {
+    let r = app
+        .call(
+            "m1",
+            json!({"command": "create_metric", "metric_id": "calls", "name": "Calls", "aggregation_type": "COUNT",
+            "pricing_type": "FIXED", "pricing_model": [{"unit_amount": price}], "currency": "INR"}),
+        )
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+}
+
 async fn execution(app: &mut TestApp, fields: Value) -> String {
     let mut command = json!({"command": "create", "plan_id": "p", "customer_id": "c1"});
     for (k, v) in fields.as_object().expect("fields") {
@@ -586,12 +598,7 @@ async fn an_explicit_bill_sequence_is_charged_on_its_dates_after_notice() {
 async fn present_bills_usage_so_far_and_usage_after_starts_anew() {
     let clock = ManualClock::new(at(2026, 1, 31, 0, 0));
     let mut app = TestApp::spawn_with_clock(clock.clone()).await;
-    app.call(
-        "m1",
-        json!({"command": "create_metric", "metric_id": "calls", "name": "Calls", "aggregation_type": "COUNT",
-        "pricing_type": "FIXED", "pricing_model": [{"unit_amount": 2}], "currency": "INR"}),
-    )
-    .await;
+    calls_metric(&mut app, 2).await;
     plan(
         &mut app,
         json!({"plan_interval": "ASPRESENTED", "plan_model": "USAGE_BASED", "plan_amount": 0, "metric_ids": ["calls"]}),
@@ -753,12 +760,7 @@ async fn pre_debit_bills_in_advance_and_onetime_bills_once() {
 async fn every_plan_model_bills_its_parts() {
     let clock = ManualClock::new(at(2026, 1, 1, 0, 0));
     let mut app = TestApp::spawn_with_clock(clock.clone()).await;
-    app.call(
-        "m1",
-        json!({"command": "create_metric", "metric_id": "calls", "name": "Calls", "aggregation_type": "COUNT",
-        "pricing_type": "FIXED", "pricing_model": [{"unit_amount": 1}], "currency": "INR"}),
-    )
-    .await;
+    calls_metric(&mut app, 1).await;
     app.call("m1", json!({"command": "create_customer", "customer_id": "c1"}))
         .await;
     let models = [
@@ -826,12 +828,7 @@ async fn every_plan_model_bills_its_parts() {
 async fn deactivation_bills_counted_usage_and_reactivation_skips_idle_periods() {
     let clock = ManualClock::new(at(2026, 1, 1, 0, 0));
     let mut app = TestApp::spawn_with_clock(clock.clone()).await;
-    app.call(
-        "m1",
-        json!({"command": "create_metric", "metric_id": "calls", "name": "Calls", "aggregation_type": "COUNT",
-        "pricing_type": "FIXED", "pricing_model": [{"unit_amount": 1}], "currency": "INR"}),
-    )
-    .await;
+    calls_metric(&mut app, 1).await;
     plan(
         &mut app,
         json!({"plan_model": "HYBRID", "plan_amount": 100, "metric_ids": ["calls"]}),

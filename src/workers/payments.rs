@@ -1,21 +1,28 @@
-//! The payment-results role: take a gateway's debit result, settle the bill
-//! in one transaction, ack after the commit. Repeats and late results change
-//! nothing twice.
+//! The payment-results role: take the gateway's debit results that are
+//! waiting (up to a batch), settle their bills in one transaction, then ack
+//! them at once after the commit. Repeats and late results change nothing
+//! twice.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use chrono::Duration;
+use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::{hold_through_outages, next_delivery, open_consumer, supervise};
+use super::{delivery, hold_through_outages, next_delivery, open_consumer, supervise};
 use crate::app::Context;
-use crate::billing::debits::{DebitResult, apply_result};
+use crate::billing::debits::{DebitResult, ResultOutcome, apply_result};
 use crate::broker::{BrokerError, Publisher};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::de::decode;
 
 const ROLE: &str = "payments";
+
+/// Most results settled in one transaction.
+const RESULT_BATCH: usize = 200;
 
 /// Runs the role until `cancel` fires; reconnects on broker faults.
 pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
@@ -27,10 +34,22 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let prefetch = ctx.settings.amqp.provisioning_prefetch;
+    let prefetch = ctx.settings.amqp.provisioning_prefetch.max(RESULT_BATCH as u16);
     let (session, mut consumer) = open_consumer(&ctx, ROLE, &ctx.names.payment_results, prefetch).await?;
-    while let Some(delivery) = next_delivery(&mut consumer, &cancel).await? {
-        process(&ctx, &session.publisher, delivery, &cancel).await?;
+    while let Some(first) = next_delivery(&mut consumer, &cancel).await? {
+        // The results already waiting join the first: one commit for all.
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + ctx.settings.usage.batch_timeout;
+        while batch.len() < RESULT_BATCH {
+            tokio::select! {
+                biased;
+                next = consumer.next() => batch.push(delivery(next)?),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if !settle(&ctx, &session.publisher, &batch, &cancel).await? {
+            break;
+        }
     }
     // Unacked messages go back to the queue when the channel closes.
     session.close().await;
@@ -48,72 +67,105 @@ fn parse(ctx: &Context, delivery: &Delivery) -> Result<DebitResult, Rejection> {
     decode(&delivery.data)
 }
 
-async fn process(
+/// Settles a batch: the readable results in one transaction (one by one if
+/// that transaction is refused, so only the result at fault is set aside),
+/// dead letters for the rest, then one ack for all. `false` if shutdown
+/// came first (the batch stays unacked and comes back).
+async fn settle(
     ctx: &Context,
     publisher: &Publisher,
-    delivery: Delivery,
+    batch: &[Delivery],
     cancel: &CancellationToken,
-) -> Result<(), BrokerError> {
-    ctx.metrics.messages_received.with_label_values(&[ROLE]).inc();
-    let outcome = match parse(ctx, &delivery) {
-        Err(rejection) => Err(rejection),
-        Ok(result) => match hold_through_outages(ctx, ROLE, cancel, || apply(ctx, &result)).await {
-            Some(outcome) => outcome,
-            None => return Ok(()),
-        },
-    };
-    match outcome {
-        Ok(label) => {
-            ctx.metrics.debit_attempts.with_label_values(&[label]).inc();
-            ctx.outbox_wake.notify_one();
+) -> Result<bool, BrokerError> {
+    ctx.metrics
+        .messages_received
+        .with_label_values(&[ROLE])
+        .inc_by(batch.len() as u64);
+    let parsed: Vec<Result<DebitResult, Rejection>> = batch.iter().map(|d| parse(ctx, d)).collect();
+    let readable: Vec<&DebitResult> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let mut refused: Vec<(usize, Rejection)> = parsed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.as_ref().err().map(|r| (i, r.clone())))
+        .collect();
+    if !readable.is_empty() {
+        match hold_through_outages(ctx, ROLE, cancel, || apply(ctx, &readable)).await {
+            None => return Ok(false),
+            Some(Ok(applied)) => record(ctx, &applied),
+            Some(Err(_)) => {
+                // Something in the batch cannot be applied: find it.
+                for (i, p) in parsed.iter().enumerate() {
+                    let Ok(result) = p else { continue };
+                    let one = [result];
+                    match hold_through_outages(ctx, ROLE, cancel, || apply(ctx, &one)).await {
+                        None => return Ok(false),
+                        Some(Ok(applied)) => record(ctx, &applied),
+                        Some(Err(rejection)) => refused.push((i, rejection)),
+                    }
+                }
+            }
         }
-        Err(rejection) => {
-            ctx.metrics
-                .dead_letters
-                .with_label_values(&[ROLE, rejection.code.as_str()])
-                .inc();
-            publisher
-                .dead_letter(
-                    &ctx.names,
-                    delivery.exchange.as_str(),
-                    delivery.routing_key.as_str(),
-                    &delivery.properties,
-                    &delivery.data,
-                    &rejection,
-                )
-                .await?;
-        }
+        ctx.outbox_wake.notify_one();
     }
-    delivery.acker.ack(BasicAckOptions::default()).await?;
-    Ok(())
+    refused.sort_by_key(|(i, _)| *i);
+    for (i, rejection) in &refused {
+        let d = &batch[*i];
+        ctx.metrics
+            .dead_letters
+            .with_label_values(&[ROLE, rejection.code.as_str()])
+            .inc();
+        publisher
+            .dead_letter(
+                &ctx.names,
+                d.exchange.as_str(),
+                d.routing_key.as_str(),
+                &d.properties,
+                &d.data,
+                rejection,
+            )
+            .await?;
+    }
+    if let Some(last) = batch.last() {
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    Ok(true)
 }
 
-async fn apply(ctx: &Context, result: &DebitResult) -> Result<&'static str, HandleError> {
-    use crate::billing::debits::ResultOutcome;
-    let started = std::time::Instant::now();
+/// Applies results in one transaction, in the order they came.
+async fn apply(ctx: &Context, results: &[&DebitResult]) -> Result<Vec<(ResultOutcome, Option<Duration>)>, HandleError> {
+    let started = Instant::now();
     let mut tx = ctx
         .pool
         .begin()
         .await
         .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
-    let (outcome, roundtrip) = apply_result(&mut tx, result, &ctx.settings.retry, ctx.clock.now()).await?;
+    let mut applied = Vec::with_capacity(results.len());
+    for result in results {
+        applied.push(apply_result(&mut tx, result, &ctx.settings.retry, ctx.clock.now()).await?);
+    }
     tx.commit().await?;
     ctx.metrics
         .payment_result_seconds
         .observe(started.elapsed().as_secs_f64());
-    match outcome {
-        ResultOutcome::Paid => ctx.metrics.bills_settled.with_label_values(&["paid"]).inc(),
-        ResultOutcome::Failed(status) if status != "RETRY_SCHEDULED" => ctx
-            .metrics
-            .bills_settled
-            .with_label_values(&[status.to_ascii_lowercase().as_str()])
-            .inc(),
-        _ => {}
+    Ok(applied)
+}
+
+fn record(ctx: &Context, applied: &[(ResultOutcome, Option<Duration>)]) {
+    for (outcome, roundtrip) in applied {
+        ctx.metrics.debit_attempts.with_label_values(&[outcome.as_str()]).inc();
+        match outcome {
+            ResultOutcome::Paid => ctx.metrics.bills_settled.with_label_values(&["paid"]).inc(),
+            ResultOutcome::Failed(status) if *status != "RETRY_SCHEDULED" => ctx
+                .metrics
+                .bills_settled
+                .with_label_values(&[status.to_ascii_lowercase().as_str()])
+                .inc(),
+            _ => {}
+        }
+        if let Some(rt) = roundtrip {
+            ctx.metrics
+                .debit_roundtrip_seconds
+                .observe(rt.num_milliseconds().max(0) as f64 / 1000.0);
+        }
     }
-    if let Some(rt) = roundtrip {
-        ctx.metrics
-            .debit_roundtrip_seconds
-            .observe(rt.num_milliseconds().max(0) as f64 / 1000.0);
-    }
-    Ok(outcome.as_str())
 }

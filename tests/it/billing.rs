@@ -923,3 +923,40 @@ async fn two_presents_in_the_same_instant_are_two_bills() {
     assert_ne!(first["bill"]["bill_id"], second["bill"]["bill_id"]);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn unreadable_or_unknown_results_are_dead_lettered_and_the_rest_settle() {
+    let (mut app, _clock, _id, bill, gateway) = due_bill(|_| Answer::Silent).await;
+    run_billing(&mut app).await;
+    let request = gateway.wait_for(1).await.remove(0);
+    // A burst: garbage, a result for no request, then the real one.
+    let results = app.names.payment_results.clone();
+    for body in [
+        b"{not json".to_vec(),
+        serde_json::to_vec(&json!({"request_id": "req_nobody", "status": "SUCCESS"})).expect("json"),
+    ] {
+        let confirm = app
+            .channel
+            .basic_publish(
+                "".into(),
+                results.as_str().into(),
+                Default::default(),
+                &body,
+                Default::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+    }
+    gateway.send_result(&request, Answer::Success).await;
+    bill_status(&app, &bill, "PAID").await;
+    let first = app.next_dead_letter().await;
+    assert_eq!(first.code, "INVALID_JSON");
+    let second = app.next_dead_letter().await;
+    assert_eq!(second.code, "INVALID_FIELD");
+    assert!(second.message.contains("req_nobody"), "{}", second.message);
+    gateway.stop();
+    app.teardown().await;
+}

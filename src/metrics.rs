@@ -50,7 +50,7 @@ pub struct Metrics {
     pub oldest_due_bill_age_seconds: Gauge,
     /// Time of one scheduler pass (issue, notices, recovery, debit requests).
     pub scheduler_pass_seconds: Histogram,
-    /// Time to apply one debit result, commit included.
+    /// Time to apply one batch of debit results, commit included.
     pub payment_result_seconds: Histogram,
     /// 1 when a role is connected and consuming, by role.
     pub role_up: IntGaugeVec,
@@ -184,7 +184,7 @@ impl Metrics {
             ),
             payment_result_seconds: histogram(
                 "billing_payment_result_duration_seconds",
-                "Time to apply one debit result",
+                "Time to apply one batch of debit results",
                 LATENCY_BUCKETS.to_vec(),
             ),
             oldest_due_bill_age_seconds: {

@@ -163,6 +163,32 @@ pub fn delivery(next: Option<Result<Delivery, lapin::Error>>) -> anyhow::Result<
     }
 }
 
+/// Dead-letters `body` (the whole delivery, or one event of it) with the
+/// delivery's properties and routing, and counts it under `role`.
+pub async fn dead_letter(
+    ctx: &Context,
+    publisher: &crate::broker::Publisher,
+    role: &'static str,
+    delivery: &Delivery,
+    body: &[u8],
+    rejection: &crate::error::Rejection,
+) -> Result<(), crate::broker::BrokerError> {
+    ctx.metrics
+        .dead_letters
+        .with_label_values(&[role, rejection.code.as_str()])
+        .inc();
+    publisher
+        .dead_letter(
+            &ctx.names,
+            delivery.exchange.as_str(),
+            delivery.routing_key.as_str(),
+            &delivery.properties,
+            body,
+            rejection,
+        )
+        .await
+}
+
 /// Marks a role up once it consumes.
 pub fn mark_up(ctx: &Context, role: &'static str) {
     ctx.health.set(role, true);

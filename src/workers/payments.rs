@@ -12,7 +12,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::{delivery, hold_through_outages, next_delivery, open_consumer, supervise};
+use super::{dead_letter, delivery, hold_through_outages, next_delivery, open_consumer, supervise};
 use crate::app::Context;
 use crate::billing::debits::{DebitResult, ResultOutcome, apply_result};
 use crate::broker::{BrokerError, Publisher};
@@ -110,20 +110,7 @@ async fn settle(
     refused.sort_by_key(|(i, _)| *i);
     for (i, rejection) in &refused {
         let d = &batch[*i];
-        ctx.metrics
-            .dead_letters
-            .with_label_values(&[ROLE, rejection.code.as_str()])
-            .inc();
-        publisher
-            .dead_letter(
-                &ctx.names,
-                d.exchange.as_str(),
-                d.routing_key.as_str(),
-                &d.properties,
-                &d.data,
-                rejection,
-            )
-            .await?;
+        dead_letter(ctx, publisher, ROLE, d, &d.data, rejection).await?;
     }
     if let Some(last) = batch.last() {
         last.acker.ack(BasicAckOptions { multiple: true }).await?;

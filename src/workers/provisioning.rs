@@ -7,7 +7,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::{hold_through_outages, next_delivery, open_consumer, supervise};
+use super::{dead_letter, hold_through_outages, next_delivery, open_consumer, supervise};
 use crate::app::Context;
 use crate::broker::{BrokerError, Publisher};
 use crate::error::{ErrorCode, HandleError, Rejection};
@@ -173,7 +173,7 @@ async fn process(
         Err(rejection) => {
             let answer_only = reply.is_some() && command_is_query(command_name) && is_lookup_miss(&rejection);
             if !answer_only {
-                dead_letter(ctx, publisher, &delivery, &rejection).await?;
+                dead_letter(ctx, publisher, ROLE, &delivery, &delivery.data, &rejection).await?;
             }
             if let Some((to, correlation)) = &reply {
                 publisher
@@ -201,26 +201,4 @@ fn is_lookup_miss(rejection: &Rejection) -> bool {
         rejection.code,
         ErrorCode::ExecutionNotFound | ErrorCode::CustomerNotFound
     )
-}
-
-async fn dead_letter(
-    ctx: &Context,
-    publisher: &Publisher,
-    delivery: &Delivery,
-    rejection: &Rejection,
-) -> Result<(), BrokerError> {
-    ctx.metrics
-        .dead_letters
-        .with_label_values(&[ROLE, rejection.code.as_str()])
-        .inc();
-    publisher
-        .dead_letter(
-            &ctx.names,
-            delivery.exchange.as_str(),
-            delivery.routing_key.as_str(),
-            &delivery.properties,
-            &delivery.data,
-            rejection,
-        )
-        .await
 }

@@ -11,7 +11,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::{delivery, hold_through_outages, open_consumer, supervise};
+use super::{dead_letter, delivery, hold_through_outages, open_consumer, supervise};
 use crate::app::Context;
 use crate::broker::{BrokerError, Publisher};
 use crate::error::{HandleError, Rejection};
@@ -174,20 +174,7 @@ async fn settle(
     for (m, span, rejection) in &dead {
         let d = &batch[*m].delivery;
         let body = span.as_ref().map_or(d.data.as_slice(), |s| &d.data[s.clone()]);
-        metrics
-            .dead_letters
-            .with_label_values(&[ROLE, rejection.code.as_str()])
-            .inc();
-        publisher
-            .dead_letter(
-                &ctx.names,
-                d.exchange.as_str(),
-                d.routing_key.as_str(),
-                &d.properties,
-                body,
-                rejection,
-            )
-            .await?;
+        dead_letter(ctx, publisher, ROLE, d, body, rejection).await?;
     }
     if let Some(last) = batch.last() {
         last.delivery.acker.ack(BasicAckOptions { multiple: true }).await?;

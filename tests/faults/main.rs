@@ -130,23 +130,30 @@ fn watch_readiness(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<bool> 
     })
 }
 
-#[tokio::test]
-async fn a_broker_restart_under_load_loses_nothing_and_counts_nothing_twice() {
+/// A worker draining a 30,000-event backlog when `service` restarts with
+/// `command`; checks that /readyz told the outage. Returns the app, the
+/// execution and the draining worker.
+async fn restart_under_backlog(service: &str, command: &'static str) -> (TestApp, String, helpers::Peer) {
     let mut app = TestApp::spawn().await;
     let id = metered(&mut app).await;
-    // A backlog first, then a worker draining it when the broker goes away.
     app.stop_worker().await;
     publish_events(&app, &id, 0, 30_000, 10).await;
     let peer = app.spawn_peer(Arc::new(SystemClock)).await;
     wait_some(&app).await;
     let backlog = app.queue_depth(&app.names.usage.clone()).await;
     let watcher = watch_readiness(peer.http);
-    sh(RESTART_BROKER).await;
-    println!("broker restarted with {backlog} usage messages still queued");
+    sh(command).await;
+    println!("{service} restarted with {backlog} usage messages still queued");
     assert!(
         watcher.await.expect("watcher"),
-        "/readyz said 503 while the broker was away"
+        "/readyz said 503 while the {service} was away"
     );
+    (app, id, peer)
+}
+
+#[tokio::test]
+async fn a_broker_restart_under_load_loses_nothing_and_counts_nothing_twice() {
+    let (mut app, id, peer) = restart_under_backlog("broker", RESTART_BROKER).await;
     app.reconnect().await;
     eventually("ready again", || async {
         (http_get(peer.http, "/readyz").await.0 == 200).then_some(())
@@ -174,21 +181,7 @@ async fn a_broker_restart_under_load_loses_nothing_and_counts_nothing_twice() {
 
 #[tokio::test]
 async fn a_database_restart_under_load_loses_nothing_and_counts_nothing_twice() {
-    let mut app = TestApp::spawn().await;
-    let id = metered(&mut app).await;
-    // A backlog first, then a worker draining it when the database goes away.
-    app.stop_worker().await;
-    publish_events(&app, &id, 0, 30_000, 10).await;
-    let peer = app.spawn_peer(Arc::new(SystemClock)).await;
-    wait_some(&app).await;
-    let backlog = app.queue_depth(&app.names.usage.clone()).await;
-    let watcher = watch_readiness(peer.http);
-    sh(RESTART_POSTGRES).await;
-    println!("database restarted with {backlog} usage messages still queued");
-    assert!(
-        watcher.await.expect("watcher"),
-        "/readyz said 503 while the database was away"
-    );
+    let (app, id, peer) = restart_under_backlog("database", RESTART_POSTGRES).await;
     publish_events(&app, &id, 30_000, 31_000, 50).await;
     wait_exact(&app, 31_000).await;
     eventually("ready again", || async {

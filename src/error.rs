@@ -64,10 +64,12 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// A rejection whose message is cut to [`MAX_MESSAGE_CHARS`]: whatever
+    /// input it quotes, no reply, header or log line grows with it.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Rejection {
             code,
-            message: message.into(),
+            message: clip(message.into(), MAX_MESSAGE_CHARS),
         }
     }
 
@@ -75,6 +77,36 @@ impl Rejection {
     pub fn field(field: &str, problem: impl fmt::Display) -> Self {
         Rejection::new(ErrorCode::InvalidField, format!("{field} {problem}"))
     }
+}
+
+/// Longest error message the worker sends out (dead-letter header, reply, log).
+pub const MAX_MESSAGE_CHARS: usize = 400;
+
+/// Most characters of one piece of wire input quoted in an outgoing text.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// Wire input as an outgoing text may quote it: at most
+/// [`MAX_QUOTED_CHARS`] characters, control characters replaced, an
+/// ellipsis and the full length where it was cut.
+pub fn short(input: &str) -> String {
+    let count = input.chars().count();
+    let mut out: String = input
+        .chars()
+        .take(MAX_QUOTED_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if count > MAX_QUOTED_CHARS {
+        out.push_str(&format!("… ({count} characters)"));
+    }
+    out
+}
+
+fn clip(mut text: String, max_chars: usize) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(max_chars) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 /// The outcome of handling one message when it is not a success.
@@ -86,20 +118,55 @@ pub enum HandleError {
     /// A dependency is down or busy; the same message succeeds later.
     #[error("transient fault: {0}")]
     Transient(String),
+    /// A race with another worker (a unique key taken, a deadlock, a
+    /// serialization failure): retried a few times, when the repeat finds
+    /// the winner's result; then refused, so no message is retried forever.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
+
+/// How many times a conflicting message is tried before it is refused.
+pub const MAX_CONFLICT_RETRIES: u32 = 5;
 
 impl From<sqlx::Error> for HandleError {
     fn from(err: sqlx::Error) -> Self {
-        if is_transient(&err) {
+        if is_conflict(&err) {
+            HandleError::Conflict(err.to_string())
+        } else if is_transient(&err) {
             HandleError::Transient(err.to_string())
         } else {
             // A database error that is not an outage will fail the same way
             // on every retry: reject it instead of looping forever.
-            HandleError::Rejected(Rejection::new(
-                ErrorCode::InternalError,
-                format!("database error: {err}"),
-            ))
+            HandleError::Rejected(Rejection::new(ErrorCode::InternalError, database_refusal(&err)))
         }
+    }
+}
+
+/// A database refusal as a sentence for the sender: the class of problem,
+/// never the database's own text (which may quote the input at length).
+fn database_refusal(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let what = match code.get(..2).unwrap_or_default() {
+                "22" => "a value is out of the range the store accepts",
+                "23" => "a value breaks a rule of the store",
+                _ => "the store refused the change",
+            };
+            format!("{what} (SQLSTATE {code})")
+        }
+        other => format!("the store could not process the change: {}", short(&other.to_string())),
+    }
+}
+
+/// Whether a database error is a race with a concurrent transaction that a
+/// repeat resolves: 23505 unique violation (a racing idempotent command:
+/// the repeat answers the replay), 40001 serialization failure, 40P01
+/// deadlock, 55P03 lock not available.
+pub fn is_conflict(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01" | "55P03")),
+        _ => false,
     }
 }
 
@@ -108,14 +175,14 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            // 08: connection, 40001/40P01: serialization and deadlock,
-            // 53: insufficient resources, 57P: shutdown, 58: system error.
+            // 08: connection, 53: insufficient resources, 57014: statement
+            // timeout, 57P: shutdown, 58: system error; conflicts too.
             code.starts_with("08")
-                || code == "40001"
-                || code == "40P01"
                 || code.starts_with("53")
+                || code == "57014"
                 || code.starts_with("57P")
                 || code.starts_with("58")
+                || is_conflict(err)
         }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -125,4 +192,23 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         _ => false,
     }
+}
+
+/// Runs `work`, returning the panic's message instead of unwinding further
+/// when it panics (a bug met while handling one piece of work).
+pub async fn catch_panic<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
+    use futures_util::FutureExt as _;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|payload| panic_message(payload.as_ref()))
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
 }

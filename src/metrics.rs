@@ -56,6 +56,10 @@ pub struct Metrics {
     pub role_up: IntGaugeVec,
     /// Broker (re)connections, by role.
     pub broker_connects: IntCounterVec,
+    /// Panics caught in a role (a bug met while handling work), by role.
+    pub role_panics: IntCounterVec,
+    /// Executions whose billing failed and was parked, by error code.
+    pub execution_errors: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -238,6 +242,18 @@ impl Metrics {
                 "billing_broker_connects_total",
                 "Broker connections opened, by role",
                 &["role"],
+            ),
+            role_panics: counter(
+                &registry,
+                "billing_role_panics_total",
+                "Panics caught while handling work, by role",
+                &["role"],
+            ),
+            execution_errors: counter(
+                &registry,
+                "billing_execution_errors_total",
+                "Executions whose billing failed and was parked, by error code",
+                &["code"],
             ),
             outbox_backlog,
             outbox_oldest_age_seconds,

@@ -32,6 +32,26 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    #[serde(default)]
+    pub faults: FaultSettings,
+}
+
+/// Fault injection for rehearsals and tests: off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FaultSettings {
+    /// Work of this merchant makes the role handling it panic (a stand-in
+    /// for a bug), to rehearse that roles survive their own bugs. Empty: off.
+    #[serde(default)]
+    pub panic_on_merchant: String,
+}
+
+impl FaultSettings {
+    /// Panics when fault injection names `merchant_id`.
+    pub fn check(&self, merchant_id: &str) {
+        if !self.panic_on_merchant.is_empty() && self.panic_on_merchant == merchant_id {
+            panic!("fault injection: faults.panic_on_merchant is {merchant_id}");
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +91,9 @@ pub struct AmqpSettings {
     pub webhook_queue: bool,
     pub max_message_bytes: usize,
     pub provisioning_prefetch: u16,
+    /// `reply_to` must name a queue starting with this (or the direct
+    /// reply-to pseudo queue `amq.rabbitmq.reply-to`).
+    pub reply_prefix: String,
     #[serde(with = "humantime_serde")]
     pub reconnect_initial: Duration,
     #[serde(with = "humantime_serde")]
@@ -86,6 +109,8 @@ pub struct HttpSettings {
 pub struct UsageSettings {
     pub prefetch: u16,
     pub batch_size: usize,
+    /// A batch also closes once its message bodies reach this many bytes.
+    pub batch_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub batch_timeout: Duration,
     pub max_events_per_message: usize,
@@ -102,6 +127,10 @@ pub struct SchedulerSettings {
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     pub batch_size: i64,
+    /// How long an execution whose bill could not be made waits before
+    /// billing tries it again (a change by its merchant retries at once).
+    #[serde(with = "humantime_serde")]
+    pub park_for: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +251,12 @@ impl Settings {
         if self.usage.batch_size == 0 {
             return invalid("usage.batch_size", "must be at least 1");
         }
+        if self.usage.batch_bytes == 0 {
+            return invalid("usage.batch_bytes", "must be at least 1");
+        }
+        if self.amqp.reply_prefix.is_empty() {
+            return invalid("amqp.reply_prefix", "must not be empty");
+        }
         if self.usage.prefetch == 0 {
             return invalid("usage.prefetch", "must be at least 1");
         }
@@ -233,6 +268,9 @@ impl Settings {
         }
         if self.scheduler.lease.is_zero() {
             return invalid("scheduler.lease", "must be positive");
+        }
+        if self.scheduler.park_for.is_zero() {
+            return invalid("scheduler.park_for", "must be positive");
         }
         if self.scheduler.batch_size < 1 {
             return invalid("scheduler.batch_size", "must be at least 1");

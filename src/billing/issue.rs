@@ -355,6 +355,15 @@ pub struct BillBatch {
 }
 
 impl BillBatch {
+    /// Takes in what another batch planned.
+    pub fn absorb(&mut self, other: BillBatch) {
+        self.bills.extend(other.bills);
+        self.lines.extend(other.lines);
+        self.credit_uses.extend(other.credit_uses);
+        self.webhooks.extend(other.webhooks);
+        self.executions.extend(other.executions);
+    }
+
     /// Writes the batch in the caller's transaction.
     pub async fn write(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
         store::bills::insert_many(conn, &self.bills).await?;

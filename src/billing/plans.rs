@@ -1,4 +1,4 @@
-//! `add_billing_plan` (seed `001_*`): an explicit schedule of debits for a
+//! `add_billing_plan`: an explicit schedule of debits for a
 //! customer, generated from `schedule_type`/`periodicity`/`end_type` or given
 //! as a `bill_sequence`, each charged on its `schedule_date` for its `amount`.
 
@@ -11,9 +11,9 @@ use sqlx::PgConnection;
 use super::announce_bill;
 use crate::domain::ids::{check_id, new_execution_id};
 use crate::domain::money::Currency;
-use crate::domain::period::add_months_clamped;
+use crate::domain::period::{add_months_clamped, check_date_window};
 use crate::error::{ErrorCode, HandleError, Rejection};
-use crate::protocol::de::{decode, lenient_opt_u32};
+use crate::protocol::de::{amount as amount_field, decode, id, lenient_opt_u32, opt_amount, opt_id, opt_text, text};
 use crate::protocol::documents::num;
 use crate::protocol::webhook::EventName;
 use crate::store;
@@ -26,17 +26,19 @@ pub const MAX_ENTRIES: usize = 366;
 
 /// The `billing_plan` object.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanIn {
+    #[serde(deserialize_with = "id")]
     pub customer_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub token: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "small_value")]
     pub plan_type: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub schedule_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub start_date: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub end_date: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_u32")]
     pub periodicity: Option<u32>,
@@ -44,17 +46,17 @@ pub struct PlanIn {
     pub end_type: Option<u32>,
     #[serde(default, deserialize_with = "lenient_opt_u32")]
     pub no_of_payments: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub amount: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub currency: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_id")]
     pub reference_id: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_u32")]
     pub max_retry: Option<u32>,
     #[serde(default)]
     pub active: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "small_value")]
     pub billing_mode: Option<Value>,
     #[serde(default, deserialize_with = "lenient_opt_u32")]
     pub bill_day: Option<u32>,
@@ -62,10 +64,13 @@ pub struct PlanIn {
 
 /// One `bill_sequence` entry.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EntryIn {
+    #[serde(deserialize_with = "amount_field")]
     pub amount: Decimal,
+    #[serde(deserialize_with = "text")]
     pub schedule_date: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_id")]
     pub reference_id: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_u32")]
     pub sequence_number: Option<u32>,
@@ -73,10 +78,40 @@ pub struct EntryIn {
 
 /// The command's body.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddBillingPlan {
     pub billing_plan: PlanIn,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "entries")]
     pub bill_sequence: Vec<EntryIn>,
+    /// The command's name, read before.
+    #[serde(default, rename = "command")]
+    _command: Option<serde::de::IgnoredAny>,
+}
+
+impl AddBillingPlan {
+    /// The plan's natural key, when the sender gave one.
+    pub fn reference_id(&self) -> Option<&str> {
+        self.billing_plan.reference_id.as_deref()
+    }
+}
+
+/// A product code sent as a string or a number (`plan_type`, `billing_mode`): short.
+fn small_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    let value = Option::<Value>::deserialize(d)?;
+    match &value {
+        None | Some(Value::Null | Value::Bool(_) | Value::Number(_)) => Ok(value),
+        Some(Value::String(s)) if s.chars().count() <= 32 => Ok(value),
+        Some(_) => Err(serde::de::Error::custom("must be a short code (a number or a string of at most 32 characters)")),
+    }
+}
+
+/// `bill_sequence`: at most [`MAX_ENTRIES`] entries.
+fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<EntryIn>, D::Error> {
+    let list = Vec::<EntryIn>::deserialize(d)?;
+    if list.len() > MAX_ENTRIES {
+        return Err(serde::de::Error::custom(format!("may hold at most {MAX_ENTRIES} entries")));
+    }
+    Ok(list)
 }
 
 /// Keys are accepted in any case (`Bill_Sequence`, `Schedule_Date`, `Token`).
@@ -111,8 +146,12 @@ pub struct Entry {
 
 fn date(field: &str, value: &str) -> Result<NaiveDate, Rejection> {
     let day = value.get(..10).unwrap_or(value);
-    NaiveDate::parse_from_str(day, "%Y-%m-%d")
-        .map_err(|_| Rejection::field(field, format_args!("must be a date like 2026-01-31, got '{value}'")))
+    NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
+        Rejection::field(
+            field,
+            format_args!("must be a date like 2026-01-31, got '{}'", crate::error::short(value)),
+        )
+    })
 }
 
 fn amount(field: &str, value: Decimal, currency: &Currency) -> Result<Decimal, Rejection> {
@@ -157,13 +196,36 @@ fn check_plan_fields(plan: &PlanIn, currency: &Currency) -> Result<(), Rejection
 }
 
 /// The schedule: the explicit sequence when given, else generated.
-pub fn schedule(plan: &PlanIn, sequence: &[EntryIn], currency: &Currency) -> Result<Vec<Entry>, Rejection> {
+pub fn schedule(
+    plan: &PlanIn,
+    sequence: &[EntryIn],
+    currency: &Currency,
+    today: NaiveDate,
+) -> Result<Vec<Entry>, Rejection> {
     check_plan_fields(plan, currency)?;
-    let mut entries = if sequence.is_empty() {
-        generate(plan, currency)?
-    } else {
+    for (field, value) in [
+        ("billing_plan.start_date", &plan.start_date),
+        ("billing_plan.end_date", &plan.end_date),
+    ] {
+        if let Some(value) = value {
+            check_date_window(date(field, value)?, today).map_err(|p| Rejection::field(field, p))?;
+        }
+    }
+    let explicit_dates = !sequence.is_empty();
+    let mut entries = if explicit_dates {
         explicit(sequence, currency)?
+    } else {
+        generate(plan, currency)?
     };
+    for (i, entry) in entries.iter().enumerate() {
+        check_date_window(entry.date, today).map_err(|p| {
+            if explicit_dates {
+                Rejection::field(&format!("bill_sequence[{i}].schedule_date"), p)
+            } else {
+                Rejection::field("billing_plan.periodicity", format_args!("lays out a date that {p}"))
+            }
+        })?;
+    }
     if entries.len() > MAX_ENTRIES {
         return Err(Rejection::field(
             "bill_sequence",
@@ -286,7 +348,9 @@ pub fn generate(plan: &PlanIn, currency: &Currency) -> Result<Vec<Entry>, Reject
     };
     let mut entries = Vec::new();
     for k in 0..limit.min(MAX_ENTRIES + 1) as u32 {
-        let step = k * every;
+        let Some(step) = k.checked_mul(every) else {
+            break;
+        };
         let d = match unit.as_str() {
             "D" => first.checked_add_days(chrono::Days::new(step.into())),
             "W" => first.checked_add_days(chrono::Days::new(u64::from(step) * 7)),
@@ -350,7 +414,7 @@ pub async fn add(
         )
         .into());
     }
-    let entries = schedule(plan, &request.bill_sequence, &currency)?;
+    let entries = schedule(plan, &request.bill_sequence, &currency, now.date_naive())?;
     let id = format!("bp_{}", new_execution_id());
     store::billing_plans::insert(
         conn,
@@ -496,9 +560,24 @@ mod tests {
         assert_eq!(parsed.billing_plan.token.as_deref(), Some("927640180941111"));
         assert_eq!(parsed.billing_plan.bill_day, Some(9));
         assert_eq!(parsed.bill_sequence.len(), 1);
-        let entries = schedule(&parsed.billing_plan, &parsed.bill_sequence, &inr()).expect("schedule");
+        let today = NaiveDate::from_ymd_opt(2021, 1, 10).expect("date");
+        let entries = schedule(&parsed.billing_plan, &parsed.bill_sequence, &inr(), today).expect("schedule");
         assert_eq!(dates(&entries), ["2021-05-17"]);
         assert_eq!(entries[0].amount, Decimal::TEN);
+        // Dates outside the window are refused, whichever field holds them.
+        let later = NaiveDate::from_ymd_opt(2026, 12, 2).expect("date");
+        let err = schedule(&parsed.billing_plan, &parsed.bill_sequence, &inr(), later).expect_err("1900-like");
+        assert!(err.message.starts_with("billing_plan.start_date"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_schedule_never_reaches_past_ten_years() {
+        let p = plan(
+            json!({"customer_id":"c","schedule_type":"Y","start_date":"2026-12-01","periodicity":4294967295u32,"end_type":3,"no_of_payments":3,"amount":"10"}),
+        );
+        let today = NaiveDate::from_ymd_opt(2026, 12, 2).expect("date");
+        let err = schedule(&p, &[], &inr(), today).expect_err("far future");
+        assert!(err.message.starts_with("billing_plan.periodicity"), "{}", err.message);
     }
 
     #[test]
@@ -575,6 +654,7 @@ mod tests {
                 sequence_number: None,
             }],
             &inr(),
+            NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"),
         )
         .expect_err("bad schedule_type even with a sequence");
         assert!(err.message.starts_with("billing_plan.schedule_type"), "{}", err.message);
@@ -584,7 +664,8 @@ mod tests {
             reference_id: None,
             sequence_number: None,
         }];
-        let err = schedule(&plan(json!({"customer_id":"c"})), &bad, &inr()).expect_err("bad date");
+        let today = NaiveDate::from_ymd_opt(2021, 5, 1).expect("date");
+        let err = schedule(&plan(json!({"customer_id":"c"})), &bad, &inr(), today).expect_err("bad date");
         assert!(
             err.message.starts_with("bill_sequence[0].schedule_date"),
             "{}",

@@ -11,9 +11,9 @@ use super::debits::{request_body, time_out};
 use super::issue::{BillBatch, PlanCache, bill_due_execution};
 use crate::app::Context;
 use crate::broker::{self, BrokerError, Publisher};
-use crate::error::HandleError;
+use crate::error::{ErrorCode, HandleError, Rejection, catch_panic, short};
 use crate::protocol::envelope::MERCHANT_HEADER;
-use crate::protocol::webhook::EventName;
+use crate::protocol::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::bills::BillRow;
 
@@ -45,14 +45,20 @@ fn duration(d: std::time::Duration) -> Duration {
     Duration::from_std(d).unwrap_or(Duration::MAX)
 }
 
-/// Runs one pass over at most `limit` rows per step.
-pub async fn run_once(ctx: &Context, publisher: &Publisher, limit: i64) -> Result<RunReport, RunError> {
+/// Runs one pass over at most `limit` rows per step, over every merchant's
+/// due work or (`run_billing`) over one merchant's.
+pub async fn run_once(
+    ctx: &Context,
+    publisher: &Publisher,
+    limit: i64,
+    merchant: Option<&str>,
+) -> Result<RunReport, RunError> {
     let mut report = RunReport::default();
     let now = ctx.clock.now();
-    report.bills_issued = issue_due(ctx, now, limit).await?;
-    report.notices_sent = send_notices(ctx, now, limit).await?;
-    report.debits_timed_out = recover(ctx, publisher, now, limit).await?;
-    report.debits_requested = request_due(ctx, publisher, now, limit).await?;
+    report.bills_issued = issue_due(ctx, now, limit, merchant).await?;
+    report.notices_sent = send_notices(ctx, now, limit, merchant).await?;
+    report.debits_timed_out = recover(ctx, publisher, now, limit, merchant).await?;
+    report.debits_requested = request_due(ctx, publisher, now, limit, merchant).await?;
     if let Ok(mut conn) = ctx.pool.acquire().await
         && let Ok(age) = store::bills::oldest_due_age(&mut conn, ctx.clock.now()).await
     {
@@ -64,56 +70,189 @@ pub async fn run_once(ctx: &Context, publisher: &Publisher, limit: i64) -> Resul
     Ok(report)
 }
 
-/// Closes due periods: a batch of executions per transaction, planned in
-/// memory and written set-based.
-async fn issue_due(ctx: &Context, now: DateTime<Utc>, limit: i64) -> Result<usize, RunError> {
+/// Most rounds of catch-up in one pass; what is left waits for the next tick.
+const MAX_ROUNDS: usize = 8;
+
+/// Closes due periods, in rounds: each round takes up to ten transactions'
+/// worth of due executions in merchant-fair order (see
+/// [`store::executions::due_for_billing`]), each execution catching up a
+/// bounded number of periods, so a merchant with a huge backlog never
+/// starves another.
+async fn issue_due(ctx: &Context, now: DateTime<Utc>, limit: i64, merchant: Option<&str>) -> Result<usize, RunError> {
     let notice = duration(ctx.settings.scheduler.pre_debit_notice);
+    let chunk = usize::try_from(limit).unwrap_or(1).max(1);
     let mut issued = 0;
-    loop {
-        let mut tx = ctx.pool.begin().await?;
-        let mut executions = store::executions::lock_due_for_billing(&mut tx, now, limit).await?;
-        if executions.is_empty() {
-            break;
+    for _ in 0..MAX_ROUNDS {
+        let ids = {
+            let mut conn = ctx.pool.acquire().await?;
+            store::executions::due_for_billing(&mut conn, now, merchant, limit.saturating_mul(10)).await?
+        };
+        let mut progress = false;
+        for ids in ids.chunks(chunk) {
+            let (bills, locked) = issue_chunk(ctx, ids, now, notice).await?;
+            issued += bills;
+            progress |= locked > 0;
         }
-        let claimed = executions.len();
-        let mut cache = PlanCache::default();
-        let mut batch = BillBatch::default();
-        for execution in &mut executions {
-            bill_due_execution(&mut tx, &mut cache, execution, now, notice, &mut batch).await?;
-        }
-        let outcomes: Vec<(String, bool)> = batch
-            .bills
-            .iter()
-            .map(|b| {
-                (
-                    b.status.clone(),
-                    b.status == super::issue::PAID && b.total > rust_decimal::Decimal::ZERO,
-                )
-            })
-            .collect();
-        batch.executions = executions;
-        batch.write(&mut tx, now).await?;
-        tx.commit().await?;
-        for (status, paid_by_credit) in &outcomes {
-            ctx.metrics.bills.with_label_values(&[status.as_str()]).inc();
-            if *paid_by_credit {
-                ctx.metrics.bills_settled.with_label_values(&["paid_by_credit"]).inc();
-            }
-        }
-        issued += outcomes.len();
-        if (claimed as i64) < limit {
+        if !progress {
             break;
         }
     }
     Ok(issued)
 }
 
+/// Bills a chunk of executions in one transaction; if the store refuses
+/// it, bills them one per transaction so that only the execution at fault
+/// is parked. Returns (bills issued, executions taken).
+async fn issue_chunk(
+    ctx: &Context,
+    ids: &[String],
+    now: DateTime<Utc>,
+    notice: Duration,
+) -> Result<(usize, usize), RunError> {
+    match issue_together(ctx, ids, now, notice).await {
+        Err(RunError::Handle(HandleError::Rejected(rejection))) => {
+            tracing::warn!(error = %rejection, executions = ids.len(), "billing a chunk failed; billing its executions one by one");
+            let mut total = (0, 0);
+            for id in ids {
+                let one = std::slice::from_ref(id);
+                match issue_together(ctx, one, now, notice).await {
+                    Ok((bills, locked)) => {
+                        total.0 += bills;
+                        total.1 += locked;
+                    }
+                    Err(RunError::Handle(HandleError::Rejected(rejection))) => {
+                        let mut tx = ctx.pool.begin().await?;
+                        park(ctx, &mut tx, id, &rejection, now).await?;
+                        tx.commit().await?;
+                        total.1 += 1;
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            Ok(total)
+        }
+        other => other,
+    }
+}
+
+/// One transaction: lock the executions still due, plan each one's bills
+/// apart (an execution whose bill cannot be made is parked and the others
+/// go on), then write them all set-based.
+async fn issue_together(
+    ctx: &Context,
+    ids: &[String],
+    now: DateTime<Utc>,
+    notice: Duration,
+) -> Result<(usize, usize), RunError> {
+    let mut tx = ctx.pool.begin().await?;
+    let mut executions = store::executions::lock_for_billing(&mut tx, ids, now).await?;
+    if executions.is_empty() {
+        return Ok((0, 0));
+    }
+    let locked = executions.len();
+    let mut cache = PlanCache::default();
+    let mut batch = BillBatch::default();
+    let mut parked = Vec::new();
+    for execution in &mut executions {
+        let before = execution.clone();
+        let mut own = BillBatch::default();
+        let planned = catch_panic(async {
+            ctx.settings.faults.check(&execution.merchant_id);
+            bill_due_execution(&mut tx, &mut cache, execution, now, notice, &mut own).await
+        })
+        .await;
+        let rejection = match planned {
+            Ok(Ok(())) => {
+                batch.absorb(own);
+                continue;
+            }
+            Ok(Err(HandleError::Rejected(rejection))) => rejection,
+            Ok(Err(other)) => return Err(other.into()),
+            Err(panic) => {
+                ctx.metrics.role_panics.with_label_values(&["scheduler"]).inc();
+                tracing::error!(execution = %execution.id, panic = %panic, "a bug panicked while billing an execution; it is parked");
+                // The transaction may be mid-statement: start again one by one.
+                return Err(HandleError::Rejected(Rejection::new(
+                    ErrorCode::InternalError,
+                    format!("billing failed unexpectedly ({})", short(&panic)),
+                ))
+                .into());
+            }
+        };
+        *execution = before;
+        parked.push((execution.id.clone(), rejection));
+    }
+    let outcomes: Vec<(String, bool)> = batch
+        .bills
+        .iter()
+        .map(|b| {
+            (
+                b.status.clone(),
+                b.status == super::issue::PAID && b.total > rust_decimal::Decimal::ZERO,
+            )
+        })
+        .collect();
+    let parked_ids: Vec<&str> = parked.iter().map(|(id, _)| id.as_str()).collect();
+    executions.retain(|e| !parked_ids.contains(&e.id.as_str()));
+    batch.executions = executions;
+    batch.write(&mut tx, now).await?;
+    for (id, rejection) in &parked {
+        park(ctx, &mut tx, id, rejection, now).await?;
+    }
+    tx.commit().await?;
+    for (status, paid_by_credit) in &outcomes {
+        ctx.metrics.bills.with_label_values(&[status.as_str()]).inc();
+        if *paid_by_credit {
+            ctx.metrics.bills_settled.with_label_values(&["paid_by_credit"]).inc();
+        }
+    }
+    Ok((outcomes.len(), locked))
+}
+
+/// Parks an execution whose bill cannot be made, in the caller's
+/// transaction: its error is kept, a metric counts it, and (when the error
+/// is news) `BILLING_EXECUTION_ERROR` tells its merchant.
+async fn park(
+    ctx: &Context,
+    conn: &mut sqlx::PgConnection,
+    execution_id: &str,
+    rejection: &Rejection,
+    now: DateTime<Utc>,
+) -> Result<(), RunError> {
+    let retry_at = now + duration(ctx.settings.scheduler.park_for);
+    let error = format!("{}: {}", rejection.code, rejection.message);
+    ctx.metrics
+        .execution_errors
+        .with_label_values(&[rejection.code.as_str()])
+        .inc();
+    tracing::warn!(execution = %execution_id, error = %error, "billing of an execution failed; parked");
+    if store::executions::park(conn, execution_id, &error, retry_at, now).await?
+        && let Some(execution) = store::executions::lock_by_id(conn, execution_id).await?
+    {
+        let content = serde_json::json!({
+            "billing_execution_info": crate::protocol::documents::execution_summary(&execution),
+            "error_code": rejection.code.as_str(),
+            "error_message": rejection.message,
+            "retry_at": crate::protocol::documents::timestamp(retry_at),
+        });
+        let webhook = Webhook::new(EventName::ExecutionError, &execution.merchant_id, now, content);
+        store::outbox::enqueue(conn, &webhook, Some(execution_id)).await?;
+        ctx.outbox_wake.notify_one();
+    }
+    Ok(())
+}
+
 /// Bills of explicit schedules whose notice is due: announce, and move the
 /// debit so that it runs at least the notice after the announcement.
-async fn send_notices(ctx: &Context, now: DateTime<Utc>, limit: i64) -> Result<usize, RunError> {
+async fn send_notices(
+    ctx: &Context,
+    now: DateTime<Utc>,
+    limit: i64,
+    merchant: Option<&str>,
+) -> Result<usize, RunError> {
     let notice = duration(ctx.settings.scheduler.pre_debit_notice);
     let mut tx = ctx.pool.begin().await?;
-    let bills = store::bills::claim_notices(&mut tx, now + notice, limit).await?;
+    let bills = store::bills::claim_notices(&mut tx, now + notice, limit, merchant).await?;
     for mut bill in bills.iter().cloned() {
         bill.notice_sent_at = Some(now);
         bill.next_attempt_at = Some(bill.due_at.max(now + notice));
@@ -140,10 +279,16 @@ async fn send_notices(ctx: &Context, now: DateTime<Utc>, limit: i64) -> Result<u
 /// Leases that ran out: requests that never left are sent again (same
 /// request id, so the gateway sees one attempt); requests without a result
 /// in time count as retryable failures.
-async fn recover(ctx: &Context, publisher: &Publisher, now: DateTime<Utc>, limit: i64) -> Result<usize, RunError> {
+async fn recover(
+    ctx: &Context,
+    publisher: &Publisher,
+    now: DateTime<Utc>,
+    limit: i64,
+    merchant: Option<&str>,
+) -> Result<usize, RunError> {
     let lease_until = now + duration(ctx.settings.scheduler.lease);
     let mut tx = ctx.pool.begin().await?;
-    let expired = store::bills::claim_expired(&mut tx, now, &ctx.instance, lease_until, limit).await?;
+    let expired = store::bills::claim_expired(&mut tx, now, &ctx.instance, lease_until, limit, merchant).await?;
     let mut resend = Vec::new();
     let mut timed_out = 0;
     for e in expired {
@@ -167,12 +312,18 @@ async fn recover(ctx: &Context, publisher: &Publisher, now: DateTime<Utc>, limit
 }
 
 /// Claims due bills, records their attempts, then sends the requests.
-async fn request_due(ctx: &Context, publisher: &Publisher, now: DateTime<Utc>, limit: i64) -> Result<usize, RunError> {
+async fn request_due(
+    ctx: &Context,
+    publisher: &Publisher,
+    now: DateTime<Utc>,
+    limit: i64,
+    merchant: Option<&str>,
+) -> Result<usize, RunError> {
     let lease_until = now + duration(ctx.settings.scheduler.lease);
     let mut total = 0;
     loop {
         let mut tx = ctx.pool.begin().await?;
-        let bills = store::bills::claim_due(&mut tx, now, &ctx.instance, lease_until, limit).await?;
+        let bills = store::bills::claim_due(&mut tx, now, &ctx.instance, lease_until, limit, merchant).await?;
         if bills.is_empty() {
             break;
         }

@@ -3,9 +3,9 @@
 use uuid::Uuid;
 
 /// Longest identifier accepted from a merchant.
-pub const MAX_ID_LEN: usize = 128;
+pub const MAX_ID_LEN: usize = 100;
 
-/// Checks a merchant-given identifier: 1 to 128 characters, no white space
+/// Checks a merchant-given identifier: 1 to 100 characters, no white space
 /// or control characters. Returns the problem as a phrase to follow the field name.
 pub fn check_id(value: &str) -> Result<(), String> {
     if value.is_empty() {
@@ -39,8 +39,8 @@ mod tests {
         assert!(check_id("cth_gjZV6jYaYxLDLu96").is_ok());
         assert!(check_id("").is_err());
         assert!(check_id("a b").is_err());
-        assert!(check_id(&"x".repeat(129)).is_err());
-        assert!(check_id(&"x".repeat(128)).is_ok());
+        assert!(check_id(&"x".repeat(101)).is_err());
+        assert!(check_id(&"x".repeat(100)).is_ok());
     }
 
     #[test]

@@ -4,6 +4,29 @@ use std::fmt;
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
+/// Every amount and value from the wire is below this in absolute value.
+pub const MAX_ABS_AMOUNT: Decimal = Decimal::from_parts(0xA4C6_8000, 0x38D7E, 0, false, 0); // 10^15
+
+/// Most decimal places of an amount or value from the wire.
+pub const MAX_SCALE: u32 = 12;
+
+/// Checks a wire amount: |x| < 10^15 and at most 12 decimal places
+/// (trailing zeros do not count). Returns it normalised of trailing zeros
+/// beyond its meaning only as far as needed to hold the bound.
+pub fn check_amount(value: Decimal) -> Result<Decimal, String> {
+    if value.abs() >= MAX_ABS_AMOUNT {
+        return Err("must be below 10^15 in absolute value".into());
+    }
+    if value.scale() > MAX_SCALE {
+        let trimmed = value.normalize();
+        if trimmed.scale() > MAX_SCALE {
+            return Err(format!("must have at most {MAX_SCALE} decimal places"));
+        }
+        return Ok(trimmed);
+    }
+    Ok(value)
+}
+
 /// An ISO 4217 alphabetic code: three upper-case ASCII letters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Currency(String);
@@ -15,7 +38,10 @@ impl Currency {
         if upper.len() == 3 && upper.bytes().all(|b| b.is_ascii_uppercase()) {
             Ok(Currency(upper))
         } else {
-            Err(format!("must be a three-letter ISO 4217 code, got '{code}'"))
+            Err(format!(
+                "must be a three-letter ISO 4217 code, got '{}'",
+                code.chars().take(16).collect::<String>()
+            ))
         }
     }
 
@@ -60,6 +86,18 @@ mod tests {
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str(s).expect("decimal")
+    }
+
+    #[test]
+    fn wire_amounts_are_bounded() {
+        assert_eq!(MAX_ABS_AMOUNT, d("1000000000000000"));
+        assert!(check_amount(d("999999999999999.999999999999")).is_ok());
+        assert!(check_amount(d("1000000000000000")).is_err());
+        assert!(check_amount(d("-1000000000000000")).is_err());
+        assert!(check_amount(d("79228162514264337593543950335")).is_err());
+        assert!(check_amount(d("0.0000000000001")).is_err());
+        assert_eq!(check_amount(d("1.5000000000000")), Ok(d("1.5")));
+        assert!(check_amount(d("-12.5")).is_ok());
     }
 
     #[test]

@@ -262,6 +262,25 @@ pub fn add_months_clamped(t: DateTime<Utc>, months: u32, day: u32) -> Option<Dat
     Some(date.and_time(t.time()).and_utc())
 }
 
+/// Days back a date from the wire may lie (billing start, schedule dates).
+pub const MAX_DAYS_BACK: u64 = 366;
+/// Years ahead a date from the wire may lie.
+pub const MAX_YEARS_AHEAD: u32 = 10;
+
+/// Checks that a wire date lies within the last [`MAX_DAYS_BACK`] days and
+/// the next [`MAX_YEARS_AHEAD`] years of `today`, so that no date makes the
+/// worker catch up a century of periods or plan a millennium ahead.
+pub fn check_date_window(date: chrono::NaiveDate, today: chrono::NaiveDate) -> Result<(), String> {
+    let earliest = today.checked_sub_days(chrono::Days::new(MAX_DAYS_BACK));
+    let latest = today.checked_add_months(chrono::Months::new(12 * MAX_YEARS_AHEAD));
+    match (earliest, latest) {
+        (Some(earliest), Some(latest)) if date >= earliest && date <= latest => Ok(()),
+        _ => Err(format!(
+            "must lie within the last {MAX_DAYS_BACK} days and the next {MAX_YEARS_AHEAD} years"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
+use super::money::check_amount;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
@@ -74,7 +75,9 @@ impl FromStr for PricingType {
         PricingType::ALL
             .into_iter()
             .find(|t| t.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| PricingError::UnknownPricingType { value: s.to_owned() })
+            .ok_or_else(|| PricingError::UnknownPricingType {
+                value: s.chars().take(32).collect(),
+            })
     }
 }
 
@@ -351,6 +354,12 @@ pub enum PricingError {
     /// `free_units` is below zero.
     #[error("free_units must not be negative")]
     NegativeFreeUnits,
+    /// An amount outside the wire bounds (|x| < 10^15, 12 decimal places).
+    #[error("{field} must be below 10^15 in absolute value with at most 12 decimal places")]
+    OutOfBounds {
+        /// The field's wire path.
+        field: String,
+    },
 }
 
 impl PricingError {
@@ -358,6 +367,7 @@ impl PricingError {
     pub fn field(&self) -> String {
         match self {
             PricingError::UnknownPricingType { .. } => "pricing_type".to_owned(),
+            PricingError::OutOfBounds { field } => field.clone(),
             PricingError::NoTiers | PricingError::NotSingleTier { .. } => "pricing_model".to_owned(),
             PricingError::NegativeUnitAmount { index } => {
                 format!("pricing_model[{index}].unit_amount")
@@ -414,9 +424,18 @@ impl Pricing {
                 count: self.tiers.len(),
             });
         }
-        let last = self.tiers.len() - 1;
+        let last = self.tiers.len().saturating_sub(1);
         let mut previous: Option<Decimal> = None;
+        let bounded = |value: Decimal, field: String| match check_amount(value) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(PricingError::OutOfBounds { field }),
+        };
         for (index, tier) in self.tiers.iter().enumerate() {
+            bounded(tier.unit_amount, format!("pricing_model[{index}].unit_amount"))?;
+            bounded(tier.flat_fee, format!("pricing_model[{index}].flat_fee"))?;
+            if let UpTo::Finite(bound) = tier.up_to {
+                bounded(bound, format!("pricing_model[{index}].up_to"))?;
+            }
             if tier.unit_amount < Decimal::ZERO {
                 return Err(PricingError::NegativeUnitAmount { index });
             }
@@ -456,6 +475,10 @@ impl Pricing {
         }
         if self.free_units < Decimal::ZERO {
             return Err(PricingError::NegativeFreeUnits);
+        }
+        bounded(self.free_units, "free_units".to_owned())?;
+        if let Some(size) = self.package_size {
+            bounded(size, "package_size".to_owned())?;
         }
         Ok(())
     }

@@ -1,14 +1,21 @@
 //! Decoding helpers: lenient number forms and errors that name the field.
 
+use rust_decimal::Decimal;
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use crate::error::{ErrorCode, Rejection};
+use crate::domain::ids::check_id;
+use crate::domain::money::check_amount;
+use crate::error::{ErrorCode, MAX_QUOTED_CHARS, Rejection, short};
+
+/// Longest free text accepted (names, descriptions, e-mail, tokens, gateway texts).
+pub const MAX_TEXT_LEN: usize = 1000;
 
 /// Decodes `body` as `T`, turning serde's error into a rejection naming the field.
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
+        let path = short(&err.path().to_string());
         let inner = err.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             return Rejection::new(ErrorCode::InvalidJson, format!("body is not valid JSON: {inner}"));
@@ -18,6 +25,14 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
     de.end()
         .map_err(|err| Rejection::new(ErrorCode::InvalidJson, format!("body is not valid JSON: {err}")))?;
     Ok(value)
+}
+
+/// Decodes an already parsed JSON value as `T`, naming the field on failure.
+pub fn decode_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Rejection> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = short(&err.path().to_string());
+        field_rejection(&path, &err.into_inner().to_string())
+    })
 }
 
 fn field_rejection(path: &str, message: &str) -> Rejection {
@@ -32,9 +47,103 @@ fn field_rejection(path: &str, message: &str) -> Rejection {
         };
         return Rejection::field(&field, "is required");
     }
+    // serde quotes the offending input: keep a short piece of it.
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some(name) = rest.split('`').next()
+    {
+        let field = if path == "." {
+            short(name)
+        } else {
+            format!("{path}.{}", short(name))
+        };
+        return Rejection::field(&field, "is not a field of this message");
+    }
     let message = message.split(" at line ").next().unwrap_or(message);
     let field = if path == "." { "body" } else { path };
-    Rejection::field(field, format_args!("is invalid: {message}"))
+    Rejection::field(field, format_args!("is invalid: {}", clip_quotes(message)))
+}
+
+/// Shortens every backquoted or double-quoted piece of a serde message.
+fn clip_quotes(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(512));
+    let mut inside: Option<char> = None;
+    let mut quoted = 0usize;
+    for c in message.chars() {
+        match inside {
+            Some(close) if c == close => {
+                inside = None;
+                out.push(c);
+            }
+            Some(_) => {
+                quoted += 1;
+                if quoted <= MAX_QUOTED_CHARS {
+                    out.push(c);
+                } else if quoted == MAX_QUOTED_CHARS + 1 {
+                    out.push('…');
+                }
+            }
+            None => {
+                if c == '`' || c == '"' {
+                    inside = Some(if c == '`' { '\'' } else { '"' });
+                    quoted = 0;
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// An identifier (`event_id`, `plan_id`, ...): 1 to 100 characters, no
+/// white space or control characters.
+pub fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let value = String::deserialize(d)?;
+    check_id(&value).map_err(D::Error::custom)?;
+    Ok(value)
+}
+
+/// [`id`] for optional fields (absent or null is `None`).
+pub fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "id")] String);
+    Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+}
+
+/// A list of [`id`]s.
+pub fn opt_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "id")] String);
+    Ok(Option::<Vec<Wrap>>::deserialize(d)?.map(|v| v.into_iter().map(|w| w.0).collect()))
+}
+
+/// Free text of at most [`MAX_TEXT_LEN`] characters.
+pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let value = String::deserialize(d)?;
+    if value.chars().count() > MAX_TEXT_LEN {
+        return Err(D::Error::custom(format!("must be at most {MAX_TEXT_LEN} characters")));
+    }
+    Ok(value)
+}
+
+/// [`text`] for optional fields.
+pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "text")] String);
+    Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+}
+
+/// An amount or value: a decimal number (or its text) whose absolute value
+/// is below 10^15, with at most 12 decimal places.
+pub fn amount<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    let value = <Decimal as Deserialize>::deserialize(d)?;
+    check_amount(value).map_err(D::Error::custom)
+}
+
+/// [`amount`] for optional fields.
+pub fn opt_amount<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "amount")] Decimal);
+    Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
 }
 
 /// A whole number sent as a JSON number or a numeric string (`"1"`), as the
@@ -55,7 +164,7 @@ pub fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u32, E> {
             v.trim()
                 .parse()
-                .map_err(|_| E::custom(format!("expected a whole number, got \"{v}\"")))
+                .map_err(|_| E::custom(format!("expected a whole number, got \"{}\"", short(v))))
         }
     }
     d.deserialize_any(Whole)

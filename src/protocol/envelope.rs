@@ -3,7 +3,8 @@
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 
-use crate::error::{ErrorCode, Rejection};
+use crate::domain::ids::check_id;
+use crate::error::{ErrorCode, Rejection, short};
 use crate::settings::AuthSettings;
 
 /// Header naming the tenant of a message.
@@ -18,10 +19,22 @@ pub struct Envelope {
     pub correlation_id: Option<String>,
 }
 
-/// Where and how to answer, known even when the rest of the message is bad.
-pub fn reply_address(props: &BasicProperties) -> Option<(String, Option<String>)> {
+/// The direct reply-to pseudo queue of RabbitMQ (and its per-channel names).
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Whether `queue` may receive answers: the direct reply-to pseudo queue,
+/// or a queue whose name starts with `reply_prefix`. Anything else (another
+/// tenant's queue, the worker's own queues) never gets a message from a
+/// sender's say-so.
+pub fn is_reply_queue(queue: &str, reply_prefix: &str) -> bool {
+    queue.starts_with(DIRECT_REPLY_TO) || (!reply_prefix.is_empty() && queue.starts_with(reply_prefix))
+}
+
+/// Where and how to answer, known even when the rest of the message is bad:
+/// only a reply queue (see [`is_reply_queue`]) is ever answered.
+pub fn reply_address(props: &BasicProperties, reply_prefix: &str) -> Option<(String, Option<String>)> {
     let reply_to = props.reply_to().as_ref()?.as_str().trim();
-    if reply_to.is_empty() {
+    if reply_to.is_empty() || !is_reply_queue(reply_to, reply_prefix) {
         return None;
     }
     let correlation = props.correlation_id().as_ref().map(|c| c.as_str().to_string());
@@ -39,12 +52,14 @@ pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-/// Checks size, tenant and (when enabled) the broker-validated user.
+/// Checks size, tenant, (when enabled) the broker-validated user, and for
+/// roles that answer (`reply_prefix` given) that `reply_to` is a reply queue.
 pub fn open(
     props: &BasicProperties,
     body: &[u8],
     max_bytes: usize,
     auth: &AuthSettings,
+    reply_prefix: Option<&str>,
 ) -> Result<Envelope, Rejection> {
     if body.len() > max_bytes {
         return Err(Rejection::new(
@@ -58,7 +73,7 @@ pub fn open(
     {
         return Err(Rejection::field(
             "content_type",
-            format_args!("must be application/json, got '{content_type}'"),
+            format_args!("must be application/json, got '{}'", short(&content_type)),
         ));
     }
     let merchant_id = header_str(props, MERCHANT_HEADER)
@@ -70,7 +85,7 @@ pub fn open(
                 format!("header {MERCHANT_HEADER} is required and must be a non-empty string"),
             )
         })?;
-    if let Err(problem) = crate::domain::ids::check_id(&merchant_id) {
+    if let Err(problem) = check_id(&merchant_id) {
         return Err(Rejection::new(
             ErrorCode::MissingMerchant,
             format!("header {MERCHANT_HEADER} {problem}"),
@@ -87,7 +102,7 @@ pub fn open(
                 ErrorCode::Forbidden,
                 format!(
                     "user_id {} may not act for {MERCHANT_HEADER} {merchant_id}",
-                    user.as_deref().map_or("(none)".to_string(), |u| format!("'{u}'"))
+                    user.as_deref().map_or("(none)".to_string(), |u| format!("'{}'", short(u)))
                 ),
             ));
         }
@@ -97,7 +112,23 @@ pub fn open(
         .as_ref()
         .map(|m| m.as_str().trim().to_string())
         .filter(|m| !m.is_empty());
-    let (reply_to, correlation_id) = match reply_address(props) {
+    // Roles that never answer (`reply_prefix` None) ignore reply_to.
+    let reply_prefix = reply_prefix.unwrap_or_default();
+    if let Some(to) = props.reply_to().as_ref().map(|r| r.as_str().trim())
+        && !to.is_empty()
+        && !reply_prefix.is_empty()
+        && !is_reply_queue(to, reply_prefix)
+    {
+        return Err(Rejection::field(
+            "reply_to",
+            format_args!(
+                "'{}' is not a reply queue: use {DIRECT_REPLY_TO} or a queue whose name starts with '{}'",
+                short(to),
+                short(reply_prefix)
+            ),
+        ));
+    }
+    let (reply_to, correlation_id) = match reply_address(props, reply_prefix) {
         Some((to, correlation)) => (Some(to), correlation),
         None => (None, props.correlation_id().as_ref().map(|c| c.as_str().to_string())),
     };
@@ -132,7 +163,7 @@ mod tests {
 
     #[test]
     fn reads_the_tenant() {
-        let env = open(&props(Some("m1")).with_message_id("abc".into()), b"{}", 10, &no_auth()).expect("ok");
+        let env = open(&props(Some("m1")).with_message_id("abc".into()), b"{}", 10, &no_auth(), Some("amq.gen-")).expect("ok");
         assert_eq!(env.merchant_id, "m1");
         assert_eq!(env.message_id.as_deref(), Some("abc"));
     }
@@ -140,15 +171,15 @@ mod tests {
     #[test]
     fn rejects_missing_tenant_and_large_bodies() {
         assert_eq!(
-            open(&props(None), b"{}", 10, &no_auth()).expect_err("x").code,
+            open(&props(None), b"{}", 10, &no_auth(), Some("amq.gen-")).expect_err("x").code,
             ErrorCode::MissingMerchant
         );
         assert_eq!(
-            open(&props(Some(" ")), b"{}", 10, &no_auth()).expect_err("x").code,
+            open(&props(Some(" ")), b"{}", 10, &no_auth(), Some("amq.gen-")).expect_err("x").code,
             ErrorCode::MissingMerchant
         );
         assert_eq!(
-            open(&props(Some("m1")), &[b' '; 11], 10, &no_auth())
+            open(&props(Some("m1")), &[b' '; 11], 10, &no_auth(), Some("amq.gen-"))
                 .expect_err("x")
                 .code,
             ErrorCode::MessageTooLarge
@@ -156,11 +187,23 @@ mod tests {
     }
 
     #[test]
+    fn answers_go_only_to_reply_queues() {
+        let to = |q: &str| props(Some("m1")).with_reply_to(q.into());
+        assert!(open(&to("amq.gen-abc"), b"{}", 10, &no_auth(), Some("amq.gen-")).is_ok());
+        assert!(open(&to("amq.rabbitmq.reply-to.g1h2"), b"{}", 10, &no_auth(), Some("amq.gen-")).is_ok());
+        let err = open(&to("billing.usage"), b"{}", 10, &no_auth(), Some("amq.gen-")).expect_err("not a reply queue");
+        assert_eq!(err.code, ErrorCode::InvalidField);
+        assert!(err.message.starts_with("reply_to"), "{}", err.message);
+        assert_eq!(reply_address(&to("billing.usage"), "amq.gen-"), None);
+        assert!(reply_address(&to("amq.gen-abc"), "amq.gen-").is_some());
+    }
+
+    #[test]
     fn content_type_is_json_or_absent() {
         let json = props(Some("m1")).with_content_type("application/json; charset=utf-8".into());
-        assert!(open(&json, b"{}", 10, &no_auth()).is_ok());
+        assert!(open(&json, b"{}", 10, &no_auth(), Some("amq.gen-")).is_ok());
         let text = props(Some("m1")).with_content_type("text/plain".into());
-        let err = open(&text, b"{}", 10, &no_auth()).expect_err("not json");
+        let err = open(&text, b"{}", 10, &no_auth(), Some("amq.gen-")).expect_err("not json");
         assert!(err.message.starts_with("content_type"), "{}", err.message);
     }
 
@@ -170,11 +213,11 @@ mod tests {
             enabled: true,
             users: BTreeMap::from([("svc".to_string(), vec!["m1".to_string()])]),
         };
-        assert!(open(&props(Some("m1")).with_user_id("svc".into()), b"{}", 10, &auth).is_ok());
-        let err = open(&props(Some("m2")).with_user_id("svc".into()), b"{}", 10, &auth).expect_err("other merchant");
+        assert!(open(&props(Some("m1")).with_user_id("svc".into()), b"{}", 10, &auth, Some("amq.gen-")).is_ok());
+        let err = open(&props(Some("m2")).with_user_id("svc".into()), b"{}", 10, &auth, Some("amq.gen-")).expect_err("other merchant");
         assert_eq!(err.code, ErrorCode::Forbidden);
         assert_eq!(
-            open(&props(Some("m1")), b"{}", 10, &auth).expect_err("no user").code,
+            open(&props(Some("m1")), b"{}", 10, &auth, Some("amq.gen-")).expect_err("no user").code,
             ErrorCode::Forbidden
         );
     }

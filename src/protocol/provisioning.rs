@@ -3,7 +3,7 @@
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::de::{decode, lenient_opt_u32};
+use super::de::{amount, decode, decode_value, id, lenient_opt_u32, opt_amount, opt_id, opt_ids, opt_text, text};
 use crate::domain::aggregation::AggregationType;
 use crate::domain::catalog::{ActionOnFailure, PlanInterval, PlanModel, PlanRuleType, PlanType};
 use crate::domain::execution::ExecutionStatus;
@@ -57,34 +57,42 @@ impl Command {
 /// Decodes a provisioning body: first the `command`, then its fields.
 pub fn parse(body: &[u8]) -> Result<Command, Rejection> {
     let head: serde_json::Value = decode(body)?;
-    let Some(fields) = head.as_object() else {
+    let serde_json::Value::Object(mut fields) = head else {
         return Err(Rejection::field("body", "must be a JSON object"));
     };
-    let name = match fields.get("command") {
-        Some(serde_json::Value::String(s)) => s.clone(),
+    let name = match fields.remove("command") {
+        Some(serde_json::Value::String(s)) => s,
         Some(_) => return Err(Rejection::field("command", "must be a string")),
         None => return Err(Rejection::field("command", "is required")),
     };
+    let rest = serde_json::Value::Object(fields);
     Ok(match name.as_str() {
-        "create_metric" => Command::CreateMetric(decode(body)?),
-        "create_plan" => Command::CreatePlan(decode(body)?),
-        "update_plan" => Command::UpdatePlan(decode(body)?),
-        "create_customer" => Command::CreateCustomer(decode(body)?),
-        "create" => Command::Create(decode(body)?),
-        "get" => Command::Get(decode(body)?),
-        "list" => Command::List(decode(body)?),
-        "update_status" => Command::UpdateStatus(decode(body)?),
-        "add_credit" => Command::AddCredit(decode(body)?),
-        "change_plan" => Command::ChangePlan(decode(body)?),
-        "present" => Command::Present(decode(body)?),
-        "run_billing" => Command::RunBilling(decode(body)?),
-        "add_billing_plan" => Command::AddBillingPlan(Box::new(crate::billing::plans::parse(body)?), head),
+        "create_metric" => Command::CreateMetric(decode_value(rest)?),
+        "create_plan" => Command::CreatePlan(decode_value(rest)?),
+        "update_plan" => Command::UpdatePlan(decode_value(rest)?),
+        "create_customer" => Command::CreateCustomer(decode_value(rest)?),
+        "create" => Command::Create(decode_value(rest)?),
+        "get" => Command::Get(decode_value(rest)?),
+        "list" => Command::List(decode_value(rest)?),
+        "update_status" => Command::UpdateStatus(decode_value(rest)?),
+        "add_credit" => Command::AddCredit(decode_value(rest)?),
+        "change_plan" => Command::ChangePlan(decode_value(rest)?),
+        "present" => Command::Present(decode_value(rest)?),
+        "run_billing" => Command::RunBilling(decode_value(rest)?),
+        "add_billing_plan" => {
+            let mut head = rest;
+            let plan = crate::billing::plans::parse(body)?;
+            if let Some(map) = head.as_object_mut() {
+                map.insert("command".into(), serde_json::Value::String(name.clone()));
+            }
+            Command::AddBillingPlan(Box::new(plan), head)
+        }
         other => {
             return Err(Rejection::new(
                 ErrorCode::UnknownCommand,
                 format!(
                     "command '{}' is unknown; expected one of create_metric, create_plan, update_plan, create_customer, create, get, list, update_status, add_credit, change_plan, add_billing_plan, present, run_billing",
-                    other.chars().take(64).collect::<String>()
+                    crate::error::short(other)
                 ),
             ));
         }
@@ -93,35 +101,57 @@ pub fn parse(body: &[u8]) -> Result<Command, Rejection> {
 
 /// `create_metric`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateMetric {
+    #[serde(deserialize_with = "id")]
     pub metric_id: String,
+    #[serde(deserialize_with = "text")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub description: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub unit: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub event_type: String,
     pub aggregation_type: AggregationType,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_id")]
     pub aggregation_field: Option<String>,
     pub pricing_type: PricingType,
+    #[serde(deserialize_with = "tiers")]
     pub pricing_model: Vec<Tier>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub package_size: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub free_units: Option<Decimal>,
+    #[serde(deserialize_with = "text")]
     pub currency: String,
 }
+
+/// Most tiers of one pricing model.
+pub const MAX_TIERS: usize = 100;
+
+/// A pricing model: at most [`MAX_TIERS`] tiers.
+fn tiers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Tier>, D::Error> {
+    let tiers = Vec::<Tier>::deserialize(d)?;
+    if tiers.len() > MAX_TIERS {
+        return Err(serde::de::Error::custom(format!("must have at most {MAX_TIERS} tiers")));
+    }
+    Ok(tiers)
+}
+
+/// Most metrics of one plan or one execution's prices.
+pub const MAX_METRICS: usize = 100;
 
 /// `create_plan` and `update_plan`: every field optional here, so that an
 /// update changes only what it names; `create_plan` checks what it requires.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanFields {
+    #[serde(deserialize_with = "id")]
     pub plan_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub plan_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub plan_description: Option<String>,
     #[serde(default)]
     pub plan_type: Option<PlanType>,
@@ -133,112 +163,183 @@ pub struct PlanFields {
     pub plan_rule_type: Option<PlanRuleType>,
     #[serde(default, deserialize_with = "lenient_opt_u32")]
     pub plan_rule_value: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub plan_amount: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub plan_currency: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub max_amount: Option<Decimal>,
     #[serde(default, deserialize_with = "lenient_opt_u32")]
     pub max_retry: Option<u32>,
     #[serde(default)]
     pub plan_action_on_failure: Option<ActionOnFailure>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_ids")]
     pub metric_ids: Option<Vec<String>>,
+    /// Shown by the product's documents; accepted and not used.
+    #[serde(default, rename = "plan_status", deserialize_with = "opt_text")]
+    pub _plan_status: Option<String>,
 }
 
 /// `create_customer`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateCustomer {
+    #[serde(deserialize_with = "id")]
     pub customer_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub email: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub mobile: Option<String>,
 }
 
 /// Per-customer pricing of one metric on a `VARIABLE` plan.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetricOverride {
+    #[serde(deserialize_with = "id")]
     pub metric_id: String,
     pub pricing_type: PricingType,
+    #[serde(deserialize_with = "tiers")]
     pub pricing_model: Vec<Tier>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub package_size: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub free_units: Option<Decimal>,
+    /// Display fields of a metric as `get` shows them, so that an answer's
+    /// `metric_info` can be sent back as it is; accepted and not used (the
+    /// metric's own definition stands).
+    #[serde(default, rename = "name", deserialize_with = "opt_text")]
+    pub _name: Option<String>,
+    #[serde(default, rename = "description", deserialize_with = "opt_text")]
+    pub _description: Option<String>,
+    #[serde(default, rename = "unit", deserialize_with = "opt_text")]
+    pub _unit: Option<String>,
+    #[serde(default, rename = "event_type", deserialize_with = "opt_text")]
+    pub _event_type: Option<String>,
+    #[serde(default, rename = "currency", deserialize_with = "opt_text")]
+    pub _currency: Option<String>,
 }
 
 /// `create`: a billing execution with free-tier credit, no transaction.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateExecution {
+    #[serde(deserialize_with = "id")]
     pub plan_id: String,
+    #[serde(deserialize_with = "id")]
     pub customer_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub amount: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_id")]
     pub merchant_ref_id: Option<String>,
     #[serde(default)]
     pub status: Option<ExecutionStatus>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "overrides")]
     pub metric_info: Option<Vec<MetricOverride>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub billing_start_date: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub token: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub mandate_id: Option<String>,
+    /// The product's name for what `merchant_ref_id` refers to; accepted and not used.
+    #[serde(default, rename = "source", deserialize_with = "opt_text")]
+    pub _source: Option<String>,
 }
 
-/// `get`.
+fn overrides<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<MetricOverride>>, D::Error> {
+    let list = Option::<Vec<MetricOverride>>::deserialize(d)?;
+    if list.as_ref().is_some_and(|l| l.len() > MAX_METRICS) {
+        return Err(serde::de::Error::custom(format!("must have at most {MAX_METRICS} entries")));
+    }
+    Ok(list)
+}
+
+/// `get` and `present`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExecutionRef {
+    #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
 }
 
-/// `list`.
+/// `list`: a page of a customer's executions, oldest first.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListExecutions {
+    #[serde(deserialize_with = "id")]
     pub customer_id: String,
+    /// Page size, 1 to 1000 (default 100).
+    #[serde(default, deserialize_with = "limit")]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default, deserialize_with = "opt_id")]
+    pub cursor: Option<String>,
 }
 
 /// `update_status`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateStatus {
+    #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
     pub status: ExecutionStatus,
 }
 
 /// `add_credit`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddCredit {
+    #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
+    #[serde(deserialize_with = "amount")]
     pub amount: Decimal,
+    #[serde(deserialize_with = "id")]
     pub reference_id: String,
 }
 
 /// `change_plan`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChangePlan {
+    #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
     pub updated_fields: PlanChange,
 }
 
 /// The new plan and, optionally, the amount agreed for this execution.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanChange {
+    #[serde(deserialize_with = "id")]
     pub plan_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub plan_amount: Option<Decimal>,
 }
 
-/// `run_billing`.
+/// `run_billing`: one pass over the sender's due work.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunBilling {
-    #[serde(default, deserialize_with = "lenient_opt_u32")]
+    /// Most rows per step, 1 to 1000.
+    #[serde(default, deserialize_with = "limit")]
     pub limit: Option<u32>,
+}
+
+/// Largest `limit` of any command.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// A `limit`: a whole number from 1 to [`MAX_LIMIT`].
+fn limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let value = lenient_opt_u32(d)?;
+    if let Some(v) = value
+        && !(1..=MAX_LIMIT).contains(&v)
+    {
+        return Err(serde::de::Error::custom(format!("must be from 1 to {MAX_LIMIT}, got {v}")));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -8,19 +8,26 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::de::decode;
+use super::de::{decode, id, opt_amount};
 use crate::error::Rejection;
 
-/// Longest accepted `event_id`.
-pub const MAX_EVENT_ID_LEN: usize = 100;
+/// Longest accepted `event_id` (every id has this bound).
+pub const MAX_EVENT_ID_LEN: usize = crate::domain::ids::MAX_ID_LEN;
+
+/// Longest property value an aggregation uses (`UNIQUE_COUNT`'s field).
+pub const MAX_PROPERTY_LEN: usize = 256;
 
 /// One usage event as sent.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UsageEventIn {
+    #[serde(deserialize_with = "id")]
     pub event_id: String,
+    #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
+    #[serde(deserialize_with = "id")]
     pub metric_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_amount")]
     pub value: Option<Decimal>,
     #[serde(default, deserialize_with = "timestamp")]
     pub timestamp: Option<DateTime<Utc>>,
@@ -81,21 +88,7 @@ pub fn decode_message(body: &[u8], max_events: usize) -> Result<Vec<Decoded>, Re
 }
 
 fn decode_event(text: &[u8]) -> Result<UsageEventIn, Rejection> {
-    let event: UsageEventIn = decode(text)?;
-    let len = event.event_id.chars().count();
-    if len == 0 || len > MAX_EVENT_ID_LEN {
-        return Err(Rejection::field(
-            "event_id",
-            format_args!("must be 1 to {MAX_EVENT_ID_LEN} characters"),
-        ));
-    }
-    if event.billing_execution_info_id.is_empty() {
-        return Err(Rejection::field("billing_execution_info_id", "must not be empty"));
-    }
-    if event.metric_id.is_empty() {
-        return Err(Rejection::field("metric_id", "must not be empty"));
-    }
-    Ok(event)
+    decode(text)
 }
 
 /// RFC 3339 text or unix seconds (a whole number, or its text).
@@ -130,7 +123,8 @@ fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D
             match v.trim().parse::<i64>() {
                 Ok(secs) => self.visit_i64(secs),
                 Err(_) => Err(E::custom(format!(
-                    "expected an RFC 3339 time or unix seconds, got \"{v}\""
+                    "expected an RFC 3339 time or unix seconds, got \"{}\"",
+                    crate::error::short(v)
                 ))),
             }
         }

@@ -1,4 +1,4 @@
-//! Webhooks (contract §7): the document, its stable id and its names.
+//! Webhooks: the document, its stable id and its names.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
@@ -15,6 +15,7 @@ pub enum EventName {
     ExecutionDebitEvent,
     ExecutionAmountBreachedLimit,
     ExecutionCreditsDepleted,
+    ExecutionError,
     TxnToBeExecuted,
     TxnScheduled,
     TxnFailed,
@@ -34,6 +35,7 @@ impl EventName {
             EventName::ExecutionDebitEvent => "BILLING_EXECUTION_DEBIT_EVENT",
             EventName::ExecutionAmountBreachedLimit => "BILLING_EXECUTION_AMOUNT_BREACHED_LIMIT",
             EventName::ExecutionCreditsDepleted => "BILLING_EXECUTION_CREDITS_DEPLETED",
+            EventName::ExecutionError => "BILLING_EXECUTION_ERROR",
             EventName::TxnToBeExecuted => "BILLING_TXN_TO_BE_EXECUTED",
             EventName::TxnScheduled => "BILLING_TXN_SCHEDULED",
             EventName::TxnFailed => "BILLING_TXN_FAILED",

@@ -10,6 +10,7 @@ use super::{Outcome, already_exists, not_found};
 use crate::domain::catalog::PlanModel;
 use crate::domain::execution::{ExecutionStatus, StatusEvent};
 use crate::domain::ids::{check_id, new_execution_id};
+use crate::domain::period::check_date_window;
 use crate::domain::ledger::{EntryKind, check_grant};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents;
@@ -76,15 +77,19 @@ pub async fn execution_document(
     Ok(documents::execution(row, plan_info))
 }
 
-fn parse_start_date(value: &str) -> Result<DateTime<Utc>, Rejection> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
-        return Ok(t.with_timezone(&Utc));
+/// A billing start: a date or an RFC 3339 time within the window of
+/// [`check_date_window`] (a start of 1900 is refused, not caught up).
+fn parse_start_date(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Rejection> {
+    let start = match DateTime::parse_from_rfc3339(value) {
+        Ok(t) => Some(t.with_timezone(&Utc)),
+        Err(_) => NaiveDate::parse_from_str(value, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc()),
     }
-    NaiveDate::parse_from_str(value, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-        .ok_or_else(|| Rejection::field("billing_start_date", "must be a date (2026-01-31) or an RFC 3339 time"))
+    .ok_or_else(|| Rejection::field("billing_start_date", "must be a date (2026-01-31) or an RFC 3339 time"))?;
+    check_date_window(start.date_naive(), now.date_naive()).map_err(|p| Rejection::field("billing_start_date", p))?;
+    Ok(start)
 }
 
 fn check_optional_id(field: &str, value: &Option<String>) -> Result<(), Rejection> {
@@ -248,7 +253,7 @@ pub(super) async fn create(
         .billing_start_date
         .as_deref()
         .filter(|s| !s.is_empty())
-        .map(parse_start_date)
+        .map(|s| parse_start_date(s, now))
         .transpose()?;
 
     // The merchant's reference makes `create` idempotent: a repeat answers
@@ -357,6 +362,9 @@ pub(super) async fn get(
     reply_with(conn, merchant_id, &row, now, false).await
 }
 
+/// Page size of `list` when the sender names none.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+
 pub(super) async fn list(
     conn: &mut PgConnection,
     merchant_id: &str,
@@ -369,12 +377,23 @@ pub(super) async fn list(
     {
         return Err(not_found(ErrorCode::CustomerNotFound, "customer_id", &c.customer_id));
     }
-    let rows = store::executions::list_for_customer(conn, merchant_id, &c.customer_id).await?;
+    let limit = c.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    let mut rows = store::executions::list_for_customer(
+        conn,
+        merchant_id,
+        &c.customer_id,
+        c.cursor.as_deref(),
+        i64::from(limit) + 1,
+    )
+    .await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
     let mut docs = Vec::with_capacity(rows.len());
     for row in &rows {
         docs.push(execution_document(conn, row, now).await?);
     }
-    let body = json!({ "customer_id": c.customer_id, "billing_execution_info": docs });
+    let next_cursor = more.then(|| rows.last().map(|r| r.id.clone())).flatten();
+    let body = json!({ "customer_id": c.customer_id, "billing_execution_info": docs, "next_cursor": next_cursor });
     Ok(Outcome::quiet(documents::success(merchant_id, body)))
 }
 

@@ -1,4 +1,4 @@
-//! Provisioning commands (contract §3): decide, write, and say what to answer.
+//! Provisioning commands: decide, write, and say what to answer.
 //! Each handler runs inside the caller's transaction and changes nothing
 //! when it fails; webhooks go to the outbox in the same transaction.
 
@@ -42,6 +42,11 @@ pub async fn execute(
     pre_debit_notice: chrono::Duration,
     command: Command,
 ) -> Result<Outcome, HandleError> {
+    // A change by the merchant may mend what parked one of its executions:
+    // billing tries those again at its next pass.
+    if !command.is_query() {
+        crate::store::executions::unpark_merchant(conn, merchant_id).await?;
+    }
     match command {
         Command::CreateMetric(c) => catalog::create_metric(conn, merchant_id, now, c).await,
         Command::CreatePlan(c) => catalog::create_plan(conn, merchant_id, now, c).await,
@@ -84,14 +89,17 @@ pub async fn execute(
 fn not_found(code: ErrorCode, field: &str, value: &str) -> HandleError {
     HandleError::Rejected(Rejection::new(
         code,
-        format!("{field} '{value}' does not exist for this merchant"),
+        format!("{field} '{}' does not exist for this merchant", crate::error::short(value)),
     ))
 }
 
 fn already_exists(field: &str, value: &str, hint: &str) -> HandleError {
     HandleError::Rejected(Rejection::new(
         ErrorCode::AlreadyExists,
-        format!("{field} '{value}' already exists with a different definition{hint}"),
+        format!(
+            "{field} '{}' already exists with a different definition{hint}",
+            crate::error::short(value)
+        ),
     ))
 }
 

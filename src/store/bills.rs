@@ -223,11 +223,13 @@ pub async fn claim_due(
     owner: &str,
     lease_until: DateTime<Utc>,
     limit: i64,
+    merchant: Option<&str>,
 ) -> Result<Vec<BillRow>, sqlx::Error> {
     sqlx::query_as(
         "WITH due AS (
              SELECT id FROM bills
              WHERE status IN ('SCHEDULED', 'RETRY_SCHEDULED') AND notice_sent_at IS NOT NULL AND next_attempt_at <= $1
+               AND ($5::text IS NULL OR merchant_id = $5)
              ORDER BY next_attempt_at
              LIMIT $4
              FOR UPDATE SKIP LOCKED)
@@ -241,6 +243,7 @@ pub async fn claim_due(
     .bind(owner)
     .bind(lease_until)
     .bind(limit)
+    .bind(merchant)
     .fetch_all(conn)
     .await
 }
@@ -309,10 +312,12 @@ pub async fn claim_expired(
     owner: &str,
     lease_until: DateTime<Utc>,
     limit: i64,
+    merchant: Option<&str>,
 ) -> Result<Vec<Expired>, sqlx::Error> {
     sqlx::query_as(
         "WITH expired AS (
              SELECT id FROM bills WHERE status = 'PROCESSING' AND lease_expires_at <= $1
+               AND ($5::text IS NULL OR merchant_id = $5)
              ORDER BY lease_expires_at LIMIT $4 FOR UPDATE SKIP LOCKED)
          UPDATE bills b SET lease_owner = $2, lease_expires_at = $3, updated_at = $1
          FROM expired WHERE b.id = expired.id
@@ -322,6 +327,7 @@ pub async fn claim_expired(
     .bind(owner)
     .bind(lease_until)
     .bind(limit)
+    .bind(merchant)
     .fetch_all(conn)
     .await
 }
@@ -410,13 +416,16 @@ pub async fn claim_notices(
     conn: &mut PgConnection,
     notice_from: DateTime<Utc>,
     limit: i64,
+    merchant: Option<&str>,
 ) -> Result<Vec<BillRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM bills WHERE status = 'SCHEDULED' AND notice_sent_at IS NULL AND due_at <= $1
+           AND ($3::text IS NULL OR merchant_id = $3)
          ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
     .bind(notice_from)
     .bind(limit)
+    .bind(merchant)
     .fetch_all(conn)
     .await
 }

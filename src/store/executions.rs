@@ -122,21 +122,83 @@ pub async fn save_billing_states(
     Ok(())
 }
 
-/// Executions whose next bill is due, locked for this transaction, skipping
-/// those another process holds.
-pub async fn lock_due_for_billing(
+/// Ids of executions whose next bill is due and that are not parked, at
+/// most `limit`, fair across merchants: the oldest due execution of every
+/// merchant comes before the second of any. `merchant` narrows to one.
+pub async fn due_for_billing(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
+    merchant: Option<&str>,
     limit: i64,
-) -> Result<Vec<ExecutionRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT * FROM executions WHERE next_bill_at <= $1
-         ORDER BY next_bill_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM (
+             SELECT id, next_bill_at,
+                    row_number() OVER (PARTITION BY merchant_id ORDER BY next_bill_at, id) AS turn
+             FROM executions
+             WHERE next_bill_at <= $1 AND (billing_parked_until IS NULL OR billing_parked_until <= $1)
+               AND ($2::text IS NULL OR merchant_id = $2)) due
+         ORDER BY turn, next_bill_at, id LIMIT $3",
     )
     .bind(now)
+    .bind(merchant)
     .bind(limit)
     .fetch_all(conn)
     .await
+}
+
+/// Locks those of `ids` that are still due, skipping those another process holds.
+pub async fn lock_for_billing(
+    conn: &mut PgConnection,
+    ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<ExecutionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM executions WHERE id = ANY($1) AND next_bill_at <= $2
+           AND (billing_parked_until IS NULL OR billing_parked_until <= $2)
+         ORDER BY next_bill_at, id FOR UPDATE SKIP LOCKED",
+    )
+    .bind(ids)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// Parks an execution whose bill cannot be made until `until`, keeping its
+/// error. Returns whether this is news (it was not parked with this error).
+pub async fn park(
+    conn: &mut PgConnection,
+    id: &str,
+    error: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let news: Option<bool> = sqlx::query_scalar(
+        "WITH prev AS (SELECT id, billing_error FROM executions WHERE id = $1 FOR UPDATE)
+         UPDATE executions e SET billing_error = $2, billing_parked_until = $3, updated_at = $4
+         FROM prev WHERE e.id = prev.id
+         RETURNING prev.billing_error IS DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(until)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(news.unwrap_or(false))
+}
+
+/// Lets a merchant's parked executions be billed again at the next pass:
+/// something the merchant changed may have mended them.
+pub async fn unpark_merchant(conn: &mut PgConnection, merchant_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE executions SET billing_parked_until = NULL
+         WHERE merchant_id = $1 AND billing_parked_until IS NOT NULL",
+    )
+    .bind(merchant_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn find_by_ref(
@@ -151,17 +213,27 @@ pub async fn find_by_ref(
         .await
 }
 
-/// Every execution of a customer, oldest first.
+/// A page of a customer's executions, oldest first, after the execution
+/// `after` (a cursor).
 pub async fn list_for_customer(
     conn: &mut PgConnection,
     merchant_id: &str,
     customer_id: &str,
+    after: Option<&str>,
+    limit: i64,
 ) -> Result<Vec<ExecutionRow>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM executions WHERE merchant_id = $1 AND customer_id = $2 ORDER BY created_at, id")
-        .bind(merchant_id)
-        .bind(customer_id)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(
+        "SELECT * FROM executions WHERE merchant_id = $1 AND customer_id = $2
+           AND ($3::text IS NULL OR (created_at, id) > (
+                SELECT created_at, id FROM executions WHERE merchant_id = $1 AND id = $3))
+         ORDER BY created_at, id LIMIT $4",
+    )
+    .bind(merchant_id)
+    .bind(customer_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }
 
 /// Inserts an execution; `None` when its `merchant_ref_id` is taken.

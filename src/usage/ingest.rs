@@ -16,7 +16,7 @@ use crate::domain::execution::ExecutionStatus;
 use crate::domain::period::Schedule;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents::{num, timestamp};
-use crate::protocol::usage::UsageEventIn;
+use crate::protocol::usage::{MAX_PROPERTY_LEN, UsageEventIn};
 use crate::protocol::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::usage::{AggregateDeltas, EventRows, ExecutionContext};
@@ -319,6 +319,15 @@ fn check(execution: Option<&Execution>, c: &Candidate, limits: Limits) -> Result
         },
         _ => None,
     };
+    if let (Some(value), Some(field)) = (&unique_value, &metric.aggregation_field)
+        && value.chars().count() > MAX_PROPERTY_LEN
+    {
+        // Refused before it reaches the distinct-values index.
+        return Err(Rejection::field(
+            &format!("properties.{field}"),
+            format_args!("must be at most {MAX_PROPERTY_LEN} characters"),
+        ));
+    }
     let period_start = basis(&execution.ctx).period_for(&execution.schedule, ts);
     Ok(Accepted {
         merchant_id: c.merchant_id.clone(),

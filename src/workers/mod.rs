@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Context;
 use crate::backoff_policy::Backoff;
 use crate::broker::Session;
+use crate::error::{ErrorCode, HandleError, MAX_CONFLICT_RETRIES, Rejection};
 
 /// Which roles are connected and working; `/readyz` reads it.
 #[derive(Debug, Default)]
@@ -72,7 +73,13 @@ where
     while !cancel.is_cancelled() {
         let started = Instant::now();
         ctx.metrics.broker_connects.with_label_values(&[role]).inc();
-        let result = session().await;
+        let result = match crate::error::catch_panic(session()).await {
+            Ok(result) => result,
+            Err(message) => {
+                ctx.metrics.role_panics.with_label_values(&[role]).inc();
+                Err(anyhow::anyhow!("panicked: {message}"))
+            }
+        };
         ctx.health.set(role, false);
         ctx.metrics.role_up.with_label_values(&[role]).set(0);
         match result {
@@ -94,37 +101,67 @@ where
 }
 
 /// Runs `attempt` until it is something other than a transient fault,
-/// waiting with backoff between tries. `None` if `cancel` fired first: the
-/// work stays unacked and the broker hands it out again.
+/// waiting with backoff between tries. A conflict with a concurrent worker
+/// is tried again at most [`MAX_CONFLICT_RETRIES`] times, then refused. A
+/// panic inside `attempt` is caught, counted and refused as
+/// `INTERNAL_ERROR`: one message never stops its role. `None` if `cancel`
+/// fired first: the work stays unacked and the broker hands it out again.
 pub async fn hold_through_outages<T, F, Fut>(
     ctx: &Context,
     role: &'static str,
     cancel: &CancellationToken,
     mut attempt: F,
-) -> Option<Result<T, crate::error::Rejection>>
+) -> Option<Result<T, Rejection>>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, crate::error::HandleError>>,
+    Fut: Future<Output = Result<T, HandleError>>,
 {
-    use crate::error::HandleError;
     let amqp = &ctx.settings.amqp;
     let mut backoff = Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2);
+    let mut conflicts = 0;
     loop {
-        match attempt().await {
-            Ok(value) => return Some(Ok(value)),
-            Err(HandleError::Rejected(rejection)) => return Some(Err(rejection)),
-            Err(HandleError::Transient(reason)) => {
-                ctx.metrics
-                    .transient_errors
-                    .with_label_values(&[role, "database"])
-                    .inc();
-                let delay = backoff.next_delay();
-                tracing::warn!(role, reason = %reason, retry_in = ?delay, "transient fault; holding the work");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return None,
+        let (kind, reason) = match catch_panic(ctx, role, attempt()).await {
+            Ok(Ok(value)) => return Some(Ok(value)),
+            Ok(Err(HandleError::Rejected(rejection))) => return Some(Err(rejection)),
+            Err(rejection) => return Some(Err(rejection)),
+            Ok(Err(HandleError::Conflict(reason))) => {
+                conflicts += 1;
+                if conflicts > MAX_CONFLICT_RETRIES {
+                    return Some(Err(Rejection::new(
+                        ErrorCode::InternalError,
+                        format!("the change kept conflicting with concurrent work after {MAX_CONFLICT_RETRIES} retries"),
+                    )));
                 }
+                ("conflict", reason)
             }
+            Ok(Err(HandleError::Transient(reason))) => ("database", reason),
+        };
+        ctx.metrics.transient_errors.with_label_values(&[role, kind]).inc();
+        let delay = if kind == "conflict" {
+            Duration::from_millis(10 * u64::from(conflicts))
+        } else {
+            backoff.next_delay()
+        };
+        tracing::warn!(role, reason = %reason, retry_in = ?delay, "{kind}; holding the work");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return None,
+        }
+    }
+}
+
+/// Runs `work`, turning a panic inside it into an `INTERNAL_ERROR`
+/// rejection: counted under `role`, logged with its message.
+pub async fn catch_panic<T>(ctx: &Context, role: &'static str, work: impl Future<Output = T>) -> Result<T, Rejection> {
+    match crate::error::catch_panic(work).await {
+        Ok(value) => Ok(value),
+        Err(message) => {
+            ctx.metrics.role_panics.with_label_values(&[role]).inc();
+            tracing::error!(role, panic = %message, "a bug panicked while handling work; the role goes on");
+            Err(Rejection::new(
+                ErrorCode::InternalError,
+                format!("the worker failed on this message ({}); it was set aside", crate::error::short(&message)),
+            ))
         }
     }
 }
@@ -171,7 +208,7 @@ pub async fn dead_letter(
     role: &'static str,
     delivery: &Delivery,
     body: &[u8],
-    rejection: &crate::error::Rejection,
+    rejection: &Rejection,
 ) -> Result<(), crate::broker::BrokerError> {
     ctx.metrics
         .dead_letters

@@ -53,8 +53,31 @@ fn parse(ctx: &Context, delivery: &Delivery) -> Result<(envelope::Envelope, Comm
         &delivery.data,
         settings.amqp.max_message_bytes,
         &settings.auth,
+        Some(&settings.amqp.reply_prefix),
     )?;
-    Ok((env, provisioning::parse(&delivery.data)?))
+    let command = provisioning::parse(&delivery.data)?;
+    if env.message_id.is_none()
+        && let Some(why) = needs_message_id(&command)
+    {
+        return Err(Rejection::field(
+            "message_id",
+            format_args!("is required for {why}: it keys the command, so a redelivery never acts twice"),
+        ));
+    }
+    Ok((env, command))
+}
+
+/// Commands that would act twice if delivered twice, unless a `message_id`
+/// (or their own natural key) identifies them.
+fn needs_message_id(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Present(_) => Some("present"),
+        Command::Create(c) if c.merchant_ref_id.is_none() => Some("create without merchant_ref_id"),
+        Command::AddBillingPlan(plan, _) if plan.reference_id().is_none() => {
+            Some("add_billing_plan without billing_plan.reference_id")
+        }
+        _ => None,
+    }
 }
 
 async fn handle(
@@ -63,6 +86,7 @@ async fn handle(
     env: &envelope::Envelope,
     command: &Command,
 ) -> Result<Answer, HandleError> {
+    ctx.settings.faults.check(&env.merchant_id);
     match command {
         Command::RunBilling(r) => run_billing(ctx, publisher, env, r.limit).await,
         _ => execute(ctx, env, command.clone()).await,
@@ -76,8 +100,8 @@ async fn run_billing(
     env: &envelope::Envelope,
     limit: Option<u32>,
 ) -> Result<Answer, HandleError> {
-    let limit = limit.map_or(ctx.settings.scheduler.batch_size, i64::from).max(1);
-    let report = crate::billing::run::run_once(ctx, publisher, limit)
+    let limit = limit.map_or(ctx.settings.scheduler.batch_size, i64::from).clamp(1, 1000);
+    let report = crate::billing::run::run_once(ctx, publisher, limit, Some(&env.merchant_id))
         .await
         .map_err(|e| match e {
             crate::billing::run::RunError::Handle(h) => h,
@@ -99,7 +123,7 @@ async fn execute(ctx: &Context, env: &envelope::Envelope, command: Command) -> R
         .await
         .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
     // Queries are answered fresh; only changes replay their first answer.
-    let replayable = env.message_id.as_ref().filter(|_| !command_is_query(name));
+    let replayable = env.message_id.as_ref().filter(|_| !command.is_query());
     if let Some(message_id) = replayable
         && let Some(response) = store::idempotency::find(&mut tx, &env.merchant_id, message_id).await?
     {
@@ -133,10 +157,6 @@ async fn execute(ctx: &Context, env: &envelope::Envelope, command: Command) -> R
     })
 }
 
-fn command_is_query(name: &str) -> bool {
-    matches!(name, "get" | "list")
-}
-
 /// Handles one delivery to the end: retried while the database is down,
 /// then answered and/or dead-lettered, then acked. Broker faults bubble up
 /// (the message stays unacked and comes back).
@@ -148,7 +168,14 @@ async fn process(
 ) -> Result<(), BrokerError> {
     ctx.metrics.messages_received.with_label_values(&[ROLE]).inc();
     let started = Instant::now();
-    let (command, result) = match parse(ctx, &delivery) {
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(ctx, &delivery)))
+        .unwrap_or_else(|payload| {
+            ctx.metrics.role_panics.with_label_values(&[ROLE]).inc();
+            let message = crate::error::panic_message(payload.as_ref());
+            tracing::error!(panic = %message, "a bug panicked while reading a command; the role goes on");
+            Err(Rejection::new(ErrorCode::InternalError, "the worker failed to read this message; it was set aside"))
+        });
+    let (command, result) = match parsed {
         Err(rejection) => (None, Err(rejection)),
         Ok((env, command)) => {
             match hold_through_outages(ctx, ROLE, cancel, || handle(ctx, publisher, &env, &command)).await {
@@ -159,7 +186,7 @@ async fn process(
         }
     };
     let command_name = command.as_ref().map_or("unparsed", Command::name);
-    let reply = envelope::reply_address(&delivery.properties);
+    let reply = envelope::reply_address(&delivery.properties, &ctx.settings.amqp.reply_prefix);
     match result {
         Ok(answer) => {
             if answer.announced {
@@ -171,7 +198,8 @@ async fn process(
             ctx.metrics.commands.with_label_values(&[command_name, "ok"]).inc();
         }
         Err(rejection) => {
-            let answer_only = reply.is_some() && command_is_query(command_name) && is_lookup_miss(&rejection);
+            let answer_only =
+                reply.is_some() && command.as_ref().is_some_and(Command::is_query) && is_lookup_miss(&rejection);
             if !answer_only {
                 dead_letter(ctx, publisher, ROLE, &delivery, &delivery.data, &rejection).await?;
             }

@@ -45,6 +45,7 @@ impl Message {
             &delivery.data,
             settings.amqp.max_message_bytes,
             &settings.auth,
+            None,
         )
         .and_then(|env| {
             Ok((
@@ -70,21 +71,25 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     let mut stopping = false;
     while !stopping {
         let mut batch = Vec::new();
-        let mut events = 0;
+        let (mut events, mut bytes) = (0, 0);
         let first = tokio::select! {
             _ = cancel.cancelled() => break,
             next = consumer.next() => next,
         };
         let message = Message::new(&ctx, delivery(first)?);
         events += message.events();
+        bytes += message.delivery.data.len();
         batch.push(message);
         let deadline = tokio::time::Instant::now() + usage.batch_timeout;
-        while events < usage.batch_size {
+        // A batch closes on events, on bytes (bounding the memory one
+        // transaction holds), or on time.
+        while events < usage.batch_size && bytes < usage.batch_bytes {
             tokio::select! {
                 biased;
                 next = consumer.next() => {
                     let message = Message::new(&ctx, delivery(next)?);
                     events += message.events();
+                    bytes += message.delivery.data.len();
                     batch.push(message);
                 }
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -219,6 +224,9 @@ async fn count_with_retry(
 }
 
 async fn count(ctx: &Context, candidates: &[Candidate], limits: Limits) -> Result<Report, HandleError> {
+    if !ctx.settings.faults.panic_on_merchant.is_empty() {
+        candidates.iter().for_each(|c| ctx.settings.faults.check(&c.merchant_id));
+    }
     let mut tx = ctx
         .pool
         .begin()

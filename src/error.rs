@@ -22,6 +22,7 @@ pub enum ErrorCode {
     TimestampInFuture,
     AlreadyExists,
     InvalidState,
+    AmountOverflow,
     InternalError,
 }
 
@@ -44,6 +45,7 @@ impl ErrorCode {
             ErrorCode::TimestampInFuture => "TIMESTAMP_IN_FUTURE",
             ErrorCode::AlreadyExists => "ALREADY_EXISTS",
             ErrorCode::InvalidState => "INVALID_STATE",
+            ErrorCode::AmountOverflow => "AMOUNT_OVERFLOW",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -76,6 +78,17 @@ impl Rejection {
     /// `INVALID_FIELD` with a message that names the field.
     pub fn field(field: &str, problem: impl fmt::Display) -> Self {
         Rejection::new(ErrorCode::InvalidField, format!("{field} {problem}"))
+    }
+}
+
+impl Rejection {
+    /// Money arithmetic that left the representable range (about 7.9e28):
+    /// an error value naming what was computed, never a panic.
+    pub fn overflow(what: impl fmt::Display) -> Self {
+        Rejection::new(
+            ErrorCode::AmountOverflow,
+            format!("{what} is beyond the range amounts can take; check the prices and usage that make it"),
+        )
     }
 }
 

@@ -40,7 +40,8 @@ enum Cmd {
         /// Routing key on billing.in: provisioning.* or usage.*.
         #[arg(long, default_value = "provisioning.cli")]
         routing_key: String,
-        /// Optional message_id: repeats with the same id are answered the same.
+        /// The message_id that keys the command: repeats with the same id are
+        /// answered the same and act once. Default: a fresh one per call.
         #[arg(long)]
         message_id: Option<String>,
         /// Publish without waiting for an answer (usage events have none).
@@ -108,7 +109,7 @@ async fn run(command: Cmd, settings: Settings) -> anyhow::Result<()> {
                 merchant_id: merchant,
                 routing_key,
                 body,
-                message_id,
+                message_id: Some(message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())),
                 wait: (!no_reply).then_some(timeout),
             };
             match billing_worker::client::send(&settings, request).await? {

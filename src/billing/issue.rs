@@ -157,6 +157,7 @@ async fn usage_charges(
             .iter()
             .find(|r| &r.metric_id == metric_id)
             .map(|r| usage_of(spec, &aggregate_of(r)))
+            .transpose()?
             .unwrap_or((Decimal::ZERO, Decimal::ZERO));
         charges.push(Charge {
             kind: LineKind::Usage,
@@ -399,7 +400,7 @@ fn prepare(
         execution.carried_amount = Decimal::ZERO;
     }
     let currency = &plan.plan_currency;
-    let computed = compute(currency, charges, execution.credit_balance);
+    let computed = compute(currency, charges, execution.credit_balance)?;
     let id = format!("bill_{}", new_execution_id());
     let paid = computed.amount_due.is_zero();
     let due_at = now + notice;
@@ -437,7 +438,10 @@ fn prepare(
         updated_at: now,
     };
     if computed.credit_applied > Decimal::ZERO {
-        execution.credit_balance -= computed.credit_applied;
+        execution.credit_balance = execution
+            .credit_balance
+            .checked_sub(computed.credit_applied)
+            .ok_or_else(|| Rejection::overflow("the credit balance"))?;
         batch.credit_uses.push(LedgerEntry {
             merchant_id: execution.merchant_id.clone(),
             execution_id: execution.id.clone(),

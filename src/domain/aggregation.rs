@@ -6,6 +6,10 @@
 //! [`Aggregate::used_till_now`]. Deltas combine associatively and
 //! commutatively, so batches may be split, merged and applied in any order.
 
+// Money and quantities: every operation is checked; an overflow is an
+// error value, never a panic or a silently wrong amount.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
@@ -258,6 +262,7 @@ impl Aggregate {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -1,10 +1,15 @@
 //! A bill: its lines, rounded to the currency's minor unit, credit applied
 //! first, and what remains to collect. Pure arithmetic, no I/O.
 
+// Money and quantities: every operation is checked; an overflow is an
+// error value, never a panic or a silently wrong amount.
+#![deny(clippy::arithmetic_side_effects)]
+
 use rust_decimal::Decimal;
 
 use super::ledger::apply_credit;
 use super::money::Currency;
+use crate::error::Rejection;
 
 /// What a line charges for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +69,9 @@ pub struct Bill {
 }
 
 /// Rounds every charge to the minor unit (so the lines add up to the total
-/// a customer sees), then pays what it can from `credit_balance`.
-pub fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance: Decimal) -> Bill {
+/// a customer sees), then pays what it can from `credit_balance`. A total
+/// beyond the range of amounts is an `AMOUNT_OVERFLOW` error, never a panic.
+pub fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance: Decimal) -> Result<Bill, Rejection> {
     let lines: Vec<Line> = charges
         .into_iter()
         .map(|c| Line {
@@ -76,14 +82,17 @@ pub fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance: Decima
             description: c.description,
         })
         .collect();
-    let total: Decimal = lines.iter().map(|l| l.amount).sum();
+    let total = lines
+        .iter()
+        .try_fold(Decimal::ZERO, |sum, line| sum.checked_add(line.amount))
+        .ok_or_else(|| Rejection::overflow("the bill's total"))?;
     let (credit_applied, amount_due) = apply_credit(credit_balance, total);
-    Bill {
+    Ok(Bill {
         lines,
         total,
         credit_applied,
         amount_due,
-    }
+    })
 }
 
 /// What happens after a failed debit attempt.
@@ -118,6 +127,7 @@ pub fn format_amount(currency: &Currency, amount: Decimal) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -157,7 +167,8 @@ mod tests {
             &inr(),
             vec![plan("499"), usage("api", "10.005"), usage("gb", "0.004")],
             d("100"),
-        );
+        )
+        .expect("bill");
         let amounts: Vec<Decimal> = bill.lines.iter().map(|l| l.amount).collect();
         assert_eq!(amounts, vec![d("499"), d("10.01"), d("0.00")]);
         assert_eq!(bill.total, d("509.01"));
@@ -167,14 +178,14 @@ mod tests {
 
     #[test]
     fn a_bill_paid_by_credit_leaves_nothing_due() {
-        let bill = compute(&inr(), vec![usage("api", "7.5")], d("10"));
+        let bill = compute(&inr(), vec![usage("api", "7.5")], d("10")).expect("bill");
         assert_eq!((bill.credit_applied, bill.amount_due), (d("7.5"), d("0")));
     }
 
     #[test]
     fn zero_decimal_currencies_round_to_units() {
         let yen = Currency::parse("JPY").expect("currency");
-        let bill = compute(&yen, vec![usage("api", "10.5")], Decimal::ZERO);
+        let bill = compute(&yen, vec![usage("api", "10.5")], Decimal::ZERO).expect("bill");
         assert_eq!(bill.total, d("11"));
         assert_eq!(format_amount(&yen, bill.total), "11");
     }
@@ -198,9 +209,24 @@ mod tests {
 
     proptest! {
         #[test]
+        fn extreme_charges_are_a_bill_or_an_overflow_never_a_panic(
+            amounts in proptest::collection::vec(crate::domain::money::any_decimal(), 0..6),
+            credit in crate::domain::money::any_decimal(),
+        ) {
+            let charges: Vec<Charge> = amounts.iter().map(|a| Charge { amount: *a, ..usage("m", "0") }).collect();
+            match compute(&inr(), charges, credit) {
+                Ok(bill) => {
+                    prop_assert_eq!(bill.credit_applied.checked_add(bill.amount_due), Some(bill.total));
+                    prop_assert!(bill.amount_due >= Decimal::ZERO);
+                }
+                Err(rejection) => prop_assert_eq!(rejection.code, crate::error::ErrorCode::AmountOverflow),
+            }
+        }
+
+        #[test]
         fn money_is_conserved(cents in proptest::collection::vec(0i64..10_000_000, 0..8), credit in 0i64..100_000_000) {
             let charges: Vec<Charge> = cents.iter().map(|c| usage("m", &Decimal::new(*c, 3).to_string())).collect();
-            let bill = compute(&inr(), charges, Decimal::new(credit, 2));
+            let bill = compute(&inr(), charges, Decimal::new(credit, 2)).expect("bill");
             let sum: Decimal = bill.lines.iter().map(|l| l.amount).sum();
             prop_assert_eq!(sum, bill.total);
             prop_assert_eq!(bill.credit_applied + bill.amount_due, bill.total);

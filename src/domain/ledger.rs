@@ -1,6 +1,10 @@
 //! Credit as a ledger: every grant and every use is an entry, and the
 //! balance is their running sum, never below zero.
 
+// Money and quantities: every operation is checked; an overflow is an
+// error value, never a panic or a silently wrong amount.
+#![deny(clippy::arithmetic_side_effects)]
+
 use rust_decimal::Decimal;
 
 use crate::error::Rejection;
@@ -24,7 +28,8 @@ impl EntryKind {
     pub fn signed(self, amount: Decimal) -> Decimal {
         match self {
             EntryKind::Grant => amount,
-            EntryKind::Use => -amount,
+            // Negation is exact: a Decimal's range is symmetric.
+            EntryKind::Use => amount.saturating_mul(Decimal::NEGATIVE_ONE),
         }
     }
 }
@@ -50,19 +55,21 @@ pub fn check_grant(field: &str, amount: Decimal, minor_units: u32, allow_zero: b
 /// Never uses more than the balance, never more than is due.
 pub fn apply_credit(balance: Decimal, due: Decimal) -> (Decimal, Decimal) {
     let used = balance.max(Decimal::ZERO).min(due.max(Decimal::ZERO));
-    (used, due - used)
+    // 0 <= used <= max(due, 0): the difference is exact.
+    (used, due.saturating_sub(used))
 }
 
 /// Replays entries to a balance; `None` if any prefix would go negative,
 /// which the store must never allow.
 pub fn replay(entries: &[(EntryKind, Decimal)]) -> Option<Decimal> {
     entries.iter().try_fold(Decimal::ZERO, |balance, (kind, amount)| {
-        let next = balance + kind.signed(*amount);
+        let next = balance.checked_add(kind.signed(*amount))?;
         (next >= Decimal::ZERO).then_some(next)
     })
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -102,6 +109,26 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn extreme_balances_never_panic(
+            balance in crate::domain::money::any_decimal(),
+            due in crate::domain::money::any_decimal(),
+            entries in proptest::collection::vec((any::<bool>(), crate::domain::money::any_decimal()), 0..6),
+        ) {
+            let (used, remaining) = apply_credit(balance, due);
+            prop_assert!(used >= Decimal::ZERO);
+            if due >= Decimal::ZERO && balance >= Decimal::ZERO {
+                prop_assert_eq!(used.checked_add(remaining), Some(due));
+            }
+            let entries: Vec<_> = entries
+                .into_iter()
+                .map(|(grant, amount)| (if grant { EntryKind::Grant } else { EntryKind::Use }, amount.abs()))
+                .collect();
+            if let Some(balance) = replay(&entries) {
+                prop_assert!(balance >= Decimal::ZERO);
+            }
+        }
+
         #[test]
         fn applying_credit_conserves_money(balance in 0i64..1_000_000, due in 0i64..1_000_000) {
             let (balance, due) = (d(balance, 2), d(due, 2));

@@ -1,5 +1,9 @@
 //! Currencies and their minor units: amounts stay exact until a bill rounds them.
 
+// Money and quantities: every operation is checked; an overflow is an
+// error value, never a panic or a silently wrong amount.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::fmt;
 
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -79,7 +83,23 @@ impl fmt::Display for Currency {
     }
 }
 
+/// Any decimal at all, extremes first: for property tests that feed the
+/// money code what no validation would let through.
 #[cfg(test)]
+pub(crate) fn any_decimal() -> impl proptest::strategy::Strategy<Value = Decimal> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(Decimal::MAX),
+        Just(Decimal::MIN),
+        Just(Decimal::ZERO),
+        Just(MAX_ABS_AMOUNT),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>(), 0u32..=28)
+            .prop_map(|(lo, mid, hi, negative, scale)| Decimal::from_parts(lo, mid, hi, negative, scale)),
+    ]
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use std::str::FromStr;

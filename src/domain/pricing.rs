@@ -15,11 +15,15 @@
 //!   zero, each at the single tier's `unit_amount`.
 //! * Amounts are exact decimals until a bill rounds them.
 
+// Money and quantities: every operation is checked; an overflow is an
+// error value, never a panic or a silently wrong amount.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::fmt;
 use std::str::FromStr;
 
-use rust_decimal::Decimal;
 use super::money::check_amount;
+use rust_decimal::Decimal;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
@@ -504,12 +508,14 @@ impl Pricing {
     /// a cheaper tier lowers the total.
     ///
     /// Never rounds and never panics. Only an amount beyond `Decimal::MAX`
-    /// (about 7.9e28) cannot be represented; it saturates at `Decimal::MAX`,
-    /// which [`Pricing::checked_price`] reports as `None` instead. Meant for
+    /// (about 7.9e28) cannot be represented; it saturates at `Decimal::MAX`
+    /// (tests only: the worker calls [`Pricing::checked_price`], which
+    /// reports it as `None`). Meant for
     /// a validated `Pricing`; on an unvalidated one the last tier is treated
     /// as unbounded, an empty tier list prices as zero and a missing or
     /// non-positive `package_size` counts as 1.
-    pub fn price(&self, units: Decimal) -> Decimal {
+    #[cfg(test)]
+    pub(crate) fn price(&self, units: Decimal) -> Decimal {
         self.checked_price(units).unwrap_or(Decimal::MAX)
     }
 
@@ -585,6 +591,7 @@ impl Pricing {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -1140,6 +1147,31 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn extreme_prices_and_units_never_panic(
+            unit_amount in crate::domain::money::any_decimal(),
+            flat_fee in crate::domain::money::any_decimal(),
+            up_to in crate::domain::money::any_decimal(),
+            units in crate::domain::money::any_decimal(),
+            free_units in crate::domain::money::any_decimal(),
+            size in crate::domain::money::any_decimal(),
+        ) {
+            for pricing_type in PricingType::ALL {
+                let pricing = Pricing {
+                    pricing_type,
+                    tiers: vec![
+                        Tier { unit_amount, up_to: UpTo::Finite(up_to.abs()), flat_fee },
+                        Tier { unit_amount: flat_fee, up_to: UpTo::Infinity, flat_fee: unit_amount },
+                    ],
+                    package_size: Some(size),
+                    free_units,
+                };
+                // A value or an overflow reported as None; never a panic.
+                let _ = pricing.checked_price(units);
+                let _ = pricing.validate();
+            }
+        }
+
         #[test]
         fn generated_pricings_are_valid_and_round_trip(pricing in valid_pricing()) {
             prop_assert_eq!(pricing.validate(), Ok(()));

@@ -51,11 +51,8 @@ fn field_rejection(path: &str, message: &str) -> Rejection {
     if let Some(rest) = message.strip_prefix("unknown field `")
         && let Some(name) = rest.split('`').next()
     {
-        let field = if path == "." {
-            short(name)
-        } else {
-            format!("{path}.{}", short(name))
-        };
+        // The path already ends with the unknown key, shortened.
+        let field = if path == "." { short(name) } else { path.to_string() };
         return Rejection::field(&field, "is not a field of this message");
     }
     let message = message.split(" at line ").next().unwrap_or(message);

@@ -102,7 +102,8 @@ pub fn open(
                 ErrorCode::Forbidden,
                 format!(
                     "user_id {} may not act for {MERCHANT_HEADER} {merchant_id}",
-                    user.as_deref().map_or("(none)".to_string(), |u| format!("'{}'", short(u)))
+                    user.as_deref()
+                        .map_or("(none)".to_string(), |u| format!("'{}'", short(u)))
                 ),
             ));
         }
@@ -163,7 +164,14 @@ mod tests {
 
     #[test]
     fn reads_the_tenant() {
-        let env = open(&props(Some("m1")).with_message_id("abc".into()), b"{}", 10, &no_auth(), Some("amq.gen-")).expect("ok");
+        let env = open(
+            &props(Some("m1")).with_message_id("abc".into()),
+            b"{}",
+            10,
+            &no_auth(),
+            Some("amq.gen-"),
+        )
+        .expect("ok");
         assert_eq!(env.merchant_id, "m1");
         assert_eq!(env.message_id.as_deref(), Some("abc"));
     }
@@ -171,11 +179,15 @@ mod tests {
     #[test]
     fn rejects_missing_tenant_and_large_bodies() {
         assert_eq!(
-            open(&props(None), b"{}", 10, &no_auth(), Some("amq.gen-")).expect_err("x").code,
+            open(&props(None), b"{}", 10, &no_auth(), Some("amq.gen-"))
+                .expect_err("x")
+                .code,
             ErrorCode::MissingMerchant
         );
         assert_eq!(
-            open(&props(Some(" ")), b"{}", 10, &no_auth(), Some("amq.gen-")).expect_err("x").code,
+            open(&props(Some(" ")), b"{}", 10, &no_auth(), Some("amq.gen-"))
+                .expect_err("x")
+                .code,
             ErrorCode::MissingMerchant
         );
         assert_eq!(
@@ -190,7 +202,16 @@ mod tests {
     fn answers_go_only_to_reply_queues() {
         let to = |q: &str| props(Some("m1")).with_reply_to(q.into());
         assert!(open(&to("amq.gen-abc"), b"{}", 10, &no_auth(), Some("amq.gen-")).is_ok());
-        assert!(open(&to("amq.rabbitmq.reply-to.g1h2"), b"{}", 10, &no_auth(), Some("amq.gen-")).is_ok());
+        assert!(
+            open(
+                &to("amq.rabbitmq.reply-to.g1h2"),
+                b"{}",
+                10,
+                &no_auth(),
+                Some("amq.gen-")
+            )
+            .is_ok()
+        );
         let err = open(&to("billing.usage"), b"{}", 10, &no_auth(), Some("amq.gen-")).expect_err("not a reply queue");
         assert_eq!(err.code, ErrorCode::InvalidField);
         assert!(err.message.starts_with("reply_to"), "{}", err.message);
@@ -213,11 +234,29 @@ mod tests {
             enabled: true,
             users: BTreeMap::from([("svc".to_string(), vec!["m1".to_string()])]),
         };
-        assert!(open(&props(Some("m1")).with_user_id("svc".into()), b"{}", 10, &auth, Some("amq.gen-")).is_ok());
-        let err = open(&props(Some("m2")).with_user_id("svc".into()), b"{}", 10, &auth, Some("amq.gen-")).expect_err("other merchant");
+        assert!(
+            open(
+                &props(Some("m1")).with_user_id("svc".into()),
+                b"{}",
+                10,
+                &auth,
+                Some("amq.gen-")
+            )
+            .is_ok()
+        );
+        let err = open(
+            &props(Some("m2")).with_user_id("svc".into()),
+            b"{}",
+            10,
+            &auth,
+            Some("amq.gen-"),
+        )
+        .expect_err("other merchant");
         assert_eq!(err.code, ErrorCode::Forbidden);
         assert_eq!(
-            open(&props(Some("m1")), b"{}", 10, &auth, Some("amq.gen-")).expect_err("no user").code,
+            open(&props(Some("m1")), b"{}", 10, &auth, Some("amq.gen-"))
+                .expect_err("no user")
+                .code,
             ErrorCode::Forbidden
         );
     }

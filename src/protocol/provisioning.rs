@@ -252,7 +252,9 @@ pub struct CreateExecution {
 fn overrides<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<MetricOverride>>, D::Error> {
     let list = Option::<Vec<MetricOverride>>::deserialize(d)?;
     if list.as_ref().is_some_and(|l| l.len() > MAX_METRICS) {
-        return Err(serde::de::Error::custom(format!("must have at most {MAX_METRICS} entries")));
+        return Err(serde::de::Error::custom(format!(
+            "must have at most {MAX_METRICS} entries"
+        )));
     }
     Ok(list)
 }
@@ -337,7 +339,9 @@ fn limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error
     if let Some(v) = value
         && !(1..=MAX_LIMIT).contains(&v)
     {
-        return Err(serde::de::Error::custom(format!("must be from 1 to {MAX_LIMIT}, got {v}")));
+        return Err(serde::de::Error::custom(format!(
+            "must be from 1 to {MAX_LIMIT}, got {v}"
+        )));
     }
     Ok(value)
 }
@@ -390,11 +394,82 @@ mod tests {
     }
 
     #[test]
-    fn amounts_are_exact() {
-        let body = br#"{"command":"add_credit","billing_execution_info_id":"e","amount":0.1234567890123456789,"reference_id":"r"}"#;
-        match parse(body) {
-            Ok(Command::AddCredit(c)) => assert_eq!(c.amount.to_string(), "0.1234567890123456789"),
+    fn amounts_are_exact_and_bounded() {
+        let credit = |amount: &str| {
+            let body = format!(
+                r#"{{"command":"add_credit","billing_execution_info_id":"e","amount":{amount},"reference_id":"r"}}"#
+            );
+            parse(body.as_bytes())
+        };
+        match credit("999999999999999.123456789012") {
+            Ok(Command::AddCredit(c)) => assert_eq!(c.amount.to_string(), "999999999999999.123456789012"),
             other => panic!("{other:?}"),
         }
+        for refused in [
+            "0.1234567890123",
+            "1000000000000000",
+            "-1e15",
+            "5e28",
+            "79228162514264337593543950335",
+        ] {
+            let err = credit(refused).expect_err(refused);
+            assert!(
+                err.message.starts_with("amount is invalid"),
+                "{refused}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn every_wire_value_is_bounded() {
+        let long = "x".repeat(101);
+        let cases = [
+            (
+                format!(r#"{{"command":"get","billing_execution_info_id":"{long}"}}"#),
+                "billing_execution_info_id",
+            ),
+            (
+                format!(
+                    r#"{{"command":"create_customer","customer_id":"c","name":"{}"}}"#,
+                    "n".repeat(1001)
+                ),
+                "name",
+            ),
+            (r#"{"command":"list","customer_id":"c","limit":0}"#.to_string(), "limit"),
+            (
+                r#"{"command":"list","customer_id":"c","limit":1001}"#.to_string(),
+                "limit",
+            ),
+            (r#"{"command":"run_billing","limit":5000}"#.to_string(), "limit"),
+            (
+                r#"{"command":"create_plan","plan_id":"p","plan_amout":10}"#.to_string(),
+                "plan_amout",
+            ),
+            (
+                r#"{"command":"create","plan_id":"p","customer_id":"c","minimum_commitment":10}"#.to_string(),
+                "minimum_commitment",
+            ),
+            (
+                format!(
+                    r#"{{"command":"get","billing_execution_info_id":"e","{}":1}}"#,
+                    "k".repeat(300_000)
+                ),
+                "kkkk",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = parse(body.as_bytes()).expect_err(field);
+            assert_eq!(err.code, ErrorCode::InvalidField, "{field}");
+            assert!(err.message.starts_with(field), "{field}: {}", err.message);
+            assert!(
+                err.message.chars().count() <= crate::error::MAX_MESSAGE_CHARS,
+                "{field}"
+            );
+        }
+        // Fields the product's documents show and the worker does not use.
+        let ok =
+            r#"{"command":"create","plan_id":"p","customer_id":"c","source":"MERCHANT_REF_ID","merchant_ref_id":"r"}"#;
+        assert!(parse(ok.as_bytes()).is_ok());
     }
 }

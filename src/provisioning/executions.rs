@@ -10,8 +10,8 @@ use super::{Outcome, already_exists, not_found};
 use crate::domain::catalog::PlanModel;
 use crate::domain::execution::{ExecutionStatus, StatusEvent};
 use crate::domain::ids::{check_id, new_execution_id};
-use crate::domain::period::check_date_window;
 use crate::domain::ledger::{EntryKind, check_grant};
+use crate::domain::period::check_date_window;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents;
 use crate::protocol::provisioning::{
@@ -558,18 +558,40 @@ pub(super) async fn add_credit(
 mod tests {
     use super::*;
 
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-02-01T00:00:00Z")
+            .expect("now")
+            .to_utc()
+    }
+
     #[test]
     fn start_dates_take_two_forms() {
+        let now = now();
         assert_eq!(
-            parse_start_date("2026-01-31").expect("date").to_rfc3339(),
+            parse_start_date("2026-01-31", now).expect("date").to_rfc3339(),
             "2026-01-31T00:00:00+00:00"
         );
         assert_eq!(
-            parse_start_date("2026-01-31T10:00:00+05:30")
+            parse_start_date("2026-01-31T10:00:00+05:30", now)
                 .expect("time")
                 .to_rfc3339(),
             "2026-01-31T04:30:00+00:00"
         );
-        assert!(parse_start_date("31/01/2026").is_err());
+        assert!(parse_start_date("31/01/2026", now).is_err());
+    }
+
+    #[test]
+    fn start_dates_lie_within_the_window() {
+        let now = now();
+        let err = parse_start_date("1900-01-01", now).expect_err("a century ago");
+        assert!(
+            err.message.starts_with("billing_start_date must lie within"),
+            "{}",
+            err.message
+        );
+        assert!(parse_start_date("2025-02-01", now).is_ok());
+        assert!(parse_start_date("2025-01-30", now).is_err());
+        assert!(parse_start_date("2036-02-01", now).is_ok());
+        assert!(parse_start_date("2036-02-02", now).is_err());
     }
 }

@@ -89,7 +89,10 @@ pub async fn execute(
 fn not_found(code: ErrorCode, field: &str, value: &str) -> HandleError {
     HandleError::Rejected(Rejection::new(
         code,
-        format!("{field} '{}' does not exist for this merchant", crate::error::short(value)),
+        format!(
+            "{field} '{}' does not exist for this merchant",
+            crate::error::short(value)
+        ),
     ))
 }
 

@@ -393,19 +393,33 @@ async fn check_thresholds(
     let (ids, periods): (Vec<String>, Vec<DateTime<Utc>>) = watched.keys().cloned().unzip();
     let rows = store::usage::aggregates(conn, &ids, &periods).await?;
     let mut amounts: HashMap<(String, DateTime<Utc>), Decimal> = HashMap::new();
+    let mut overflowed: HashSet<(String, DateTime<Utc>)> = HashSet::new();
     for row in &rows {
         let Some(e) = by_id.get(row.execution_id.as_str()) else {
             continue;
         };
         if let Some(spec) = e.metrics.get(&row.metric_id) {
-            let (_, amount) = super::usage_of(spec, &aggregate_of(row));
-            *amounts
-                .entry((row.execution_id.clone(), row.period_start))
-                .or_insert(Decimal::ZERO) += amount;
+            let key = (row.execution_id.clone(), row.period_start);
+            // An amount beyond range is no threshold crossing to announce:
+            // that execution's bill reports it, and this batch goes on.
+            let sum = super::usage_of(spec, &aggregate_of(row))
+                .ok()
+                .and_then(|(_, amount)| amounts.get(&key).copied().unwrap_or_default().checked_add(amount));
+            match sum {
+                Some(sum) => {
+                    amounts.insert(key, sum);
+                }
+                None => {
+                    overflowed.insert(key);
+                }
+            }
         }
     }
     let mut crossings = Vec::new();
     for ((execution_id, period), e) in &watched {
+        if overflowed.contains(&(execution_id.clone(), *period)) {
+            continue;
+        }
         let amount = amounts
             .get(&(execution_id.clone(), *period))
             .copied()

@@ -14,7 +14,7 @@ use crate::domain::aggregation::Aggregate;
 use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanRuleType};
 use crate::domain::period::Schedule;
 use crate::domain::pricing::Pricing;
-use crate::error::HandleError;
+use crate::error::{HandleError, Rejection};
 use crate::protocol::documents::Usage;
 use crate::store;
 use crate::store::catalog::MetricRow;
@@ -97,10 +97,15 @@ pub fn aggregate_of(row: &AggregateRow) -> Aggregate {
     }
 }
 
-/// `used_till_now` and its price for one metric.
-pub fn usage_of(spec: &MetricSpec, aggregate: &Aggregate) -> (Decimal, Decimal) {
+/// `used_till_now` and its price for one metric; a price beyond the range
+/// of amounts is an `AMOUNT_OVERFLOW` error, never a panic or a saturated value.
+pub fn usage_of(spec: &MetricSpec, aggregate: &Aggregate) -> Result<(Decimal, Decimal), Rejection> {
     let used = aggregate.used_till_now(spec.aggregation_type);
-    (used, spec.pricing.price(used))
+    let price = spec
+        .pricing
+        .checked_price(used)
+        .ok_or_else(|| Rejection::overflow(format_args!("the price of metric '{}'", spec.metric_id)))?;
+    Ok((used, price))
 }
 
 /// Live usage of an execution's open period, per metric.
@@ -116,7 +121,7 @@ pub async fn live_usage(
     let mut usage = Usage::new();
     for row in &rows {
         if let Some(spec) = metrics.get(&row.metric_id) {
-            usage.insert(row.metric_id.clone(), usage_of(spec, &aggregate_of(row)));
+            usage.insert(row.metric_id.clone(), usage_of(spec, &aggregate_of(row))?);
         }
     }
     Ok(usage)

@@ -129,7 +129,9 @@ where
                 if conflicts > MAX_CONFLICT_RETRIES {
                     return Some(Err(Rejection::new(
                         ErrorCode::InternalError,
-                        format!("the change kept conflicting with concurrent work after {MAX_CONFLICT_RETRIES} retries"),
+                        format!(
+                            "the change kept conflicting with concurrent work after {MAX_CONFLICT_RETRIES} retries"
+                        ),
                     )));
                 }
                 ("conflict", reason)
@@ -160,7 +162,10 @@ pub async fn catch_panic<T>(ctx: &Context, role: &'static str, work: impl Future
             tracing::error!(role, panic = %message, "a bug panicked while handling work; the role goes on");
             Err(Rejection::new(
                 ErrorCode::InternalError,
-                format!("the worker failed on this message ({}); it was set aside", crate::error::short(&message)),
+                format!(
+                    "the worker failed on this message ({}); it was set aside",
+                    crate::error::short(&message)
+                ),
             ))
         }
     }

@@ -100,7 +100,9 @@ async fn run_billing(
     env: &envelope::Envelope,
     limit: Option<u32>,
 ) -> Result<Answer, HandleError> {
-    let limit = limit.map_or(ctx.settings.scheduler.batch_size, i64::from).clamp(1, 1000);
+    let limit = limit
+        .map_or(ctx.settings.scheduler.batch_size, i64::from)
+        .clamp(1, 1000);
     let report = crate::billing::run::run_once(ctx, publisher, limit, Some(&env.merchant_id))
         .await
         .map_err(|e| match e {
@@ -168,12 +170,15 @@ async fn process(
 ) -> Result<(), BrokerError> {
     ctx.metrics.messages_received.with_label_values(&[ROLE]).inc();
     let started = Instant::now();
-    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(ctx, &delivery)))
-        .unwrap_or_else(|payload| {
+    let parsed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(ctx, &delivery))).unwrap_or_else(|payload| {
             ctx.metrics.role_panics.with_label_values(&[ROLE]).inc();
             let message = crate::error::panic_message(payload.as_ref());
             tracing::error!(panic = %message, "a bug panicked while reading a command; the role goes on");
-            Err(Rejection::new(ErrorCode::InternalError, "the worker failed to read this message; it was set aside"))
+            Err(Rejection::new(
+                ErrorCode::InternalError,
+                "the worker failed to read this message; it was set aside",
+            ))
         });
     let (command, result) = match parsed {
         Err(rejection) => (None, Err(rejection)),

@@ -31,12 +31,19 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     mark_up(&ctx, ROLE);
     loop {
         let started = std::time::Instant::now();
-        let pass = crate::error::catch_panic(run_once(&ctx, &session.publisher, ctx.settings.scheduler.batch_size, None))
-            .await
-            .unwrap_or_else(|panic| {
-                ctx.metrics.role_panics.with_label_values(&[ROLE]).inc();
-                Err(RunError::Handle(HandleError::Transient(format!("the pass panicked: {panic}"))))
-            });
+        let pass = crate::error::catch_panic(run_once(
+            &ctx,
+            &session.publisher,
+            ctx.settings.scheduler.batch_size,
+            None,
+        ))
+        .await
+        .unwrap_or_else(|panic| {
+            ctx.metrics.role_panics.with_label_values(&[ROLE]).inc();
+            Err(RunError::Handle(HandleError::Transient(format!(
+                "the pass panicked: {panic}"
+            ))))
+        });
         ctx.metrics
             .scheduler_pass_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -225,7 +225,9 @@ async fn count_with_retry(
 
 async fn count(ctx: &Context, candidates: &[Candidate], limits: Limits) -> Result<Report, HandleError> {
     if !ctx.settings.faults.panic_on_merchant.is_empty() {
-        candidates.iter().for_each(|c| ctx.settings.faults.check(&c.merchant_id));
+        candidates
+            .iter()
+            .for_each(|c| ctx.settings.faults.check(&c.merchant_id));
     }
     let mut tx = ctx
         .pool

@@ -179,11 +179,7 @@ async fn a_hybrid_bill_has_usage_lines_uses_credit_first_and_debits_the_rest() {
     let gateway = Gateway::start(&app.settings.amqp.prefix, |_| Answer::Success).await;
     app.call("m1", json!({"command": "create_metric", "metric_id": "storage", "name": "Storage", "unit": "GB",
         "aggregation_type": "SUM", "pricing_type": "FIXED", "pricing_model": [{"unit_amount": "2.5"}], "currency": "INR"})).await;
-    plan(
-        &mut app,
-        json!({"plan_model": "HYBRID", "metric_ids": ["storage"], "token": "tok"}),
-    )
-    .await;
+    plan(&mut app, json!({"plan_model": "HYBRID", "metric_ids": ["storage"]})).await;
     let id = execution(&mut app, json!({"amount": 50, "token": "tok_1"})).await;
     clock.set(at(2026, 2, 1, 0, 0));
     app.publish_usage(

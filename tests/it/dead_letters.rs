@@ -102,7 +102,8 @@ async fn bad_input_without_reply_to_is_still_dead_lettered() {
     assert_eq!(dead.routing_key, "provisioning.x");
     // A failed command with no one to tell is dead-lettered too, never silent.
     let body = serde_json::to_vec(&json!({"command": "create", "plan_id": "nope", "customer_id": "c"})).expect("json");
-    app.publish_raw("provisioning.x", &body, with_merchant(BasicProperties::default(), "m1"))
+    let keyed = BasicProperties::default().with_message_id("create-1".into());
+    app.publish_raw("provisioning.x", &body, with_merchant(keyed, "m1"))
         .await;
     assert_eq!(app.next_dead_letter().await.code, "PLAN_NOT_FOUND");
     // A lookup that finds nothing, asked with reply_to, is only an answer.

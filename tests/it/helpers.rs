@@ -268,8 +268,14 @@ impl TestApp {
     }
 
     /// Like [`TestApp::call`], with extra properties (a `message_id`, say).
+    /// Without one, the message gets a fresh `message_id`, as a publisher
+    /// that keys its commands does.
     pub async fn call_with(&mut self, merchant: &str, command: Value, props: BasicProperties) -> Value {
         let body = serde_json::to_vec(&command).expect("json");
+        let props = match props.message_id() {
+            Some(_) => props,
+            None => props.with_message_id(ShortString::from(uuid::Uuid::new_v4().to_string())),
+        };
         let props = with_merchant(props, merchant);
         self.request(&body, props).await
     }

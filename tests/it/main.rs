@@ -8,6 +8,7 @@ mod helpers;
 mod billing;
 mod binary;
 mod dead_letters;
+mod hostile;
 mod operations;
 mod outbox;
 mod provisioning;

@@ -245,6 +245,27 @@ tests:
           - labels: 'ALERTS{alertname="BillingBrokerReconnectStorm", alertstate="firing", instance="w1:9464", role="outbox", severity="warning"}'
             value: 1
 
+  # A caught panic, and parked executions: each fires at once, then resolves.
+  - interval: 1m
+    input_series:
+      - series: 'up{job="billing-worker", instance="w1:9464"}'
+        values: '1+0x90'
+      - series: 'billing_role_panics_total{job="billing-worker", instance="w1:9464", role="usage"}'
+        values: '_ _ _ 1+0x80'
+      - series: 'billing_execution_errors_total{job="billing-worker", instance="w1:9464", code="AMOUNT_OVERFLOW"}'
+        values: '0 0 0 2+0x80'
+    promql_expr_test:
+      - expr: ALERTS{alertstate="firing"}
+        eval_time: 5m
+        exp_samples:
+          - labels: 'ALERTS{alertname="BillingRolePanicked", alertstate="firing", role="usage", severity="critical"}'
+            value: 1
+          - labels: 'ALERTS{alertname="BillingExecutionsParked", alertstate="firing", code="AMOUNT_OVERFLOW", severity="warning"}'
+            value: 1
+      - expr: ALERTS{alertstate="firing"}
+        eval_time: 80m
+        exp_samples: []
+
   # Dead letters: a burst on a known code, and the first ever dead letter
   # of another code (its series appears at 1). Both resolve 10m later.
   - interval: 1m

@@ -345,3 +345,77 @@ async fn a_panic_in_a_role_is_caught_and_the_role_goes_on() {
     }
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_merchant_with_a_backlog_never_starves_another() {
+    let clock = ManualClock::new(at(2026, 1, 1, 0, 0));
+    let mut app = spawn(clock.clone(), |s| s.scheduler.batch_size = 2).await;
+    for merchant in ["big", "small"] {
+        for command in [
+            json!({"command": "create_plan", "plan_id": "p", "plan_name": "P", "plan_type": "POST_DEBIT",
+                   "plan_model": "FIXED", "plan_interval": "MONTHLY", "plan_currency": "INR", "plan_amount": 100,
+                   "plan_action_on_failure": "SKIP"}),
+            json!({"command": "create_customer", "customer_id": "c1"}),
+        ] {
+            let r = app.call(merchant, command).await;
+            assert_eq!(r["success"], true, "{r}");
+        }
+    }
+    for _ in 0..12 {
+        let r = app
+            .call("big", json!({"command": "create", "plan_id": "p", "customer_id": "c1"}))
+            .await;
+        assert_eq!(r["success"], true, "{r}");
+    }
+    // The small merchant's execution is the youngest of all: by age alone
+    // it would be billed last.
+    clock.advance(Duration::minutes(1));
+    let small = execution(&mut app, "small", "p").await;
+    clock.set(at(2026, 2, 1, 0, 5));
+    app.wait_for_count("13 bills", "SELECT count(*) FROM bills", 13).await;
+    let order: Vec<String> =
+        sqlx::query_scalar("SELECT execution_id FROM outbox WHERE event_name = 'BILLING_TXN_SCHEDULED' ORDER BY seq")
+            .fetch_all(&app.db)
+            .await
+            .expect("order");
+    let place = order.iter().position(|e| e == &small).expect("small billed");
+    assert!(place < 2, "billed at place {place} of {}", order.len());
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn racing_creates_with_one_reference_make_one_execution() {
+    let mut app = spawn(ManualClock::new(at(2026, 1, 1, 0, 0)), |_| {}).await;
+    catalog(&mut app, "m1", "1").await;
+    let peer = app.spawn_peer(Arc::new(ManualClock::new(at(2026, 1, 1, 0, 0)))).await;
+    let body = serde_json::to_vec(
+        &json!({"command": "create", "plan_id": "p", "customer_id": "c1", "merchant_ref_id": "same"}),
+    )
+    .expect("json");
+    let mut correlations = Vec::new();
+    for i in 0..12 {
+        let correlation = format!("race-{i}");
+        let props = with_merchant(BasicProperties::default(), "m1")
+            .with_message_id(ShortString::from(correlation.as_str()))
+            .with_correlation_id(ShortString::from(correlation.as_str()))
+            .with_reply_to(ShortString::from(app.reply_queue_name()))
+            .with_content_type(ShortString::from("application/json"));
+        app.publish_raw("provisioning.race", &body, props).await;
+        correlations.push(correlation);
+    }
+    let mut ids = Vec::new();
+    for correlation in &correlations {
+        let r = app.reply(correlation).await;
+        assert_eq!(r["success"], true, "{r}");
+        ids.push(r["billing_execution_info_id"].as_str().expect("id").to_string());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM executions WHERE merchant_ref_id = 'same'")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
+    peer.stop().await;
+    app.teardown().await;
+}

@@ -173,6 +173,8 @@ impl Publisher {
 
     /// Sends a message, unchanged, to the dead-letter exchange with the
     /// reason in `x-error-code` / `x-error-message` and where it came from.
+    /// Publishes a dead letter: the body unchanged, the original headers
+    /// (unless they are large), and the reason.
     pub async fn dead_letter(
         &self,
         names: &Names,
@@ -182,7 +184,25 @@ impl Publisher {
         body: &[u8],
         rejection: &Rejection,
     ) -> Result<(), BrokerError> {
-        let mut table = props.headers().clone().unwrap_or_default();
+        let original = props.headers().clone().unwrap_or_default();
+        let size = table_size(&original);
+        // The dead letter must fit in one header frame with what it adds:
+        // headers that are large already are left out (the body is kept).
+        let mut table = if size <= MAX_KEPT_HEADER_BYTES {
+            original
+        } else {
+            let mut kept = FieldTable::default();
+            if let Some(merchant) = original.inner().get(crate::protocol::envelope::MERCHANT_HEADER)
+                && value_size(merchant) <= 256
+            {
+                kept.insert(crate::protocol::envelope::MERCHANT_HEADER.into(), merchant.clone());
+            }
+            kept.insert(
+                "x-original-headers-dropped".into(),
+                AMQPValue::LongString(LongString::from(format!("{size} bytes of headers left out"))),
+            );
+            kept
+        };
         let mut set = |k: &str, v: &str| {
             table.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
         };
@@ -192,5 +212,32 @@ impl Publisher {
         set("x-original-exchange", delivery_exchange);
         let props = props.clone().with_headers(table).with_delivery_mode(2);
         self.publish(&names.dlx, routing_key, body, props).await
+    }
+}
+
+/// Largest original header table a dead letter carries on.
+const MAX_KEPT_HEADER_BYTES: usize = 32 * 1024;
+
+/// About how many bytes a header table takes on the wire.
+fn table_size(table: &FieldTable) -> usize {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| k.as_str().len().saturating_add(value_size(v)).saturating_add(2))
+        .fold(0usize, usize::saturating_add)
+}
+
+fn value_size(value: &AMQPValue) -> usize {
+    match value {
+        AMQPValue::LongString(s) => s.as_bytes().len().saturating_add(5),
+        AMQPValue::ShortString(s) => s.as_str().len().saturating_add(2),
+        AMQPValue::ByteArray(b) => b.as_slice().len().saturating_add(5),
+        AMQPValue::FieldTable(t) => table_size(t).saturating_add(5),
+        AMQPValue::FieldArray(a) => a
+            .as_slice()
+            .iter()
+            .map(value_size)
+            .fold(5usize, usize::saturating_add),
+        _ => 9,
     }
 }

@@ -114,7 +114,7 @@ pub struct CreateMetric {
     #[serde(default, deserialize_with = "text")]
     pub event_type: String,
     pub aggregation_type: AggregationType,
-    #[serde(default, deserialize_with = "opt_id")]
+    #[serde(default, deserialize_with = "opt_text")]
     pub aggregation_field: Option<String>,
     pub pricing_type: PricingType,
     #[serde(deserialize_with = "tiers")]

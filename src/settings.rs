@@ -183,9 +183,13 @@ pub struct LogSettings {
     pub filter: String,
 }
 
+/// The defaults of every setting, compiled in from `config/default.toml`.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
 impl Settings {
-    /// Loads `config/default.toml` from `config_dir`, the overlay named by
-    /// `BILLING_ENV` if any, then the environment, and validates the result.
+    /// Loads the compiled-in defaults, then `default.toml` in `config_dir`
+    /// if there is one, the overlay named by `BILLING_ENV` if any, then the
+    /// environment, and validates the result.
     pub fn load(config_dir: &Path) -> Result<Settings, SettingsError> {
         let environment = std::env::var("BILLING_ENV").ok();
         Self::load_with(config_dir, environment.as_deref(), std::env::vars())
@@ -197,8 +201,11 @@ impl Settings {
         environment: Option<&str>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, SettingsError> {
-        let mut builder =
-            config::Config::builder().add_source(config::File::from(config_dir.join("default.toml")).required(true));
+        // The defaults are compiled in, so the binary runs from any folder; a
+        // `default.toml` beside it (in `config_dir`) overrides them.
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from(config_dir.join("default.toml")).required(false));
         if let Some(env) = environment.filter(|e| !e.is_empty()) {
             builder = builder.add_source(config::File::from(config_dir.join(format!("{env}.toml"))).required(true));
         }
@@ -323,6 +330,20 @@ mod tests {
         assert_eq!(s.amqp.queue_type, QueueType::Quorum);
         assert_eq!(s.scheduler.pre_debit_notice, Duration::from_secs(24 * 3600));
         assert_eq!(s.name("billing.usage"), "billing.usage");
+    }
+
+    #[test]
+    fn defaults_are_compiled_in() {
+        let nowhere = std::env::temp_dir().join(format!("no-config-{}", std::process::id()));
+        let s = Settings::load_with(&nowhere, None, std::iter::empty()).expect("compiled-in defaults");
+        assert_eq!(s.usage.batch_size, 1000);
+        let s = Settings::load_with(
+            &nowhere,
+            None,
+            [("BILLING__USAGE__BATCH_SIZE".to_string(), "7".to_string())],
+        )
+        .expect("overridden");
+        assert_eq!(s.usage.batch_size, 7);
     }
 
     #[test]

@@ -9,7 +9,8 @@ use crate::helpers::{DEADLINE, Sandbox, eventually, http_get};
 fn worker(sandbox: &Sandbox, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_billing-worker"));
     cmd.args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        // Outside the repository: settings and migrations are compiled in.
+        .current_dir(std::env::temp_dir())
         .env(
             "BILLING__DATABASE__URL",
             secrecy::ExposeSecret::expose_secret(&sandbox.settings.database.url),

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub role_up: IntGaugeVec,
     /// Broker (re)connections, by role.
     pub broker_connects: IntCounterVec,
+    /// Successful debits for bills another attempt had already paid.
+    pub double_charges: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -243,6 +245,10 @@ impl Metrics {
             outbox_oldest_age_seconds,
             outbox_publish_seconds,
             role_up,
+            double_charges: int_counter(
+                "billing_double_charges_total",
+                "Successful debits for bills already paid by another attempt",
+            ),
             registry,
         }
     }

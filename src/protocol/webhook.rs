@@ -21,6 +21,7 @@ pub enum EventName {
     RetryTxnScheduled,
     TxnRetryExceeded,
     TxnSkipped,
+    TxnDoubleCharge,
 }
 
 impl EventName {
@@ -40,6 +41,7 @@ impl EventName {
             EventName::RetryTxnScheduled => "BILLING_RETRY_TXN_SCHEDULED",
             EventName::TxnRetryExceeded => "BILLING_TXN_RETRY_EXCEEDED",
             EventName::TxnSkipped => "BILLING_TXN_SKIPPED",
+            EventName::TxnDoubleCharge => "BILLING_TXN_DOUBLE_CHARGE",
         }
     }
 }

@@ -8,6 +8,7 @@ mod helpers;
 mod billing;
 mod binary;
 mod dead_letters;
+mod late_results;
 mod operations;
 mod outbox;
 mod provisioning;

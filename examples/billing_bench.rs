@@ -541,7 +541,10 @@ async fn answer_all(
                 reply_to.as_str().into(),
                 BasicPublishOptions::default(),
                 &serde_json::to_vec(&result).context("encode a debit result")?,
-                BasicProperties::default().with_delivery_mode(2),
+                // The result names the bill's merchant, as the worker requires.
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(delivery.properties.headers().clone().unwrap_or_default()),
             )
             .await
             .with_context(|| format!("answer to {reply_to}"))?;

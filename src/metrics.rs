@@ -60,6 +60,8 @@ pub struct Metrics {
     pub role_panics: IntCounterVec,
     /// Executions whose billing failed and was parked, by error code.
     pub execution_errors: IntCounterVec,
+    /// Successful debits for bills another attempt had already paid.
+    pub double_charges: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -259,6 +261,10 @@ impl Metrics {
             outbox_oldest_age_seconds,
             outbox_publish_seconds,
             role_up,
+            double_charges: int_counter(
+                "billing_double_charges_total",
+                "Successful debits for bills already paid by another attempt",
+            ),
             registry,
         }
     }

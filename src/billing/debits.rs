@@ -2,25 +2,38 @@
 //! with a lease, requested with an idempotency key, settled by results (or
 //! their absence), retried with backoff, then the plan's action on failure.
 
+use crate::protocol::de::opt_clipped_text;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::announce_bill;
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+use super::issue::PAID;
+use super::{announce_bill, bill_webhook, bills_on_present};
 use crate::backoff_policy::retry_delay;
 use crate::domain::bill::{AfterFailure, after_failure, format_amount};
-use crate::domain::catalog::ActionOnFailure;
+use crate::domain::catalog::{ActionOnFailure, PlanInterval};
+use crate::domain::ledger::EntryKind;
 use crate::domain::money::Currency;
 use crate::error::{ErrorCode, HandleError, Rejection};
-use crate::protocol::documents::num;
-use crate::protocol::webhook::EventName;
+use crate::protocol::documents::{execution_summary, num};
+use crate::protocol::envelope::MERCHANT_HEADER;
+use crate::protocol::webhook::{EventName, Webhook};
 use crate::settings::RetrySettings;
 use crate::store;
 use crate::store::bills::BillRow;
 use crate::store::executions::ExecutionRow;
 
-/// A debit request as published to `billing.payments` (contract §6).
+/// The gateway's idempotency key of an attempt: the bill and the attempt's
+/// place in the bill's life. A request sent again (same attempt) has the same key.
+pub fn idempotency_key(bill: &BillRow) -> String {
+    format!("{}:{}", bill.id, bill.attempt)
+}
+
+/// A debit request as published to `billing.payments` (contract §6, §14).
 pub fn request_body(bill: &BillRow) -> serde_json::Value {
     let amount = Currency::parse(&bill.currency)
         .map_or_else(|_| bill.amount_due.to_string(), |c| format_amount(&c, bill.amount_due));
@@ -36,6 +49,7 @@ pub fn request_body(bill: &BillRow) -> serde_json::Value {
         "currency": bill.currency,
         "token": bill.token,
         "reference_id": bill.reference_id,
+        "idempotency_key": idempotency_key(bill),
     })
 }
 
@@ -44,13 +58,14 @@ pub fn request_body(bill: &BillRow) -> serde_json::Value {
 pub struct DebitResult {
     pub request_id: String,
     pub status: ResultStatus,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_clipped_text")]
     pub error_code: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_clipped_text")]
     pub error_message: Option<String>,
     #[serde(default)]
     pub retryable: Option<bool>,
-    #[serde(default)]
+    /// Kept to its first 1000 characters: a success is never refused.
+    #[serde(default, deserialize_with = "opt_clipped_text")]
     pub gateway_txn_id: Option<String>,
 }
 
@@ -71,6 +86,10 @@ pub enum ResultOutcome {
     Pending,
     /// A repeat, or a result for an attempt already settled: nothing changed.
     Ignored,
+    /// A success after its attempt timed out or its bill moved on: paid late.
+    PaidLate,
+    /// A success for a bill another attempt had already paid.
+    DoubleCharge,
 }
 
 impl ResultOutcome {
@@ -80,6 +99,8 @@ impl ResultOutcome {
             ResultOutcome::Failed(_) => "failed",
             ResultOutcome::Pending => "pending",
             ResultOutcome::Ignored => "ignored",
+            ResultOutcome::PaidLate => "paid_late",
+            ResultOutcome::DoubleCharge => "double_charge",
         }
     }
 }
@@ -91,37 +112,92 @@ async fn lock_execution_of(conn: &mut PgConnection, bill: &BillRow) -> Result<Op
     }
 }
 
+/// Who sent a result: the merchant its `x-merchantid` header names (a broker
+/// user allowed for it when authentication is on), or why it names none.
+pub type Sender<'a> = Result<&'a str, &'a Rejection>;
+
+/// Longest `request_id` a result may carry (contract §12); also how much of
+/// any wire input a message quotes.
+const MAX_RESULT_ID: usize = 100;
+
+/// Wire input quoted in a message: at most `MAX_RESULT_ID` characters of it.
+fn quoted(value: &str) -> String {
+    if value.chars().count() <= MAX_RESULT_ID {
+        value.to_string()
+    } else {
+        format!("{}…", value.chars().take(MAX_RESULT_ID).collect::<String>())
+    }
+}
+
+/// A `request_id` out of bounds names no request the worker sent. Other
+/// fields are not refused for their size: a success is money that moved
+/// and is always recorded.
+fn check_request_id(result: &DebitResult) -> Result<(), Rejection> {
+    let n = result.request_id.chars().count();
+    if n == 0 || n > MAX_RESULT_ID {
+        return Err(Rejection::field(
+            "request_id",
+            format_args!("must be 1-{MAX_RESULT_ID} characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// Applies one gateway result, exactly once per attempt. Also returns the
-/// time since the request left, for the round-trip metric.
+/// time since the request left, for the round-trip metric. A result whose
+/// sender is not the bill's merchant is refused (`FORBIDDEN`) before
+/// anything changes.
 pub async fn apply_result(
     conn: &mut PgConnection,
     result: &DebitResult,
+    sender: Sender<'_>,
     retry: &RetrySettings,
     now: DateTime<Utc>,
 ) -> Result<(ResultOutcome, Option<Duration>), HandleError> {
+    check_request_id(result)?;
     let attempt = store::bills::lock_attempt(conn, &result.request_id)
         .await?
         .ok_or_else(|| {
             Rejection::new(
                 ErrorCode::InvalidField,
-                format!("request_id '{}' names no debit request", result.request_id),
+                format!("request_id '{}' names no debit request", quoted(&result.request_id)),
             )
         })?;
     let roundtrip = attempt.requested_at.map(|t| now - t);
-    let outcome = settle(conn, &attempt, result, retry, now).await?;
+    let outcome = settle(conn, &attempt, result, sender, retry, now).await?;
     Ok((outcome, roundtrip))
+}
+
+/// Refuses a result that does not come from the bill's merchant.
+fn check_sender(bill: &BillRow, sender: Sender<'_>) -> Result<(), Rejection> {
+    match sender {
+        Ok(merchant) if merchant == bill.merchant_id => Ok(()),
+        Ok(merchant) => Err(Rejection::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{MERCHANT_HEADER} '{}' is not the merchant of the debit request; the result is refused",
+                quoted(merchant)
+            ),
+        )),
+        Err(why) => Err(Rejection::new(
+            ErrorCode::Forbidden,
+            format!("{}; a debit result must name the merchant of its request", why.message),
+        )),
+    }
 }
 
 async fn settle(
     conn: &mut PgConnection,
     attempt: &store::bills::AttemptRow,
     result: &DebitResult,
+    sender: Sender<'_>,
     retry: &RetrySettings,
     now: DateTime<Utc>,
 ) -> Result<ResultOutcome, HandleError> {
-    let Some(mut bill) = store::bills::lock(conn, &attempt.bill_id).await? else {
+    let Some(bill) = store::bills::lock(conn, &attempt.bill_id).await? else {
         return Ok(ResultOutcome::Ignored);
     };
+    check_sender(&bill, sender)?;
     let execution = lock_execution_of(conn, &bill).await?;
     let settled = matches!(attempt.status.as_str(), "SUCCESS" | "FAILURE" | "TIMEOUT");
     let current = bill.request_id.as_deref() == Some(result.request_id.as_str()) && bill.status == "PROCESSING";
@@ -136,31 +212,10 @@ async fn settle(
             store::bills::record_result(conn, &result.request_id, "PENDING", code, message, None, txn, now).await?;
             Ok(ResultOutcome::Pending)
         }
-        ResultStatus::Success if current || (attempt.status == "TIMEOUT" && !is_final(&bill.status)) => {
-            // A late success of a timed-out attempt still pays the bill: the
-            // money moved, so the pending retry must not run.
-            store::bills::record_result(conn, &result.request_id, "SUCCESS", code, message, None, txn, now).await?;
-            bill.status = "PAID".into();
-            bill.gateway_txn_id = result.gateway_txn_id.clone();
-            bill.settled_at = Some(now);
-            bill.next_attempt_at = None;
-            bill.lease_owner = None;
-            bill.lease_expires_at = None;
-            bill.updated_at = now;
-            store::bills::update(conn, &bill).await?;
-            let settlement = json!({"credit_applied": num(bill.credit_applied), "debited_amount": num(bill.amount_due),
-                                    "gateway_txn_id": bill.gateway_txn_id, "currency": bill.currency});
-            announce_bill(
-                conn,
-                EventName::ExecutionDebitEvent,
-                &bill,
-                execution.as_ref(),
-                now,
-                Some(("settlement", settlement)),
-            )
-            .await?;
-            Ok(ResultOutcome::Paid)
-        }
+        // The same success again: already recorded, nothing changes twice.
+        ResultStatus::Success if attempt.status == "SUCCESS" => Ok(ResultOutcome::Ignored),
+        // Money moved: always recorded, however late.
+        ResultStatus::Success => success(conn, bill, execution, result, current, now).await,
         ResultStatus::Failure if current => {
             let retryable = result.retryable.unwrap_or(true);
             store::bills::record_result(
@@ -192,14 +247,385 @@ async fn settle(
                 )
                 .await?;
             }
-            // The first success of an attempt for a bill already settled by
-            // another attempt: money moved twice.
-            if status == ResultStatus::Success && !settled && is_final(&bill.status) {
-                tracing::warn!(bill = %bill.id, request = %result.request_id, "a second successful debit for a paid bill: reconcile with the gateway");
-            }
             Ok(ResultOutcome::Ignored)
         }
     }
+}
+
+fn overflow(what: &str) -> HandleError {
+    HandleError::Rejected(Rejection::overflow(format_args!("the amount while {what}")))
+}
+
+fn minus(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, HandleError> {
+    a.checked_sub(b).ok_or_else(|| overflow(what))
+}
+
+/// A bill webhook with any number of extra content fields.
+async fn bill_event(
+    conn: &mut PgConnection,
+    event: EventName,
+    bill: &BillRow,
+    execution: Option<&ExecutionRow>,
+    now: DateTime<Utc>,
+    extras: Vec<(&str, Value)>,
+) -> Result<Webhook, sqlx::Error> {
+    let lines = store::bills::lines(conn, &bill.id).await?;
+    let mut webhook = bill_webhook(event, bill, &lines, execution, now, None);
+    if let Some(content) = webhook.payload.get_mut("content").and_then(Value::as_object_mut) {
+        for (key, value) in extras {
+            content.insert(key.to_string(), value);
+        }
+    }
+    Ok(webhook)
+}
+
+/// What a late success undid, for its webhook, and the webhooks that follow it.
+#[derive(Default)]
+struct Unwound {
+    adjustments: Vec<Value>,
+    followups: Vec<Webhook>,
+}
+
+/// A `SUCCESS` not seen before for this attempt: it pays the bill, or, when
+/// another attempt already paid it, it is a double charge.
+async fn success(
+    conn: &mut PgConnection,
+    mut bill: BillRow,
+    mut execution: Option<ExecutionRow>,
+    result: &DebitResult,
+    current: bool,
+    now: DateTime<Utc>,
+) -> Result<ResultOutcome, HandleError> {
+    let request_id = result.request_id.as_str();
+    let txn = result.gateway_txn_id.as_deref();
+    store::bills::record_result(
+        conn,
+        request_id,
+        "SUCCESS",
+        result.error_code.as_deref(),
+        result.error_message.as_deref(),
+        None,
+        txn,
+        now,
+    )
+    .await?;
+    let detail = store::bills::attempt_detail(conn, request_id)
+        .await?
+        .ok_or_else(|| Rejection::new(ErrorCode::InternalError, format!("debit attempt {request_id} vanished")))?;
+    let amount = detail.amount;
+    if bill.status == PAID
+        && let Some(paying) = store::bills::paying_attempt(conn, &bill.id, request_id).await?
+    {
+        return double_charge(conn, &bill, execution.as_ref(), &detail, &paying, now).await;
+    }
+
+    // This success pays the bill, now or late.
+    let late = !current;
+    let previous = std::mem::replace(&mut bill.status, PAID.to_string());
+    // What the bill still owed when the money came: nothing if it was
+    // already settled without the gateway; less than was asked if a late
+    // success of an earlier bill took a carried amount out of it meanwhile.
+    let owed = if previous == PAID {
+        Decimal::ZERO
+    } else {
+        bill.amount_due
+    };
+    let overpaid = minus(amount, owed, "comparing the debit with the bill")?.max(Decimal::ZERO);
+    bill.gateway_txn_id = result.gateway_txn_id.clone();
+    bill.settled_at = Some(now);
+    bill.next_attempt_at = None;
+    bill.lease_owner = None;
+    bill.lease_expires_at = None;
+    bill.updated_at = now;
+    store::bills::update(conn, &bill).await?;
+
+    let mut unwound = Unwound::default();
+    if let Some(e) = execution.as_mut() {
+        if late && previous == "CARRIED_OVER" {
+            take_back_carried(conn, &bill, e, now, &mut unwound).await?;
+        }
+        if late && previous == "FAILED" && e.status == "INACTIVE" {
+            let revoked_by = store::bills::revoked_by(conn, &e.id).await?;
+            if revoked_by.as_deref() == Some(bill.id.as_str()) {
+                reactivate(conn, e, now).await?;
+                let content = json!({
+                    "billing_execution_info": execution_summary(e),
+                    "reason": "LATE_DEBIT_SUCCESS",
+                    "bill_id": bill.id,
+                });
+                unwound.followups.push(Webhook::new(
+                    EventName::ExecutionActivated,
+                    &e.merchant_id,
+                    now,
+                    content,
+                ));
+                unwound
+                    .adjustments
+                    .push(json!({"kind": "EXECUTION_ACTIVATED", "billing_execution_info_id": e.id}));
+            }
+        }
+        if overpaid > Decimal::ZERO {
+            let reference = format!("late_debit:{}:overpaid", bill.id);
+            credit_back(conn, e, overpaid, &reference, &bill, now, &mut unwound).await?;
+            unwound
+                .adjustments
+                .push(json!({"kind": "OVERPAYMENT_CREDITED", "amount": num(overpaid)}));
+        }
+    } else if overpaid > Decimal::ZERO {
+        tracing::warn!(bill = %bill.id, request = request_id, overpaid = %overpaid, "a debit collected more than its bill owes and the bill has no execution to credit");
+    }
+
+    let settlement = json!({
+        "credit_applied": num(bill.credit_applied),
+        "debited_amount": num(amount),
+        "gateway_txn_id": bill.gateway_txn_id,
+        "request_id": request_id,
+        "attempt": detail.attempt,
+        "currency": bill.currency,
+    });
+    let mut extras = vec![("settlement", settlement), ("late", Value::Bool(late))];
+    if late {
+        extras.push(("previous_status", Value::String(previous.clone())));
+    }
+    if late || !unwound.adjustments.is_empty() {
+        extras.push(("adjustments", Value::Array(std::mem::take(&mut unwound.adjustments))));
+    }
+    let webhook = bill_event(
+        conn,
+        EventName::ExecutionDebitEvent,
+        &bill,
+        execution.as_ref(),
+        now,
+        extras,
+    )
+    .await?;
+    store::outbox::enqueue(conn, &webhook, bill.execution_id.as_deref()).await?;
+    for followup in &unwound.followups {
+        store::outbox::enqueue(conn, followup, bill.execution_id.as_deref()).await?;
+    }
+    if late {
+        tracing::info!(bill = %bill.id, request = request_id, previous = %previous, "a late debit success paid the bill");
+        Ok(ResultOutcome::PaidLate)
+    } else {
+        Ok(ResultOutcome::Paid)
+    }
+}
+
+/// A success for a bill that another attempt already paid: the customer
+/// paid twice. Announced so the merchant can refund it.
+async fn double_charge(
+    conn: &mut PgConnection,
+    bill: &BillRow,
+    execution: Option<&ExecutionRow>,
+    this: &store::bills::AttemptDetail,
+    paying: &store::bills::AttemptDetail,
+    now: DateTime<Utc>,
+) -> Result<ResultOutcome, HandleError> {
+    tracing::warn!(bill = %bill.id, request = %this.request_id, paid_by = %paying.request_id, "a second successful debit for a paid bill: refund it");
+    let details = json!({
+        "amount": num(this.amount),
+        "currency": bill.currency,
+        "request_id": this.request_id,
+        "attempt": this.attempt,
+        "gateway_txn_id": this.gateway_txn_id,
+        "paying_request_id": paying.request_id,
+        "paying_attempt": paying.attempt,
+        "paying_gateway_txn_id": paying.gateway_txn_id.clone().or_else(|| bill.gateway_txn_id.clone()),
+    });
+    let webhook = bill_event(
+        conn,
+        EventName::TxnDoubleCharge,
+        bill,
+        execution,
+        now,
+        vec![("double_charge", details)],
+    )
+    .await?;
+    store::outbox::enqueue(conn, &webhook, bill.execution_id.as_deref()).await?;
+    Ok(ResultOutcome::DoubleCharge)
+}
+
+/// Gives `amount` back to the execution as credit through the ledger, with
+/// its `BILLING_EXECUTION_CREDIT_EVENT` (written after the debit event).
+async fn credit_back(
+    conn: &mut PgConnection,
+    execution: &mut ExecutionRow,
+    amount: Decimal,
+    reference: &str,
+    bill: &BillRow,
+    now: DateTime<Utc>,
+    unwound: &mut Unwound,
+) -> Result<(), HandleError> {
+    let entry = store::ledger::append(
+        conn,
+        &execution.merchant_id,
+        &execution.id,
+        EntryKind::Grant,
+        amount,
+        reference,
+        now,
+    )
+    .await?;
+    execution.credit_balance = entry.balance_after;
+    execution.updated_at = now;
+    let content = json!({
+        "billing_execution_info": execution_summary(execution),
+        "credit": {
+            "amount": num(amount),
+            "reference_id": reference,
+            "balance": num(entry.balance_after),
+            "currency": bill.currency,
+            "reason": "LATE_DEBIT_SUCCESS",
+            "bill_id": bill.id,
+        },
+    });
+    unwound.followups.push(Webhook::new(
+        EventName::ExecutionCreditEvent,
+        &execution.merchant_id,
+        now,
+        content,
+    ));
+    Ok(())
+}
+
+/// A carried-over bill was paid late: its amount comes out of wherever it
+/// went. Not yet billed: out of the execution's carried amount. In a later
+/// bill not yet paid: out of that bill's CARRIED line (its amount due first,
+/// then the credit it used, which goes back to the balance); if that bill
+/// was itself carried over, on into the next. In a later bill already paid:
+/// back as credit.
+async fn take_back_carried(
+    conn: &mut PgConnection,
+    bill: &BillRow,
+    execution: &mut ExecutionRow,
+    now: DateTime<Utc>,
+    unwound: &mut Unwound,
+) -> Result<(), HandleError> {
+    let base = format!("late_debit:{}", bill.id);
+    let mut amount = bill.amount_due;
+    let mut position = store::bills::carry_position(conn, &bill.id).await?;
+    // Each hop follows a bill that was carried over again; the chain is finite.
+    while amount > Decimal::ZERO {
+        let Some((mut later, line, line_amount)) =
+            store::bills::lock_carrying_bill(conn, &execution.id, position).await?
+        else {
+            let taken = amount.min(execution.carried_amount);
+            if taken > Decimal::ZERO {
+                execution.carried_amount = minus(execution.carried_amount, taken, "reducing the carried amount")?;
+                store::executions::save_billing_state(conn, execution, now).await?;
+                unwound
+                    .adjustments
+                    .push(json!({"kind": "CARRIED_AMOUNT_REDUCED", "amount": num(taken)}));
+            }
+            let rest = minus(amount, taken, "reducing the carried amount")?;
+            if rest > Decimal::ZERO {
+                // Nowhere to be found: the customer is not left out of pocket.
+                credit_back(conn, execution, rest, &format!("{base}:unmatched"), bill, now, unwound).await?;
+                unwound
+                    .adjustments
+                    .push(json!({"kind": "CREDITED", "amount": num(rest)}));
+            }
+            return Ok(());
+        };
+        let part = amount.min(line_amount.max(Decimal::ZERO));
+        let rest = minus(amount, part, "matching the carried line")?;
+        if rest > Decimal::ZERO {
+            let reference = format!("{base}:unmatched:{}", later.id);
+            credit_back(conn, execution, rest, &reference, bill, now, unwound).await?;
+            unwound
+                .adjustments
+                .push(json!({"kind": "CREDITED", "amount": num(rest), "bill_id": later.id}));
+        }
+        if later.status == PAID {
+            let reference = format!("{base}:paid:{}", later.id);
+            credit_back(conn, execution, part, &reference, bill, now, unwound).await?;
+            unwound
+                .adjustments
+                .push(json!({"kind": "CREDITED", "amount": num(part), "bill_id": later.id}));
+            return Ok(());
+        }
+        // Not paid: the bill is reduced, its amount due first.
+        let from_due = part.min(later.amount_due);
+        let released = minus(part, from_due, "reducing a later bill")?;
+        later.total = minus(later.total, part, "reducing a later bill")?;
+        later.amount_due = minus(later.amount_due, from_due, "reducing a later bill")?;
+        later.credit_applied = minus(later.credit_applied, released, "reducing a later bill")?;
+        later.updated_at = now;
+        let line_left = minus(line_amount, part, "reducing a later bill")?;
+        let description = format!(
+            "unpaid amount carried over ({} paid late with bill {})",
+            num(part),
+            bill.id
+        );
+        store::bills::reduce_carried(conn, &later, line, line_left, &description).await?;
+        unwound.adjustments.push(json!({
+            "kind": "BILL_REDUCED", "bill_id": later.id, "amount": num(part),
+            "amount_due": num(later.amount_due), "total": num(later.total),
+        }));
+        if released > Decimal::ZERO {
+            let reference = format!("{base}:released:{}", later.id);
+            credit_back(conn, execution, released, &reference, bill, now, unwound).await?;
+            unwound
+                .adjustments
+                .push(json!({"kind": "CREDIT_RELEASED", "amount": num(released), "bill_id": later.id}));
+        }
+        match later.status.as_str() {
+            // Nothing left to collect: paid by the credit it had.
+            "SCHEDULED" | "RETRY_SCHEDULED" if later.amount_due.is_zero() => {
+                later.status = PAID.into();
+                later.settled_at = Some(now);
+                later.next_attempt_at = None;
+                store::bills::update(conn, &later).await?;
+                let settlement = json!({"credit_applied": num(later.credit_applied), "debited_amount": 0,
+                                        "currency": later.currency});
+                let webhook = bill_event(
+                    conn,
+                    EventName::ExecutionDebitEvent,
+                    &later,
+                    Some(execution),
+                    now,
+                    vec![("settlement", settlement), ("late", Value::Bool(false))],
+                )
+                .await?;
+                unwound.followups.push(webhook);
+                return Ok(());
+            }
+            // Its unpaid amount went on: follow the part of ours that was in it.
+            "CARRIED_OVER" => {
+                amount = from_due;
+                position = store::bills::carry_position(conn, &later.id).await?;
+            }
+            // PROCESSING: a result now settles the reduced amount (any excess
+            // collected comes back as credit); others are not collected.
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Activates again an execution that this bill's failed debit revoked:
+/// billing resumes as `update_status` ACTIVE resumes it (from the open
+/// period if it has not ended, else from the period containing now).
+async fn reactivate(conn: &mut PgConnection, e: &mut ExecutionRow, now: DateTime<Utc>) -> Result<(), HandleError> {
+    e.status = "ACTIVE".into();
+    if e.next_bill_at.is_none()
+        && let Some(plan) = store::catalog::find_plan(conn, &e.merchant_id, &e.plan_id).await?
+    {
+        let spec = crate::provisioning::plan_spec(&plan)?;
+        let period = super::issue::basis(e, &plan).schedule().period_containing(now);
+        if e.billed_until.is_none_or(|b| b < period.start) {
+            e.billed_until = Some(period.start);
+        }
+        e.next_bill_at =
+            if bills_on_present(spec.plan_interval, spec.plan_model) || spec.plan_interval == PlanInterval::Onetime {
+                None
+            } else {
+                period.end
+            };
+    }
+    e.updated_at = now;
+    store::executions::save_billing_state(conn, e, now).await?;
+    Ok(())
 }
 
 fn status_str(s: ResultStatus) -> &'static str {
@@ -208,10 +634,6 @@ fn status_str(s: ResultStatus) -> &'static str {
         ResultStatus::Failure => "FAILURE",
         ResultStatus::Pending => "PENDING",
     }
-}
-
-fn is_final(status: &str) -> bool {
-    matches!(status, "PAID" | "WRITTEN_OFF" | "CARRIED_OVER" | "FAILED" | "CANCELLED")
 }
 
 /// A failed attempt: retry with backoff while retries remain, else apply
@@ -229,6 +651,27 @@ pub async fn fail(
     bill.lease_owner = None;
     bill.lease_expires_at = None;
     bill.updated_at = now;
+    if bill.amount_due.is_zero() {
+        // A late success of an earlier bill took everything this one still
+        // had to collect while its debit was out: nothing to ask again.
+        bill.status = PAID.into();
+        bill.settled_at = Some(now);
+        bill.next_attempt_at = None;
+        store::bills::update(conn, &bill).await?;
+        let settlement =
+            json!({"credit_applied": num(bill.credit_applied), "debited_amount": 0, "currency": bill.currency});
+        let webhook = bill_event(
+            conn,
+            EventName::ExecutionDebitEvent,
+            &bill,
+            execution.as_ref(),
+            now,
+            vec![("settlement", settlement), ("late", Value::Bool(false))],
+        )
+        .await?;
+        store::outbox::enqueue(conn, &webhook, bill.execution_id.as_deref()).await?;
+        return Ok("PAID");
+    }
     let attempt = bill.attempt.max(1) as u32;
     let decision = after_failure(attempt, bill.max_retry.max(0) as u32, retryable);
     if decision == AfterFailure::Retry {
@@ -255,13 +698,21 @@ pub async fn fail(
     }
     match (bill.status.as_str(), execution.as_mut()) {
         ("CARRIED_OVER", Some(e)) => {
-            e.carried_amount += bill.amount_due;
+            e.carried_amount = e
+                .carried_amount
+                .checked_add(bill.amount_due)
+                .ok_or_else(|| overflow("carrying the unpaid amount over"))?;
             store::executions::save_billing_state(conn, e, now).await?;
+            // Where the carry-over stands among the execution's bills: a late
+            // success of this bill finds the amount again from here.
+            store::bills::mark_carried(conn, &bill.id).await?;
         }
         ("FAILED", Some(e)) => {
             e.status = "INACTIVE".into();
             e.next_bill_at = None;
             store::executions::save_billing_state(conn, e, now).await?;
+            // A late success of this bill activates the execution again.
+            store::bills::mark_revoked_by(conn, &e.id, &bill.id).await?;
             store::bills::cancel_open(conn, &e.id, &bill.id, now).await?;
             let content = json!({ "billing_execution_info": crate::protocol::documents::execution_summary(e), "reason": "REVOKED_AFTER_FAILED_DEBIT", "bill_id": bill.id });
             let webhook =

@@ -343,6 +343,16 @@ async fn send(ctx: &Context, publisher: &Publisher, bills: &[BillRow], now: Date
     if bills.is_empty() {
         return Ok(());
     }
+    // Only bills still waiting for this attempt are asked for: a late
+    // success may have paid one since it was claimed. The rows stay locked
+    // until the requests are marked, so no result slips in between.
+    let mut tx = ctx.pool.begin().await?;
+    let wanted: Vec<String> = bills.iter().filter_map(|b| b.request_id.clone()).collect();
+    let still = store::bills::lock_still_processing(&mut tx, &wanted).await?;
+    let bills: Vec<&BillRow> = bills
+        .iter()
+        .filter(|b| b.request_id.as_ref().is_some_and(|r| still.contains(r)))
+        .collect();
     let messages = bills
         .iter()
         .map(|bill| {
@@ -359,8 +369,8 @@ async fn send(ctx: &Context, publisher: &Publisher, bills: &[BillRow], now: Date
     let confirmed = publisher.publish_all(messages).await?;
     let ids: Vec<String> = bills[..confirmed].iter().filter_map(|b| b.request_id.clone()).collect();
     let deadline = now + duration(ctx.settings.payments.result_timeout);
-    let mut conn = ctx.pool.acquire().await?;
-    store::bills::mark_requested(&mut conn, &ids, ctx.clock.now(), deadline).await?;
+    store::bills::mark_requested(&mut tx, &ids, ctx.clock.now(), deadline).await?;
+    tx.commit().await?;
     for _ in 0..confirmed {
         ctx.metrics.debit_attempts.with_label_values(&["requested"]).inc();
     }

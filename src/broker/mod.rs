@@ -233,11 +233,7 @@ fn value_size(value: &AMQPValue) -> usize {
         AMQPValue::ShortString(s) => s.as_str().len().saturating_add(2),
         AMQPValue::ByteArray(b) => b.as_slice().len().saturating_add(5),
         AMQPValue::FieldTable(t) => table_size(t).saturating_add(5),
-        AMQPValue::FieldArray(a) => a
-            .as_slice()
-            .iter()
-            .map(value_size)
-            .fold(5usize, usize::saturating_add),
+        AMQPValue::FieldArray(a) => a.as_slice().iter().map(value_size).fold(5usize, usize::saturating_add),
         _ => 9,
     }
 }

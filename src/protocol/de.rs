@@ -129,6 +129,18 @@ pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
     Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
 }
 
+/// Optional free text kept to its first [`MAX_TEXT_LEN`] characters: for
+/// what must be recorded whatever its size (a gateway's texts about money
+/// that moved), where refusing would lose the record.
+pub fn opt_clipped_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(|mut text| {
+        if let Some((cut, _)) = text.char_indices().nth(MAX_TEXT_LEN) {
+            text.truncate(cut);
+        }
+        text
+    }))
+}
+
 /// An amount or value: a decimal number (or its text) whose absolute value
 /// is below 10^15, with at most 12 decimal places.
 pub fn amount<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {

@@ -22,6 +22,7 @@ pub enum EventName {
     RetryTxnScheduled,
     TxnRetryExceeded,
     TxnSkipped,
+    TxnDoubleCharge,
 }
 
 impl EventName {
@@ -42,6 +43,7 @@ impl EventName {
             EventName::RetryTxnScheduled => "BILLING_RETRY_TXN_SCHEDULED",
             EventName::TxnRetryExceeded => "BILLING_TXN_RETRY_EXCEEDED",
             EventName::TxnSkipped => "BILLING_TXN_SKIPPED",
+            EventName::TxnDoubleCharge => "BILLING_TXN_DOUBLE_CHARGE",
         }
     }
 }

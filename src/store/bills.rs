@@ -468,3 +468,148 @@ pub async fn for_execution(conn: &mut PgConnection, execution_id: &str) -> Resul
         .fetch_all(conn)
         .await
 }
+
+// ---------------------------------------------------------------- late results
+
+/// What a debit attempt asked for and what the gateway answered.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptDetail {
+    pub request_id: String,
+    pub attempt: i32,
+    pub amount: Decimal,
+    pub gateway_txn_id: Option<String>,
+}
+
+/// The amount and transaction of an attempt.
+pub async fn attempt_detail(conn: &mut PgConnection, request_id: &str) -> Result<Option<AttemptDetail>, sqlx::Error> {
+    sqlx::query_as("SELECT request_id, attempt, amount, gateway_txn_id FROM debit_attempts WHERE request_id = $1")
+        .bind(request_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The successful attempt that paid a bill, other than `except`: the first to succeed.
+pub async fn paying_attempt(
+    conn: &mut PgConnection,
+    bill_id: &str,
+    except: &str,
+) -> Result<Option<AttemptDetail>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT request_id, attempt, amount, gateway_txn_id FROM debit_attempts
+         WHERE bill_id = $1 AND request_id <> $2 AND status = 'SUCCESS' ORDER BY result_at, attempt LIMIT 1",
+    )
+    .bind(bill_id)
+    .bind(except)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Numbers a carry-over of the bill's unpaid amount in the order of the
+/// execution's bill events (migration 0005). The caller holds the
+/// execution's row lock.
+pub async fn mark_carried(conn: &mut PgConnection, bill_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE bills SET carried_seq = nextval('bill_events_seq') WHERE id = $1")
+        .bind(bill_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Where a bill's carry-over stands in the order of bill events: its
+/// `carried_seq`, or its `issue_seq` for a bill carried before that existed.
+pub async fn carry_position(conn: &mut PgConnection, bill_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COALESCE(carried_seq, issue_seq) FROM bills WHERE id = $1")
+        .bind(bill_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// The first bill of an execution issued after `position` with a CARRIED
+/// line (the bill a carry-over at `position` went into), locked, with that
+/// line's position and amount.
+pub async fn lock_carrying_bill(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    position: i64,
+) -> Result<Option<(BillRow, i32, Decimal)>, sqlx::Error> {
+    let bill: Option<BillRow> = sqlx::query_as(
+        "SELECT * FROM bills b WHERE execution_id = $1 AND issue_seq > $2
+             AND EXISTS (SELECT 1 FROM bill_lines l WHERE l.bill_id = b.id AND l.kind = 'CARRIED')
+         ORDER BY issue_seq LIMIT 1 FOR UPDATE",
+    )
+    .bind(execution_id)
+    .bind(position)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(bill) = bill else { return Ok(None) };
+    let (line, amount): (i32, Decimal) = sqlx::query_as(
+        "SELECT position, amount FROM bill_lines WHERE bill_id = $1 AND kind = 'CARRIED' ORDER BY position LIMIT 1",
+    )
+    .bind(&bill.id)
+    .fetch_one(conn)
+    .await?;
+    Ok(Some((bill, line, amount)))
+}
+
+/// Takes `amount` out of a bill's CARRIED line and writes its new figures
+/// (the caller computed them and keeps the CHECK constraints true).
+pub async fn reduce_carried(
+    conn: &mut PgConnection,
+    bill: &BillRow,
+    line: i32,
+    line_amount: Decimal,
+    description: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE bill_lines SET amount = $3, description = $4 WHERE bill_id = $1 AND position = $2")
+        .bind(&bill.id)
+        .bind(line)
+        .bind(line_amount)
+        .bind(description)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE bills SET total = $2, credit_applied = $3, amount_due = $4, updated_at = $5 WHERE id = $1")
+        .bind(&bill.id)
+        .bind(bill.total)
+        .bind(bill.credit_applied)
+        .bind(bill.amount_due)
+        .bind(bill.updated_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records that this bill's failed debit revoked its execution (cleared by
+/// any later change of the execution's status, see migration 0005).
+pub async fn mark_revoked_by(conn: &mut PgConnection, execution_id: &str, bill_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE executions SET revoked_by_bill = $2 WHERE id = $1")
+        .bind(execution_id)
+        .bind(bill_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The bill that revoked an execution, while that revocation is the last
+/// change of its status.
+pub async fn revoked_by(conn: &mut PgConnection, execution_id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT revoked_by_bill FROM executions WHERE id = $1")
+        .bind(execution_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// Of these requests, those whose bill still waits for them (PROCESSING,
+/// same request), their bills locked: what a sender may still publish. A
+/// bill that a late result settled meanwhile is left out, so it is never
+/// asked for again.
+pub async fn lock_still_processing(
+    conn: &mut PgConnection,
+    request_ids: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT request_id FROM bills WHERE request_id = ANY($1) AND status = 'PROCESSING' ORDER BY id FOR UPDATE",
+    )
+    .bind(request_ids)
+    .fetch_all(conn)
+    .await
+}

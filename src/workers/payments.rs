@@ -1,7 +1,9 @@
 //! The payment-results role: take the gateway's debit results that are
 //! waiting (up to a batch), settle their bills in one transaction, then ack
-//! them at once after the commit. Repeats and late results change nothing
-//! twice.
+//! them at once after the commit. Repeats change nothing twice; late
+//! successes are always recorded; a result that does not come from the
+//! bill's merchant (`x-merchantid`, and the broker user when authentication
+//! is on) is dead-lettered `FORBIDDEN`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +20,7 @@ use crate::billing::debits::{DebitResult, ResultOutcome, apply_result};
 use crate::broker::{BrokerError, Publisher};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::de::decode;
+use crate::protocol::envelope;
 
 const ROLE: &str = "payments";
 
@@ -56,7 +59,15 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
-fn parse(ctx: &Context, delivery: &Delivery) -> Result<DebitResult, Rejection> {
+/// A readable result and who sent it.
+struct Received {
+    result: DebitResult,
+    /// The merchant the envelope names, or why it names none; checked
+    /// against the bill's merchant once the request is found.
+    sender: Result<String, Rejection>,
+}
+
+fn parse(ctx: &Context, delivery: &Delivery) -> Result<Received, Rejection> {
     let max = ctx.settings.amqp.max_message_bytes;
     if delivery.data.len() > max {
         return Err(Rejection::new(
@@ -64,7 +75,13 @@ fn parse(ctx: &Context, delivery: &Delivery) -> Result<DebitResult, Rejection> {
             format!("body is {} bytes, more than the limit of {max}", delivery.data.len()),
         ));
     }
-    decode(&delivery.data)
+    let result = decode(&delivery.data)?;
+    let sender = match envelope::open(&delivery.properties, &delivery.data, max, &ctx.settings.auth, None) {
+        Ok(env) => Ok(env.merchant_id),
+        Err(why) if matches!(why.code, ErrorCode::MissingMerchant | ErrorCode::Forbidden) => Err(why),
+        Err(other) => return Err(other),
+    };
+    Ok(Received { result, sender })
 }
 
 /// Settles a batch: the readable results in one transaction (one by one if
@@ -81,8 +98,8 @@ async fn settle(
         .messages_received
         .with_label_values(&[ROLE])
         .inc_by(batch.len() as u64);
-    let parsed: Vec<Result<DebitResult, Rejection>> = batch.iter().map(|d| parse(ctx, d)).collect();
-    let readable: Vec<&DebitResult> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let parsed: Vec<Result<Received, Rejection>> = batch.iter().map(|d| parse(ctx, d)).collect();
+    let readable: Vec<&Received> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
     let mut refused: Vec<(usize, Rejection)> = parsed
         .iter()
         .enumerate()
@@ -119,7 +136,7 @@ async fn settle(
 }
 
 /// Applies results in one transaction, in the order they came.
-async fn apply(ctx: &Context, results: &[&DebitResult]) -> Result<Vec<(ResultOutcome, Option<Duration>)>, HandleError> {
+async fn apply(ctx: &Context, results: &[&Received]) -> Result<Vec<(ResultOutcome, Option<Duration>)>, HandleError> {
     let started = Instant::now();
     let mut tx = ctx
         .pool
@@ -127,8 +144,9 @@ async fn apply(ctx: &Context, results: &[&DebitResult]) -> Result<Vec<(ResultOut
         .await
         .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
     let mut applied = Vec::with_capacity(results.len());
-    for result in results {
-        applied.push(apply_result(&mut tx, result, &ctx.settings.retry, ctx.clock.now()).await?);
+    for received in results {
+        let sender = received.sender.as_deref();
+        applied.push(apply_result(&mut tx, &received.result, sender, &ctx.settings.retry, ctx.clock.now()).await?);
     }
     tx.commit().await?;
     ctx.metrics
@@ -142,6 +160,8 @@ fn record(ctx: &Context, applied: &[(ResultOutcome, Option<Duration>)]) {
         ctx.metrics.debit_attempts.with_label_values(&[outcome.as_str()]).inc();
         match outcome {
             ResultOutcome::Paid => ctx.metrics.bills_settled.with_label_values(&["paid"]).inc(),
+            ResultOutcome::PaidLate => ctx.metrics.bills_settled.with_label_values(&["paid_late"]).inc(),
+            ResultOutcome::DoubleCharge => ctx.metrics.double_charges.inc(),
             ResultOutcome::Failed(status) if *status != "RETRY_SCHEDULED" => ctx
                 .metrics
                 .bills_settled

@@ -9,6 +9,7 @@ mod billing;
 mod binary;
 mod dead_letters;
 mod hostile;
+mod late_results;
 mod operations;
 mod outbox;
 mod provisioning;

@@ -225,3 +225,12 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".to_string())
 }
+
+/// Stored data that no longer parses: a fault of this service, not of the
+/// message (refused as `INTERNAL_ERROR`).
+pub fn corrupt(what: &str, detail: impl fmt::Display) -> HandleError {
+    HandleError::Rejected(Rejection::new(
+        ErrorCode::InternalError,
+        format!("stored {what} is unreadable: {detail}"),
+    ))
+}

@@ -21,7 +21,7 @@ use crate::domain::money::Currency;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents::{execution_summary, num};
 use crate::protocol::envelope::MERCHANT_HEADER;
-use crate::protocol::webhook::{EventName, Webhook};
+use crate::domain::webhook::{EventName, Webhook};
 use crate::settings::RetrySettings;
 use crate::store;
 use crate::store::bills::BillRow;
@@ -611,7 +611,7 @@ async fn reactivate(conn: &mut PgConnection, e: &mut ExecutionRow, now: DateTime
     if e.next_bill_at.is_none()
         && let Some(plan) = store::catalog::find_plan(conn, &e.merchant_id, &e.plan_id).await?
     {
-        let spec = crate::provisioning::plan_spec(&plan)?;
+        let spec = crate::store::catalog::plan_spec(&plan)?;
         let period = super::issue::basis(e, &plan).schedule().period_containing(now);
         if e.billed_until.is_none_or(|b| b < period.start) {
             e.billed_until = Some(period.start);
@@ -716,7 +716,7 @@ pub async fn fail(
             store::bills::cancel_open(conn, &e.id, &bill.id, now).await?;
             let content = json!({ "billing_execution_info": crate::protocol::documents::execution_summary(e), "reason": "REVOKED_AFTER_FAILED_DEBIT", "bill_id": bill.id });
             let webhook =
-                crate::protocol::webhook::Webhook::new(EventName::ExecutionDeactivated, &e.merchant_id, now, content);
+                crate::domain::webhook::Webhook::new(EventName::ExecutionDeactivated, &e.merchant_id, now, content);
             store::outbox::enqueue(conn, &webhook, Some(&e.id)).await?;
         }
         _ => {

@@ -14,15 +14,12 @@ use sqlx::PgConnection;
 use crate::domain::catalog::{PlanInterval, PlanModel, PlanType};
 use crate::domain::period::Schedule;
 use crate::protocol::documents::{num, timestamp};
-use crate::protocol::webhook::{EventName, Webhook};
+use crate::domain::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::bills::{BillRow, LineRow};
 use crate::store::executions::ExecutionRow;
 
-/// Whether a plan bills only when presented (never on a schedule).
-pub fn bills_on_present(interval: PlanInterval, model: PlanModel) -> bool {
-    interval == PlanInterval::Aspresented || model == PlanModel::UsageCalculation
-}
+pub use crate::domain::catalog::bills_on_present;
 
 /// When the scheduler first acts for an execution that starts billing on
 /// `schedule`: at the start for an amount in advance (PRE_DEBIT) and for

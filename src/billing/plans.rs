@@ -15,7 +15,7 @@ use crate::domain::period::{add_months_clamped, check_date_window};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::de::{amount as amount_field, decode, id, lenient_opt_u32, opt_amount, opt_id, opt_text, text};
 use crate::protocol::documents::num;
-use crate::protocol::webhook::EventName;
+use crate::domain::webhook::EventName;
 use crate::store;
 use crate::store::bills::BillRow;
 
@@ -412,7 +412,7 @@ pub async fn add(
     }
     let currency = Currency::parse(plan.currency.as_deref().unwrap_or("INR"))
         .map_err(|p| Rejection::field("billing_plan.currency", p))?;
-    let max_retry = plan.max_retry.unwrap_or(crate::provisioning::DEFAULT_MAX_RETRY);
+    let max_retry = plan.max_retry.unwrap_or(crate::domain::catalog::DEFAULT_MAX_RETRY);
     if max_retry > crate::domain::catalog::MAX_RETRY_LIMIT {
         return Err(Rejection::field(
             "billing_plan.max_retry",

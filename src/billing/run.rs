@@ -13,7 +13,7 @@ use crate::app::Context;
 use crate::broker::{self, BrokerError, Publisher};
 use crate::error::{ErrorCode, HandleError, Rejection, catch_panic, short};
 use crate::protocol::envelope::MERCHANT_HEADER;
-use crate::protocol::webhook::{EventName, Webhook};
+use crate::domain::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::bills::BillRow;
 

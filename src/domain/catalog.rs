@@ -249,6 +249,14 @@ pub fn check_text(field: &str, value: &str, required: bool) -> Result<(), Reject
     Ok(())
 }
 
+/// Default number of retries of a failed debit when a plan names none.
+pub const DEFAULT_MAX_RETRY: u32 = 3;
+
+/// Whether a plan bills only when presented (never on a schedule).
+pub fn bills_on_present(interval: PlanInterval, model: PlanModel) -> bool {
+    interval == PlanInterval::Aspresented || model == PlanModel::UsageCalculation
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,3 +10,4 @@ pub mod ledger;
 pub mod money;
 pub mod period;
 pub mod pricing;
+pub mod webhook;

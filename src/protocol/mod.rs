@@ -6,7 +6,6 @@ pub mod documents;
 pub mod envelope;
 pub mod provisioning;
 pub mod usage;
-pub mod webhook;
 
 #[cfg(test)]
 mod robustness {

@@ -4,10 +4,11 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-use super::{Outcome, already_exists, corrupt, not_found};
-use crate::domain::aggregation::AggregationType;
+use super::{Outcome, already_exists, not_found};
+use crate::domain::catalog::DEFAULT_MAX_RETRY;
+use crate::store::catalog::{metric_spec, plan_spec};
 use crate::domain::catalog::{
-    ActionOnFailure, MetricSpec, PlanInterval, PlanModel, PlanRuleType, PlanSpec, PlanType, check_text,
+    ActionOnFailure, MetricSpec, PlanRuleType, PlanSpec, check_text,
 };
 use crate::domain::ids::check_id;
 use crate::domain::money::Currency;
@@ -16,7 +17,7 @@ use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents;
 use crate::protocol::provisioning::{CreateCustomer, CreateMetric, PlanFields};
 use crate::store;
-use crate::store::catalog::{MetricRow, PlanRow};
+use crate::store::catalog::MetricRow;
 use crate::store::customers::CustomerRow;
 
 /// Builds a validated price list, naming the field under `prefix`.
@@ -35,30 +36,6 @@ pub(super) fn currency(field: &str, code: &str) -> Result<Currency, Rejection> {
     Currency::parse(code).map_err(|p| Rejection::field(field, p))
 }
 
-/// The definition a stored metric was created with.
-pub(crate) fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
-    let tiers: Vec<Tier> =
-        serde_json::from_value(row.pricing_model.clone()).map_err(|e| corrupt("pricing_model", e))?;
-    let pricing_type = row
-        .pricing_type
-        .parse::<PricingType>()
-        .map_err(|e| corrupt("pricing_type", e))?;
-    Ok(MetricSpec {
-        metric_id: row.metric_id.clone(),
-        name: row.name.clone(),
-        description: row.description.clone(),
-        unit: row.unit.clone(),
-        event_type: row.event_type.clone(),
-        aggregation_type: row
-            .aggregation_type
-            .parse::<AggregationType>()
-            .map_err(|e| corrupt("aggregation_type", e))?,
-        aggregation_field: row.aggregation_field.clone(),
-        pricing: Pricing::new(pricing_type, tiers, row.package_size, row.free_units)
-            .map_err(|e| corrupt("pricing", e))?,
-        currency: Currency::parse(&row.currency).map_err(|e| corrupt("currency", e))?,
-    })
-}
 
 pub(super) async fn create_metric(
     conn: &mut PgConnection,
@@ -96,35 +73,7 @@ pub(super) async fn create_metric(
     )))
 }
 
-/// The definition a stored plan has now.
-pub fn plan_spec(row: &PlanRow) -> Result<PlanSpec, HandleError> {
-    fn parse<T>(what: &str, value: &str, f: fn(&str) -> Option<T>) -> Result<T, HandleError> {
-        f(value).ok_or_else(|| corrupt(what, value))
-    }
-    Ok(PlanSpec {
-        plan_id: row.plan_id.clone(),
-        plan_name: row.plan_name.clone(),
-        plan_description: row.plan_description.clone(),
-        plan_type: parse("plan_type", &row.plan_type, PlanType::parse)?,
-        plan_model: parse("plan_model", &row.plan_model, PlanModel::parse)?,
-        plan_interval: parse("plan_interval", &row.plan_interval, PlanInterval::parse)?,
-        plan_rule_type: parse("plan_rule_type", &row.plan_rule_type, PlanRuleType::parse)?,
-        plan_rule_value: row.plan_rule_value.map(|v| v.max(0) as u32),
-        plan_amount: row.plan_amount,
-        plan_currency: Currency::parse(&row.plan_currency).map_err(|e| corrupt("plan_currency", e))?,
-        max_amount: row.max_amount,
-        max_retry: row.max_retry.max(0) as u32,
-        plan_action_on_failure: parse(
-            "plan_action_on_failure",
-            &row.plan_action_on_failure,
-            ActionOnFailure::parse,
-        )?,
-        metric_ids: row.metric_ids.clone(),
-    })
-}
 
-/// Default number of retries of a failed debit when a plan names none.
-pub const DEFAULT_MAX_RETRY: u32 = 3;
 
 fn required<T>(field: &str, value: Option<T>) -> Result<T, Rejection> {
     value.ok_or_else(|| Rejection::field(field, "is required"))

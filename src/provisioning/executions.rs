@@ -5,7 +5,8 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
-use super::catalog::{currency, metric_spec, plan_spec, pricing};
+use super::catalog::{currency, pricing};
+use crate::store::catalog::{metric_spec, plan_metrics, plan_spec};
 use super::{Outcome, already_exists, not_found};
 use crate::domain::catalog::PlanModel;
 use crate::domain::execution::{ExecutionStatus, StatusEvent};
@@ -17,9 +18,9 @@ use crate::protocol::documents;
 use crate::protocol::provisioning::{
     AddCredit, ChangePlan, CreateExecution, ExecutionRef, ListExecutions, MetricOverride, UpdateStatus,
 };
-use crate::protocol::webhook::{EventName, Webhook};
+use crate::domain::webhook::{EventName, Webhook};
 use crate::store;
-use crate::store::catalog::{MetricRow, PlanRow};
+use crate::store::catalog::PlanRow;
 use crate::store::executions::ExecutionRow;
 use crate::usage::PeriodBasis;
 
@@ -34,22 +35,6 @@ pub fn first_bill_at(row: &ExecutionRow, plan: &PlanRow) -> Option<DateTime<Utc>
 pub const FREE_TIER_REFERENCE: &str = "free_tier";
 
 /// The metrics an execution is billed on: its plan's, then any extra ones its
-/// per-customer `metric_info` names.
-pub async fn plan_metrics(
-    conn: &mut PgConnection,
-    row: &ExecutionRow,
-    plan: &PlanRow,
-) -> Result<Vec<MetricRow>, sqlx::Error> {
-    let mut ids = plan.metric_ids.clone();
-    for over in row.metric_info.as_array().into_iter().flatten() {
-        if let Some(id) = over.get("metric_id").and_then(Value::as_str)
-            && !ids.iter().any(|m| m == id)
-        {
-            ids.push(id.to_string());
-        }
-    }
-    store::catalog::find_metrics(conn, &row.merchant_id, &ids).await
-}
 
 /// The execution document with its plan, metrics and live usage at `now`.
 pub async fn execution_document(
@@ -410,7 +395,7 @@ pub(super) async fn update_status(
     c: UpdateStatus,
 ) -> Result<Outcome, HandleError> {
     let row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
-    let from = ExecutionStatus::parse(&row.status).ok_or_else(|| super::corrupt("status", &row.status))?;
+    let from = ExecutionStatus::parse(&row.status).ok_or_else(|| crate::error::corrupt("status", &row.status))?;
     let Some(event) = from.transition(c.status)? else {
         return reply_with(conn, merchant_id, &row, now, false).await;
     };

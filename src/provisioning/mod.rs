@@ -11,9 +11,9 @@ use sqlx::PgConnection;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::provisioning::Command;
 
-pub(crate) use catalog::metric_spec;
-pub use catalog::{DEFAULT_MAX_RETRY, plan_spec};
-pub use executions::{execution_document, plan_metrics};
+
+
+pub use executions::execution_document;
 
 /// What a command produced.
 #[derive(Debug, Clone)]
@@ -103,13 +103,5 @@ fn already_exists(field: &str, value: &str, hint: &str) -> HandleError {
             "{field} '{}' already exists with a different definition{hint}",
             crate::error::short(value)
         ),
-    ))
-}
-
-/// Stored data that no longer parses is a fault of this service, not of the message.
-pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> HandleError {
-    HandleError::Rejected(Rejection::new(
-        ErrorCode::InternalError,
-        format!("stored {what} is unreadable: {detail}"),
     ))
 }

@@ -4,7 +4,14 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-use crate::domain::catalog::{MetricSpec, PlanSpec};
+use crate::domain::aggregation::AggregationType;
+use crate::domain::catalog::{
+    ActionOnFailure, MetricSpec, PlanInterval, PlanModel, PlanRuleType, PlanSpec, PlanType,
+};
+use crate::domain::money::Currency;
+use crate::domain::pricing::{Pricing, PricingType, Tier};
+use crate::error::{HandleError, corrupt};
+use crate::store::executions::ExecutionRow;
 
 /// A stored metric.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -194,4 +201,73 @@ pub async fn upsert_plan(
     .execute(&mut *conn)
     .await?;
     Ok(created)
+}
+/// The definition a stored metric was created with.
+pub fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
+    let tiers: Vec<Tier> =
+        serde_json::from_value(row.pricing_model.clone()).map_err(|e| corrupt("pricing_model", e))?;
+    let pricing_type = row
+        .pricing_type
+        .parse::<PricingType>()
+        .map_err(|e| corrupt("pricing_type", e))?;
+    Ok(MetricSpec {
+        metric_id: row.metric_id.clone(),
+        name: row.name.clone(),
+        description: row.description.clone(),
+        unit: row.unit.clone(),
+        event_type: row.event_type.clone(),
+        aggregation_type: row
+            .aggregation_type
+            .parse::<AggregationType>()
+            .map_err(|e| corrupt("aggregation_type", e))?,
+        aggregation_field: row.aggregation_field.clone(),
+        pricing: Pricing::new(pricing_type, tiers, row.package_size, row.free_units)
+            .map_err(|e| corrupt("pricing", e))?,
+        currency: Currency::parse(&row.currency).map_err(|e| corrupt("currency", e))?,
+    })
+}
+
+/// The definition a stored plan has now.
+pub fn plan_spec(row: &PlanRow) -> Result<PlanSpec, HandleError> {
+    fn parse<T>(what: &str, value: &str, f: fn(&str) -> Option<T>) -> Result<T, HandleError> {
+        f(value).ok_or_else(|| corrupt(what, value))
+    }
+    Ok(PlanSpec {
+        plan_id: row.plan_id.clone(),
+        plan_name: row.plan_name.clone(),
+        plan_description: row.plan_description.clone(),
+        plan_type: parse("plan_type", &row.plan_type, PlanType::parse)?,
+        plan_model: parse("plan_model", &row.plan_model, PlanModel::parse)?,
+        plan_interval: parse("plan_interval", &row.plan_interval, PlanInterval::parse)?,
+        plan_rule_type: parse("plan_rule_type", &row.plan_rule_type, PlanRuleType::parse)?,
+        plan_rule_value: row.plan_rule_value.map(|v| v.max(0) as u32),
+        plan_amount: row.plan_amount,
+        plan_currency: Currency::parse(&row.plan_currency).map_err(|e| corrupt("plan_currency", e))?,
+        max_amount: row.max_amount,
+        max_retry: row.max_retry.max(0) as u32,
+        plan_action_on_failure: parse(
+            "plan_action_on_failure",
+            &row.plan_action_on_failure,
+            ActionOnFailure::parse,
+        )?,
+        metric_ids: row.metric_ids.clone(),
+    })
+}
+
+/// The metrics an execution may use: its plan's, then the ones its
+/// customer prices (`metric_info`) add.
+pub async fn plan_metrics(
+    conn: &mut PgConnection,
+    row: &ExecutionRow,
+    plan: &PlanRow,
+) -> Result<Vec<MetricRow>, sqlx::Error> {
+    let mut ids = plan.metric_ids.clone();
+    for over in row.metric_info.as_array().into_iter().flatten() {
+        if let Some(id) = over.get("metric_id").and_then(serde_json::Value::as_str)
+            && !ids.iter().any(|m| m == id)
+        {
+            ids.push(id.to_string());
+        }
+    }
+    find_metrics(conn, &row.merchant_id, &ids).await
 }

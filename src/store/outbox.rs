@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::protocol::webhook::Webhook;
+use crate::domain::webhook::Webhook;
 
 /// Key of the advisory lock that makes one relay publish at a time, so that
 /// webhooks leave in the order they were written.

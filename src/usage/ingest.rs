@@ -17,7 +17,7 @@ use crate::domain::period::Schedule;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents::{num, timestamp};
 use crate::protocol::usage::{MAX_PROPERTY_LEN, UsageEventIn};
-use crate::protocol::webhook::{EventName, Webhook};
+use crate::domain::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::usage::{AggregateDeltas, EventRows, ExecutionContext};
 

@@ -42,7 +42,7 @@ impl PeriodBasis<'_> {
         let mut interval = PlanInterval::parse(self.plan_interval).unwrap_or(PlanInterval::Aspresented);
         let model = PlanModel::parse(self.plan_model).unwrap_or(PlanModel::UsageBased);
         let mut start = self.billing_start_date.or(self.activated_at).unwrap_or(self.created_at);
-        if crate::billing::bills_on_present(interval, model) || interval == PlanInterval::Onetime {
+        if crate::domain::catalog::bills_on_present(interval, model) || interval == PlanInterval::Onetime {
             interval = PlanInterval::Aspresented;
             start = self.billed_until.unwrap_or(start);
         }
@@ -69,14 +69,14 @@ impl PeriodBasis<'_> {
 pub fn effective_metrics(rows: &[MetricRow], overrides: &Value) -> Result<HashMap<String, MetricSpec>, HandleError> {
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
-        let mut spec = crate::provisioning::metric_spec(row)?;
+        let mut spec = crate::store::catalog::metric_spec(row)?;
         let over = overrides.as_array().and_then(|list| {
             list.iter()
                 .find(|o| o.get("metric_id").and_then(Value::as_str) == Some(&row.metric_id))
         });
         if let Some(over) = over {
             spec.pricing = serde_json::from_value::<Pricing>(over.clone())
-                .map_err(|e| crate::provisioning::corrupt("metric_info", e))?;
+                .map_err(|e| crate::error::corrupt("metric_info", e))?;
         }
         out.insert(row.metric_id.clone(), spec);
     }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
-use crate::domain::ids::new_event_id;
+use super::ids::new_event_id;
 
 /// Every webhook the worker announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -15,24 +14,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff_policy::Backoff;
 use crate::broker::Names;
 use crate::clock::SharedClock;
+use crate::context::{Context, Health};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store;
-use crate::workers::{self, Health};
-
-/// What every role shares.
-pub struct Context {
-    pub settings: Settings,
-    pub names: Names,
-    pub pool: PgPool,
-    pub clock: SharedClock,
-    pub metrics: Metrics,
-    pub health: Health,
-    /// Wakes the outbox relay after a commit that wrote webhooks.
-    pub outbox_wake: Notify,
-    /// This process among its peers: owner of the leases it takes.
-    pub instance: String,
-}
+use crate::workers;
 
 /// A built worker, its HTTP port bound, ready to [`Application::run`].
 pub struct Application {

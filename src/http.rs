@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::app::Context;
+use crate::context::Context;
 
 /// The operations endpoints.
 pub fn router(ctx: Arc<Context>) -> Router {

@@ -25,6 +25,7 @@ pub mod billing;
 pub mod broker;
 pub mod client;
 pub mod clock;
+pub mod context;
 pub mod domain;
 pub mod error;
 pub mod http;

@@ -5,7 +5,6 @@
 pub mod debits;
 pub mod issue;
 pub mod plans;
-pub mod run;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -13,8 +12,8 @@ use sqlx::PgConnection;
 
 use crate::domain::catalog::{PlanInterval, PlanModel, PlanType};
 use crate::domain::period::Schedule;
-use crate::protocol::documents::{num, timestamp};
 use crate::domain::webhook::{EventName, Webhook};
+use crate::protocol::documents::{num, timestamp};
 use crate::store;
 use crate::store::bills::{BillRow, LineRow};
 use crate::store::executions::ExecutionRow;

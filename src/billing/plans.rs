@@ -12,10 +12,10 @@ use super::announce_bill;
 use crate::domain::ids::{check_id, new_execution_id};
 use crate::domain::money::Currency;
 use crate::domain::period::{add_months_clamped, check_date_window};
+use crate::domain::webhook::EventName;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::de::{amount as amount_field, decode, id, lenient_opt_u32, opt_amount, opt_id, opt_text, text};
 use crate::protocol::documents::num;
-use crate::domain::webhook::EventName;
 use crate::store;
 use crate::store::bills::BillRow;
 

@@ -6,10 +6,7 @@ use sqlx::PgConnection;
 
 use super::{Outcome, already_exists, not_found};
 use crate::domain::catalog::DEFAULT_MAX_RETRY;
-use crate::store::catalog::{metric_spec, plan_spec};
-use crate::domain::catalog::{
-    ActionOnFailure, MetricSpec, PlanRuleType, PlanSpec, check_text,
-};
+use crate::domain::catalog::{ActionOnFailure, MetricSpec, PlanRuleType, PlanSpec, check_text};
 use crate::domain::ids::check_id;
 use crate::domain::money::Currency;
 use crate::domain::pricing::{Pricing, PricingType, Tier};
@@ -18,6 +15,7 @@ use crate::protocol::documents;
 use crate::protocol::provisioning::{CreateCustomer, CreateMetric, PlanFields};
 use crate::store;
 use crate::store::catalog::MetricRow;
+use crate::store::catalog::{metric_spec, plan_spec};
 use crate::store::customers::CustomerRow;
 
 /// Builds a validated price list, naming the field under `prefix`.
@@ -35,7 +33,6 @@ pub(super) fn pricing(
 pub(super) fn currency(field: &str, code: &str) -> Result<Currency, Rejection> {
     Currency::parse(code).map_err(|p| Rejection::field(field, p))
 }
-
 
 pub(super) async fn create_metric(
     conn: &mut PgConnection,
@@ -72,8 +69,6 @@ pub(super) async fn create_metric(
         documents::metric(&row, None, None),
     )))
 }
-
-
 
 fn required<T>(field: &str, value: Option<T>) -> Result<T, Rejection> {
     value.ok_or_else(|| Rejection::field(field, "is required"))

@@ -6,21 +6,21 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use super::catalog::{currency, pricing};
-use crate::store::catalog::{metric_spec, plan_metrics, plan_spec};
 use super::{Outcome, already_exists, not_found};
 use crate::domain::catalog::PlanModel;
 use crate::domain::execution::{ExecutionStatus, StatusEvent};
 use crate::domain::ids::{check_id, new_execution_id};
 use crate::domain::ledger::{EntryKind, check_grant};
 use crate::domain::period::check_date_window;
+use crate::domain::webhook::{EventName, Webhook};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents;
 use crate::protocol::provisioning::{
     AddCredit, ChangePlan, CreateExecution, ExecutionRef, ListExecutions, MetricOverride, UpdateStatus,
 };
-use crate::domain::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::catalog::PlanRow;
+use crate::store::catalog::{metric_spec, plan_metrics, plan_spec};
 use crate::store::executions::ExecutionRow;
 use crate::usage::PeriodBasis;
 

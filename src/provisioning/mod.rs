@@ -11,8 +11,6 @@ use sqlx::PgConnection;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::provisioning::Command;
 
-
-
 pub use executions::execution_document;
 
 /// What a command produced.

@@ -5,9 +5,7 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
 use crate::domain::aggregation::AggregationType;
-use crate::domain::catalog::{
-    ActionOnFailure, MetricSpec, PlanInterval, PlanModel, PlanRuleType, PlanSpec, PlanType,
-};
+use crate::domain::catalog::{ActionOnFailure, MetricSpec, PlanInterval, PlanModel, PlanRuleType, PlanSpec, PlanType};
 use crate::domain::money::Currency;
 use crate::domain::pricing::{Pricing, PricingType, Tier};
 use crate::error::{HandleError, corrupt};

@@ -14,10 +14,10 @@ use crate::domain::aggregation::{AggregationType, Delta, UsageEvent};
 use crate::domain::catalog::MetricSpec;
 use crate::domain::execution::ExecutionStatus;
 use crate::domain::period::Schedule;
+use crate::domain::webhook::{EventName, Webhook};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents::{num, timestamp};
 use crate::protocol::usage::{MAX_PROPERTY_LEN, UsageEventIn};
-use crate::domain::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::usage::{AggregateDeltas, EventRows, ExecutionContext};
 

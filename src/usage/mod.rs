@@ -75,8 +75,8 @@ pub fn effective_metrics(rows: &[MetricRow], overrides: &Value) -> Result<HashMa
                 .find(|o| o.get("metric_id").and_then(Value::as_str) == Some(&row.metric_id))
         });
         if let Some(over) = over {
-            spec.pricing = serde_json::from_value::<Pricing>(over.clone())
-                .map_err(|e| crate::error::corrupt("metric_info", e))?;
+            spec.pricing =
+                serde_json::from_value::<Pricing>(over.clone()).map_err(|e| crate::error::corrupt("metric_info", e))?;
         }
         out.insert(row.metric_id.clone(), spec);
     }

@@ -1,15 +1,15 @@
 //! The worker loops. Each role runs in a supervisor that (re)connects with
 //! backoff, so a broker restart never stops the process.
 
+pub mod billing_pass;
 pub mod outbox_relay;
 pub mod payments;
 pub mod provisioning;
 pub mod scheduler;
 pub mod usage;
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -18,43 +18,10 @@ use lapin::Consumer;
 use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Context;
 use crate::backoff_policy::Backoff;
 use crate::broker::Session;
+use crate::context::Context;
 use crate::error::{ErrorCode, HandleError, MAX_CONFLICT_RETRIES, Rejection};
-
-/// Which roles are connected and working; `/readyz` reads it.
-#[derive(Debug, Default)]
-pub struct Health {
-    roles: RwLock<BTreeMap<&'static str, bool>>,
-}
-
-impl Health {
-    /// Registers a role as not yet up.
-    pub fn register(&self, role: &'static str) {
-        self.write().insert(role, false);
-    }
-
-    pub fn set(&self, role: &'static str, up: bool) {
-        self.write().insert(role, up);
-    }
-
-    /// The roles that are down.
-    pub fn down(&self) -> Vec<&'static str> {
-        let roles = self.roles.read().unwrap_or_else(|p| p.into_inner());
-        roles.iter().filter(|(_, up)| !**up).map(|(r, _)| *r).collect()
-    }
-
-    /// Every registered role.
-    pub fn roles(&self) -> Vec<&'static str> {
-        let roles = self.roles.read().unwrap_or_else(|p| p.into_inner());
-        roles.keys().copied().collect()
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<&'static str, bool>> {
-        self.roles.write().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// A session that ran this long before failing was healthy: start the
 /// reconnect delays from the beginning.

@@ -11,8 +11,8 @@ use lapin::types::ShortString;
 use tokio_util::sync::CancellationToken;
 
 use super::{mark_up, supervise};
-use crate::app::Context;
 use crate::broker::{self, Publisher, Session};
+use crate::context::Context;
 use crate::error::is_transient;
 use crate::protocol::envelope::MERCHANT_HEADER;
 use crate::store;

@@ -8,8 +8,8 @@ use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{dead_letter, hold_through_outages, next_delivery, open_consumer, supervise};
-use crate::app::Context;
 use crate::broker::{BrokerError, Publisher};
+use crate::context::Context;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::{
     documents, envelope,
@@ -103,11 +103,11 @@ async fn run_billing(
     let limit = limit
         .map_or(ctx.settings.scheduler.batch_size, i64::from)
         .clamp(1, 1000);
-    let report = crate::billing::run::run_once(ctx, publisher, limit, Some(&env.merchant_id))
+    let report = super::billing_pass::run_once(ctx, publisher, limit, Some(&env.merchant_id))
         .await
         .map_err(|e| match e {
-            crate::billing::run::RunError::Handle(h) => h,
-            crate::billing::run::RunError::Broker(b) => HandleError::Transient(b.to_string()),
+            super::billing_pass::RunError::Handle(h) => h,
+            super::billing_pass::RunError::Broker(b) => HandleError::Transient(b.to_string()),
         })?;
     let response = documents::success(&env.merchant_id, serde_json::json!({ "run": report }));
     Ok(Answer {

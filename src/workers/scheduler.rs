@@ -7,10 +7,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use super::billing_pass::{RunError, run_once};
 use super::{mark_up, supervise};
-use crate::app::Context;
-use crate::billing::run::{RunError, run_once};
 use crate::broker::Session;
+use crate::context::Context;
 use crate::error::HandleError;
 
 const ROLE: &str = "scheduler";

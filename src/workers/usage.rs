@@ -12,8 +12,8 @@ use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{dead_letter, delivery, hold_through_outages, open_consumer, supervise};
-use crate::app::Context;
 use crate::broker::{BrokerError, Publisher};
+use crate::context::Context;
 use crate::error::{HandleError, Rejection};
 use crate::protocol::envelope;
 use crate::protocol::usage::{Decoded, decode_message};

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use billing_worker::app::{Application, Context};
+use billing_worker::app::Application;
 use billing_worker::broker::Names;
 use billing_worker::clock::{SharedClock, SystemClock};
+use billing_worker::context::Context;
 use billing_worker::settings::{QueueType, Settings};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,

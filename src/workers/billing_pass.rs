@@ -7,13 +7,13 @@ use chrono::{DateTime, Duration, Utc};
 use lapin::types::ShortString;
 use serde::Serialize;
 
-use super::debits::{request_body, time_out};
-use super::issue::{BillBatch, PlanCache, bill_due_execution};
-use crate::app::Context;
+use crate::billing::debits::{request_body, time_out};
+use crate::billing::issue::{BillBatch, PlanCache, bill_due_execution};
 use crate::broker::{self, BrokerError, Publisher};
+use crate::context::Context;
+use crate::domain::webhook::{EventName, Webhook};
 use crate::error::{ErrorCode, HandleError, Rejection, catch_panic, short};
 use crate::protocol::envelope::MERCHANT_HEADER;
-use crate::domain::webhook::{EventName, Webhook};
 use crate::store;
 use crate::store::bills::BillRow;
 
@@ -188,7 +188,7 @@ async fn issue_together(
         .map(|b| {
             (
                 b.status.clone(),
-                b.status == super::issue::PAID && b.total > rust_decimal::Decimal::ZERO,
+                b.status == crate::billing::issue::PAID && b.total > rust_decimal::Decimal::ZERO,
             )
         })
         .collect();
@@ -262,7 +262,7 @@ async fn send_notices(
             Some(id) => store::executions::lock_by_id(&mut tx, id).await?,
             None => None,
         };
-        super::announce_bill(
+        crate::billing::announce_bill(
             &mut tx,
             EventName::TxnToBeExecuted,
             &bill,

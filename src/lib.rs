@@ -6,18 +6,25 @@
 //!
 //! ## Layout
 //!
-//! - [`domain`]: the rules, pure: catalog (metrics, plans), pricing,
-//!   aggregation, executions and their states, the credit ledger, money.
-//! - [`protocol`]: the wire: envelopes, commands, response documents, webhooks.
-//! - [`provisioning`]: what each provisioning command does, in one transaction.
-//! - [`usage`]: metered usage of executions.
-//! - [`billing`]: bills, credit, debits through the gateway, retries, actions on failure.
-//! - [`store`]: the Postgres adapter (static SQL, one module per table family).
-//! - [`broker`]: the RabbitMQ adapter (topology, confirms, replies, dead letters).
-//! - [`workers`]: the loops: receive, decide, commit, ack; the outbox relay.
-//! - [`app`]: start-up, roles, shutdown order; [`http`]: health and metrics.
-//! - [`client`]: `billing-worker send`, a publisher for operators and examples.
-//! - [`settings`], [`clock`], [`metrics`], [`telemetry`], [`backoff_policy`]: plumbing.
+//! Layers, lowest first; a module uses only modules of lower layers (the
+//! `architecture` test checks this, and that no two files import each other):
+//!
+//! 1. Plumbing: [`error`] (rejections and faults), [`clock`], [`settings`],
+//!    [`metrics`], [`telemetry`], [`backoff_policy`] (the one user of the
+//!    `backoff` crate).
+//! 2. [`domain`]: the rules, pure: catalog (metrics, plans), pricing,
+//!    aggregation, periods, bills, the credit ledger, money, webhooks.
+//! 3. [`store`]: the Postgres adapter, static SQL, one module per table family.
+//! 4. [`protocol`]: the wire: envelopes, commands, usage messages, response
+//!    documents; then [`broker`]: the RabbitMQ adapter (topology, confirms,
+//!    replies, dead letters).
+//! 5. Services, each operation in one transaction: [`usage`] (metered usage),
+//!    then [`billing`] (bills, credit, debits, retries, actions on failure),
+//!    then [`provisioning`] (what each command does).
+//! 6. [`context`]: what every role shares; then [`workers`] (the role loops:
+//!    receive, decide, commit, ack; the billing pass; the outbox relay),
+//!    [`http`] (health and metrics) and [`client`] (`billing-worker send`).
+//! 7. [`app`]: start-up, roles, shutdown order.
 
 pub mod app;
 pub mod backoff_policy;

@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
@@ -14,130 +13,14 @@ use crate::domain::money::Currency;
 use crate::domain::period::{add_months_clamped, check_date_window};
 use crate::domain::webhook::EventName;
 use crate::error::{ErrorCode, HandleError, Rejection};
-use crate::protocol::de::{amount as amount_field, decode, id, lenient_opt_u32, opt_amount, opt_id, opt_text, text};
+use crate::protocol::billing_plan::{AddBillingPlan, EntryIn, PlanIn};
 use crate::protocol::documents::num;
 use crate::store;
 use crate::store::bills::BillRow;
 
 /// How many entries a schedule that never ends (`end_type` 1) lays out ahead.
 pub const OPEN_ENDED_ENTRIES: usize = 12;
-/// Most entries one plan may hold.
-pub const MAX_ENTRIES: usize = 366;
-
-/// The `billing_plan` object.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlanIn {
-    #[serde(deserialize_with = "id")]
-    pub customer_id: String,
-    #[serde(default, deserialize_with = "opt_text")]
-    pub token: Option<String>,
-    #[serde(default, deserialize_with = "small_value")]
-    pub plan_type: Option<Value>,
-    #[serde(default, deserialize_with = "opt_text")]
-    pub schedule_type: Option<String>,
-    #[serde(default, deserialize_with = "opt_text")]
-    pub start_date: Option<String>,
-    #[serde(default, deserialize_with = "opt_text")]
-    pub end_date: Option<String>,
-    #[serde(default, deserialize_with = "lenient_opt_u32")]
-    pub periodicity: Option<u32>,
-    #[serde(default, deserialize_with = "lenient_opt_u32")]
-    pub end_type: Option<u32>,
-    #[serde(default, deserialize_with = "lenient_opt_u32")]
-    pub no_of_payments: Option<u32>,
-    #[serde(default, deserialize_with = "opt_amount")]
-    pub amount: Option<Decimal>,
-    #[serde(default, deserialize_with = "opt_text")]
-    pub currency: Option<String>,
-    #[serde(default, deserialize_with = "opt_id")]
-    pub reference_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient_opt_u32")]
-    pub max_retry: Option<u32>,
-    #[serde(default)]
-    pub active: Option<bool>,
-    #[serde(default, deserialize_with = "small_value")]
-    pub billing_mode: Option<Value>,
-    #[serde(default, deserialize_with = "lenient_opt_u32")]
-    pub bill_day: Option<u32>,
-}
-
-/// One `bill_sequence` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntryIn {
-    #[serde(deserialize_with = "amount_field")]
-    pub amount: Decimal,
-    #[serde(deserialize_with = "text")]
-    pub schedule_date: String,
-    #[serde(default, deserialize_with = "opt_id")]
-    pub reference_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient_opt_u32")]
-    pub sequence_number: Option<u32>,
-}
-
-/// The command's body.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddBillingPlan {
-    pub billing_plan: PlanIn,
-    #[serde(default, deserialize_with = "entries")]
-    pub bill_sequence: Vec<EntryIn>,
-    /// The command's name, read before.
-    #[serde(default, rename = "command")]
-    _command: Option<serde::de::IgnoredAny>,
-}
-
-impl AddBillingPlan {
-    /// The plan's natural key, when the sender gave one.
-    pub fn reference_id(&self) -> Option<&str> {
-        self.billing_plan.reference_id.as_deref()
-    }
-}
-
-/// A product code sent as a string or a number (`plan_type`, `billing_mode`): short.
-fn small_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    let value = Option::<Value>::deserialize(d)?;
-    match &value {
-        None | Some(Value::Null | Value::Bool(_) | Value::Number(_)) => Ok(value),
-        Some(Value::String(s)) if s.chars().count() <= 32 => Ok(value),
-        Some(_) => Err(serde::de::Error::custom(
-            "must be a short code (a number or a string of at most 32 characters)",
-        )),
-    }
-}
-
-/// `bill_sequence`: at most [`MAX_ENTRIES`] entries.
-fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<EntryIn>, D::Error> {
-    let list = Vec::<EntryIn>::deserialize(d)?;
-    if list.len() > MAX_ENTRIES {
-        return Err(serde::de::Error::custom(format!(
-            "may hold at most {MAX_ENTRIES} entries"
-        )));
-    }
-    Ok(list)
-}
-
-/// Keys are accepted in any case (`Bill_Sequence`, `Schedule_Date`, `Token`).
-fn lowercase_keys(value: Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), lowercase_keys(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(lowercase_keys).collect()),
-        other => other,
-    }
-}
-
-/// Decodes the command, whatever the case of its keys.
-pub fn parse(body: &[u8]) -> Result<AddBillingPlan, Rejection> {
-    let value: Value = decode(body)?;
-    let bytes = serde_json::to_vec(&lowercase_keys(value))
-        .map_err(|e| Rejection::new(ErrorCode::InvalidJson, e.to_string()))?;
-    decode(&bytes)
-}
+pub use crate::protocol::billing_plan::MAX_ENTRIES;
 
 /// A validated schedule entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -380,6 +263,55 @@ pub fn generate(plan: &PlanIn, currency: &Currency) -> Result<Vec<Entry>, Reject
     Ok(entries)
 }
 
+/// The plan as stored: the request's fields with their defaults.
+fn stored_plan(
+    id: &str,
+    merchant_id: &str,
+    plan: &PlanIn,
+    currency: &Currency,
+    max_retry: u32,
+    first_date: Option<NaiveDate>,
+    now: DateTime<Utc>,
+) -> store::billing_plans::BillingPlanRow {
+    let day = |s: &str| NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d").ok();
+    let text = |v: &Option<Value>| {
+        v.as_ref().map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    let small = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    store::billing_plans::BillingPlanRow {
+        id: id.to_string(),
+        merchant_id: merchant_id.to_string(),
+        customer_id: plan.customer_id.clone(),
+        token: plan.token.clone(),
+        plan_type: text(&plan.plan_type),
+        schedule_type: plan
+            .schedule_type
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .unwrap_or_else(|| "M".into()),
+        periodicity: small(plan.periodicity.unwrap_or(1)),
+        start_date: plan
+            .start_date
+            .as_deref()
+            .and_then(day)
+            .or(first_date)
+            .unwrap_or_else(|| now.date_naive()),
+        end_date: plan.end_date.as_deref().and_then(day),
+        end_type: small(plan.end_type.unwrap_or(1)),
+        no_of_payments: plan.no_of_payments.map(small),
+        amount: plan.amount.unwrap_or(Decimal::ZERO),
+        currency: currency.as_str().to_string(),
+        reference_id: plan.reference_id.clone(),
+        max_retry: small(max_retry),
+        active: plan.active.unwrap_or(true),
+        billing_mode: text(&plan.billing_mode),
+        bill_day: plan.bill_day.map(small),
+    }
+}
+
 /// Creates the plan and its bills; a repeat with the same `reference_id`
 /// answers with what the first one created.
 pub async fn add(
@@ -422,18 +354,16 @@ pub async fn add(
     }
     let entries = schedule(plan, &request.bill_sequence, &currency, now.date_naive())?;
     let id = format!("bp_{}", new_execution_id());
-    store::billing_plans::insert(
-        conn,
+    let row = stored_plan(
         &id,
         merchant_id,
         plan,
         &currency,
         max_retry,
         entries.first().map(|e| e.date),
-        &raw,
         now,
-    )
-    .await?;
+    );
+    store::billing_plans::insert(conn, &row, &raw, now).await?;
     if plan.active.unwrap_or(true) {
         for entry in &entries {
             let due_at = entry.date.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or(now);
@@ -562,7 +492,7 @@ mod tests {
             "plan_type":"1","schedule_type":"M","start_date":"2021-01-14","end_date":null,"periodicity":"2","end_type":"3",
             "no_of_payments":2,"amount":"10.00","reference_id":"987654","max_retry":4,"active":true,"billing_mode":"0","Bill_Day":9},
             "Bill_Sequence":[{"amount":"10","Schedule_Date":"2021-05-17","reference_id":"16789","sequence_number":"1"}]}"#;
-        let parsed = parse(body).expect("parses");
+        let parsed = crate::protocol::billing_plan::parse(body).expect("parses");
         assert_eq!(parsed.billing_plan.token.as_deref(), Some("927640180941111"));
         assert_eq!(parsed.billing_plan.bill_day, Some(9));
         assert_eq!(parsed.bill_sequence.len(), 1);

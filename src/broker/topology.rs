@@ -4,7 +4,6 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use super::BrokerError;
 use crate::settings::{AmqpSettings, QueueType};
 
 /// Every name of the topology, with the configured prefix applied.
@@ -79,7 +78,7 @@ fn queue_args(settings: &AmqpSettings, dead_letter_to: Option<&str>) -> FieldTab
 }
 
 /// Declares the whole topology. Safe to repeat on every (re)connection.
-pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<Names, BrokerError> {
+pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<Names, lapin::Error> {
     let names = Names::new(&settings.prefix);
     let durable = ExchangeDeclareOptions {
         durable: true,

@@ -1,6 +1,7 @@
 //! The wire: what arrives on the bus, what the worker answers and announces.
 //! Decoding never panics; every failure is a [`crate::error::Rejection`].
 
+pub mod billing_plan;
 pub mod de;
 pub mod documents;
 pub mod envelope;
@@ -18,7 +19,7 @@ mod robustness {
     fn decode_all(body: &[u8]) {
         let _ = super::provisioning::parse(body);
         let _ = super::usage::decode_message(body, 1000);
-        let _ = crate::billing::plans::parse(body);
+        let _ = super::billing_plan::parse(body);
         let _ = super::de::decode::<crate::billing::debits::DebitResult>(body);
     }
 

@@ -25,7 +25,7 @@ pub enum Command {
     ChangePlan(ChangePlan),
     Present(ExecutionRef),
     RunBilling(RunBilling),
-    AddBillingPlan(Box<crate::billing::plans::AddBillingPlan>, serde_json::Value),
+    AddBillingPlan(Box<super::billing_plan::AddBillingPlan>, serde_json::Value),
 }
 
 impl Command {
@@ -81,7 +81,7 @@ pub fn parse(body: &[u8]) -> Result<Command, Rejection> {
         "run_billing" => Command::RunBilling(decode_value(rest)?),
         "add_billing_plan" => {
             let mut head = rest;
-            let plan = crate::billing::plans::parse(body)?;
+            let plan = super::billing_plan::parse(body)?;
             if let Some(map) = head.as_object_mut() {
                 map.insert("command".into(), serde_json::Value::String(name.clone()));
             }

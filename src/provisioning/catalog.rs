@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-use super::{Outcome, already_exists, not_found};
+use super::outcome::{Outcome, already_exists, not_found};
 use crate::domain::catalog::DEFAULT_MAX_RETRY;
 use crate::domain::catalog::{ActionOnFailure, MetricSpec, PlanRuleType, PlanSpec, check_text};
 use crate::domain::ids::check_id;

@@ -4,6 +4,9 @@
 
 mod catalog;
 mod executions;
+mod outcome;
+
+pub use outcome::Outcome;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -12,24 +15,6 @@ use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::provisioning::Command;
 
 pub use executions::execution_document;
-
-/// What a command produced.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The answer for `reply_to`.
-    pub response: serde_json::Value,
-    /// Whether webhooks were written (the relay is woken after commit).
-    pub announced: bool,
-}
-
-impl Outcome {
-    fn quiet(response: serde_json::Value) -> Outcome {
-        Outcome {
-            response,
-            announced: false,
-        }
-    }
-}
 
 /// Runs one command for one merchant at `now`. `pre_debit_notice` is how
 /// far ahead of its debit a bill issued by `present` is announced.
@@ -82,24 +67,4 @@ pub async fn execute(
             "run_billing is run by the provisioning role",
         ))),
     }
-}
-
-fn not_found(code: ErrorCode, field: &str, value: &str) -> HandleError {
-    HandleError::Rejected(Rejection::new(
-        code,
-        format!(
-            "{field} '{}' does not exist for this merchant",
-            crate::error::short(value)
-        ),
-    ))
-}
-
-fn already_exists(field: &str, value: &str, hint: &str) -> HandleError {
-    HandleError::Rejected(Rejection::new(
-        ErrorCode::AlreadyExists,
-        format!(
-            "{field} '{}' already exists with a different definition{hint}",
-            crate::error::short(value)
-        ),
-    ))
 }

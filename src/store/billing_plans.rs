@@ -4,8 +4,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-use crate::billing::plans::PlanIn;
-use crate::domain::money::Currency;
 use crate::store::bills::BillRow;
 
 /// A stored billing plan.
@@ -54,60 +52,37 @@ pub async fn find(conn: &mut PgConnection, id: &str) -> Result<Option<BillingPla
     .await
 }
 
-fn text(v: &Option<serde_json::Value>) -> Option<String> {
-    v.as_ref().map(|v| match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    })
-}
-
 /// Stores a plan as requested (the request itself is kept for reference).
-#[allow(clippy::too_many_arguments)]
 pub async fn insert(
     conn: &mut PgConnection,
-    id: &str,
-    merchant_id: &str,
-    plan: &PlanIn,
-    currency: &Currency,
-    max_retry: u32,
-    first_date: Option<NaiveDate>,
+    plan: &BillingPlanRow,
     request: &serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let start = plan
-        .start_date
-        .as_deref()
-        .and_then(|s| NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d").ok())
-        .or(first_date)
-        .unwrap_or_else(|| now.date_naive());
-    let end = plan
-        .end_date
-        .as_deref()
-        .and_then(|s| NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d").ok());
     sqlx::query(
         "INSERT INTO billing_plans (id, merchant_id, customer_id, token, plan_type, schedule_type, periodicity, start_date,
              end_date, end_type, no_of_payments, amount, currency, reference_id, max_retry, active, billing_mode, bill_day,
              request, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
     )
-    .bind(id)
-    .bind(merchant_id)
+    .bind(&plan.id)
+    .bind(&plan.merchant_id)
     .bind(&plan.customer_id)
     .bind(&plan.token)
-    .bind(text(&plan.plan_type))
-    .bind(plan.schedule_type.as_deref().map(str::to_ascii_uppercase).unwrap_or_else(|| "M".into()))
-    .bind(plan.periodicity.unwrap_or(1) as i32)
-    .bind(start)
-    .bind(end)
-    .bind(plan.end_type.unwrap_or(1) as i32)
-    .bind(plan.no_of_payments.map(|n| n as i32))
-    .bind(plan.amount.unwrap_or(Decimal::ZERO))
-    .bind(currency.as_str())
+    .bind(&plan.plan_type)
+    .bind(&plan.schedule_type)
+    .bind(plan.periodicity)
+    .bind(plan.start_date)
+    .bind(plan.end_date)
+    .bind(plan.end_type)
+    .bind(plan.no_of_payments)
+    .bind(plan.amount)
+    .bind(&plan.currency)
     .bind(&plan.reference_id)
-    .bind(max_retry as i32)
-    .bind(plan.active.unwrap_or(true))
-    .bind(text(&plan.billing_mode))
-    .bind(plan.bill_day.map(|d| d as i32))
+    .bind(plan.max_retry)
+    .bind(plan.active)
+    .bind(&plan.billing_mode)
+    .bind(plan.bill_day)
     .bind(request)
     .bind(now)
     .execute(conn)

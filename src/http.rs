@@ -1,4 +1,4 @@
-//! `/healthz`, `/readyz` and `/metrics` (contract §10).
+//! `/healthz`, `/readyz` and `/metrics`.
 
 use std::sync::Arc;
 

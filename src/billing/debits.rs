@@ -1,4 +1,4 @@
-//! Debits through the payment gateway (contract §6): due bills are claimed
+//! Debits through the payment gateway: due bills are claimed
 //! with a lease, requested with an idempotency key, settled by results (or
 //! their absence), retried with backoff, then the plan's action on failure.
 
@@ -33,7 +33,7 @@ pub fn idempotency_key(bill: &BillRow) -> String {
     format!("{}:{}", bill.id, bill.attempt)
 }
 
-/// A debit request as published to `billing.payments` (contract §6, §14).
+/// A debit request as published to `billing.payments`.
 pub fn request_body(bill: &BillRow) -> serde_json::Value {
     let amount = Currency::parse(&bill.currency)
         .map_or_else(|_| bill.amount_due.to_string(), |c| format_amount(&c, bill.amount_due));
@@ -116,7 +116,7 @@ async fn lock_execution_of(conn: &mut PgConnection, bill: &BillRow) -> Result<Op
 /// user allowed for it when authentication is on), or why it names none.
 pub type Sender<'a> = Result<&'a str, &'a Rejection>;
 
-/// Longest `request_id` a result may carry (contract §12); also how much of
+/// Longest `request_id` a result may carry; also how much of
 /// any wire input a message quotes.
 const MAX_RESULT_ID: usize = 100;
 

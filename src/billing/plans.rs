@@ -425,7 +425,7 @@ pub async fn add(
     answer(conn, &id, now).await
 }
 
-/// The document of seed `001_*`.
+/// The answer document of `add_billing_plan`.
 async fn answer(conn: &mut PgConnection, id: &str, now: DateTime<Utc>) -> Result<Value, HandleError> {
     let Some(plan) = store::billing_plans::find(conn, id).await? else {
         return Err(HandleError::Transient("billing plan vanished".into()));
@@ -487,7 +487,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_in_any_case_and_the_seed_example() {
+    fn keys_in_any_case_and_the_documented_example() {
         let body = br#"{"command":"add_billing_plan","billing_plan":{"customer_id":"1000602","Token":"927640180941111",
             "plan_type":"1","schedule_type":"M","start_date":"2021-01-14","end_date":null,"periodicity":"2","end_type":"3",
             "no_of_payments":2,"amount":"10.00","reference_id":"987654","max_retry":4,"active":true,"billing_mode":"0","Bill_Day":9},

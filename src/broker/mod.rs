@@ -1,4 +1,4 @@
-//! RabbitMQ adapter: connections, the topology of contract §1, publishing
+//! RabbitMQ adapter: connections, the topology, publishing
 //! with publisher confirms, replies and dead letters.
 
 pub mod topology;

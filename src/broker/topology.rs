@@ -1,4 +1,4 @@
-//! Exchanges, queues and bindings (contract §1), declared idempotently.
+//! Exchanges, queues and bindings, declared idempotently.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};

@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn failures_have_the_contract_shape() {
+    fn failures_have_the_documented_shape() {
         let doc = failure(&Rejection::new(ErrorCode::PlanNotFound, "plan_id 'x' does not exist"));
         assert_eq!(doc["success"], false);
         assert_eq!(doc["error_code"], "PLAN_NOT_FOUND");

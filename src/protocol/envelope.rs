@@ -1,4 +1,4 @@
-//! The inbound envelope (contract §2): tenant, identity, reply address and size.
+//! The inbound envelope: tenant, identity, reply address and size.
 
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;

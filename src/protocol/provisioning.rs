@@ -1,4 +1,4 @@
-//! Provisioning commands as they arrive on `billing.provisioning` (contract §3).
+//! Provisioning commands as they arrive on `billing.provisioning`.
 
 use rust_decimal::Decimal;
 use serde::Deserialize;

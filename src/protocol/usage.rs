@@ -1,4 +1,4 @@
-//! Usage messages (contract §4): one event, or `{"events": [...]}`.
+//! Usage messages: one event, or `{"events": [...]}`.
 //! Each event decodes on its own, so one bad event never spoils its batch.
 
 use std::ops::Range;

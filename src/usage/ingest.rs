@@ -258,7 +258,7 @@ async fn load_executions(
     Ok(out)
 }
 
-/// The checks of contract §4 for one event against its execution.
+/// The checks of one usage event against its execution.
 fn check(execution: Option<&Execution>, c: &Candidate, limits: Limits) -> Result<Accepted, Rejection> {
     let e = &c.event;
     let execution = execution.ok_or_else(|| {

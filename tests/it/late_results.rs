@@ -1,5 +1,5 @@
-//! Gateway results that come late, twice, or from the wrong sender
-//! (contract §13, §14), driven by an injected clock and the fake gateway on
+//! Gateway results that come late, twice, or from the wrong sender,
+//! driven by an injected clock and the fake gateway on
 //! the bus. Every outcome is read where a user sees it: bill and ledger
 //! rows, webhooks on the bus, dead letters, and the requests the gateway got.
 

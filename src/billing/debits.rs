@@ -11,10 +11,10 @@ use sqlx::PgConnection;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use super::issue::PAID;
+
 use super::{announce_bill, bill_webhook, bills_on_present};
 use crate::backoff_policy::retry_delay;
-use crate::domain::bill::{AfterFailure, after_failure, format_amount};
+use crate::domain::bill::{AfterFailure, BillEvent, BillStatus, RefusedTransition, after_failure, format_amount, transition};
 use crate::domain::catalog::{ActionOnFailure, PlanInterval};
 use crate::domain::ledger::EntryKind;
 use crate::domain::money::Currency;
@@ -82,7 +82,7 @@ pub enum ResultStatus {
 pub enum ResultOutcome {
     Paid,
     /// Failed; the bill's new status (a retry, or the plan's action).
-    Failed(&'static str),
+    Failed(BillStatus),
     Pending,
     /// A repeat, or a result for an attempt already settled: nothing changed.
     Ignored,
@@ -200,7 +200,7 @@ async fn settle(
     check_sender(&bill, sender)?;
     let execution = lock_execution_of(conn, &bill).await?;
     let settled = matches!(attempt.status.as_str(), "SUCCESS" | "FAILURE" | "TIMEOUT");
-    let current = bill.request_id.as_deref() == Some(result.request_id.as_str()) && bill.status == "PROCESSING";
+    let current = bill.request_id.as_deref() == Some(result.request_id.as_str()) && bill.status == BillStatus::Processing;
     let (status, code, message) = (
         result.status,
         result.error_code.as_deref(),
@@ -250,6 +250,11 @@ async fn settle(
             Ok(ResultOutcome::Ignored)
         }
     }
+}
+
+/// A transition the bill's life refuses: a fault of this service.
+fn refused(e: &RefusedTransition) -> HandleError {
+    HandleError::Rejected(Rejection::new(ErrorCode::InternalError, e.to_string()))
 }
 
 fn overflow(what: &str) -> HandleError {
@@ -313,7 +318,7 @@ async fn success(
         .await?
         .ok_or_else(|| Rejection::new(ErrorCode::InternalError, format!("debit attempt {request_id} vanished")))?;
     let amount = detail.amount;
-    if bill.status == PAID
+    if bill.status == BillStatus::Paid
         && let Some(paying) = store::bills::paying_attempt(conn, &bill.id, request_id).await?
     {
         return double_charge(conn, &bill, execution.as_ref(), &detail, &paying, now).await;
@@ -321,11 +326,12 @@ async fn success(
 
     // This success pays the bill, now or late.
     let late = !current;
-    let previous = std::mem::replace(&mut bill.status, PAID.to_string());
+    let paid = transition(bill.status, BillEvent::Succeeded).map_err(|e| refused(&e))?;
+    let previous = std::mem::replace(&mut bill.status, paid);
     // What the bill still owed when the money came: nothing if it was
     // already settled without the gateway; less than was asked if a late
     // success of an earlier bill took a carried amount out of it meanwhile.
-    let owed = if previous == PAID {
+    let owed = if previous == BillStatus::Paid {
         Decimal::ZERO
     } else {
         bill.amount_due
@@ -341,10 +347,10 @@ async fn success(
 
     let mut unwound = Unwound::default();
     if let Some(e) = execution.as_mut() {
-        if late && previous == "CARRIED_OVER" {
+        if late && previous == BillStatus::CarriedOver {
             take_back_carried(conn, &bill, e, now, &mut unwound).await?;
         }
-        if late && previous == "FAILED" && e.status == "INACTIVE" {
+        if late && previous == BillStatus::Failed && e.status == "INACTIVE" {
             let revoked_by = store::bills::revoked_by(conn, &e.id).await?;
             if revoked_by.as_deref() == Some(bill.id.as_str()) {
                 reactivate(conn, e, now).await?;
@@ -385,7 +391,7 @@ async fn success(
     });
     let mut extras = vec![("settlement", settlement), ("late", Value::Bool(late))];
     if late {
-        extras.push(("previous_status", Value::String(previous.clone())));
+        extras.push(("previous_status", Value::String(previous.as_str().to_string())));
     }
     if late || !unwound.adjustments.is_empty() {
         extras.push(("adjustments", Value::Array(std::mem::take(&mut unwound.adjustments))));
@@ -536,7 +542,7 @@ async fn take_back_carried(
                 .adjustments
                 .push(json!({"kind": "CREDITED", "amount": num(rest), "bill_id": later.id}));
         }
-        if later.status == PAID {
+        if later.status == BillStatus::Paid {
             let reference = format!("{base}:paid:{}", later.id);
             credit_back(conn, execution, part, &reference, bill, now, unwound).await?;
             unwound
@@ -569,10 +575,10 @@ async fn take_back_carried(
                 .adjustments
                 .push(json!({"kind": "CREDIT_RELEASED", "amount": num(released), "bill_id": later.id}));
         }
-        match later.status.as_str() {
+        match later.status {
             // Nothing left to collect: paid by the credit it had.
-            "SCHEDULED" | "RETRY_SCHEDULED" if later.amount_due.is_zero() => {
-                later.status = PAID.into();
+            BillStatus::Scheduled | BillStatus::RetryScheduled if later.amount_due.is_zero() => {
+                later.status = BillStatus::Paid;
                 later.settled_at = Some(now);
                 later.next_attempt_at = None;
                 store::bills::update(conn, &later).await?;
@@ -591,7 +597,7 @@ async fn take_back_carried(
                 return Ok(());
             }
             // Its unpaid amount went on: follow the part of ours that was in it.
-            "CARRIED_OVER" => {
+            BillStatus::CarriedOver => {
                 amount = from_due;
                 position = store::bills::carry_position(conn, &later.id).await?;
             }
@@ -646,7 +652,7 @@ pub async fn fail(
     reason: String,
     retry: &RetrySettings,
     now: DateTime<Utc>,
-) -> Result<&'static str, HandleError> {
+) -> Result<BillStatus, HandleError> {
     bill.last_error = Some(reason);
     bill.lease_owner = None;
     bill.lease_expires_at = None;
@@ -654,7 +660,7 @@ pub async fn fail(
     if bill.amount_due.is_zero() {
         // A late success of an earlier bill took everything this one still
         // had to collect while its debit was out: nothing to ask again.
-        bill.status = PAID.into();
+        bill.status = BillStatus::Paid;
         bill.settled_at = Some(now);
         bill.next_attempt_at = None;
         store::bills::update(conn, &bill).await?;
@@ -670,34 +676,34 @@ pub async fn fail(
         )
         .await?;
         store::outbox::enqueue(conn, &webhook, bill.execution_id.as_deref()).await?;
-        return Ok("PAID");
+        return Ok(BillStatus::Paid);
     }
     let attempt = bill.attempt.max(1) as u32;
     let decision = after_failure(attempt, bill.max_retry.max(0) as u32, retryable);
     if decision == AfterFailure::Retry {
         let delay = Duration::from_std(retry_delay(retry, attempt)).unwrap_or(Duration::hours(1));
-        bill.status = "RETRY_SCHEDULED".into();
+        bill.status = transition(bill.status, BillEvent::RetryScheduled).map_err(|e| refused(&e))?;
         bill.next_attempt_at = Some(now + delay);
         store::bills::update(conn, &bill).await?;
         announce_bill(conn, EventName::TxnFailed, &bill, execution.as_ref(), now, None).await?;
         announce_bill(conn, EventName::RetryTxnScheduled, &bill, execution.as_ref(), now, None).await?;
-        return Ok("RETRY_SCHEDULED");
+        return Ok(bill.status);
     }
     bill.next_attempt_at = None;
-    let action = ActionOnFailure::parse(&bill.action_on_failure).unwrap_or(ActionOnFailure::Skip);
-    let status = match (action, &execution) {
-        (ActionOnFailure::Retry, Some(_)) => "CARRIED_OVER",
-        (ActionOnFailure::Revoke, Some(_)) => "FAILED",
-        _ => "WRITTEN_OFF",
+    // Carrying over and revoking need an execution; a schedule's bill is written off.
+    let action = match (bill.action_on_failure, &execution) {
+        (action, Some(_)) => action,
+        (_, None) => ActionOnFailure::Skip,
     };
-    bill.status = status.into();
+    bill.status = transition(bill.status, BillEvent::GaveUp(action)).map_err(|e| refused(&e))?;
+    let status = bill.status;
     store::bills::update(conn, &bill).await?;
     announce_bill(conn, EventName::TxnFailed, &bill, execution.as_ref(), now, None).await?;
     if decision == AfterFailure::RetriesExhausted {
         announce_bill(conn, EventName::TxnRetryExceeded, &bill, execution.as_ref(), now, None).await?;
     }
-    match (bill.status.as_str(), execution.as_mut()) {
-        ("CARRIED_OVER", Some(e)) => {
+    match (bill.status, execution.as_mut()) {
+        (BillStatus::CarriedOver, Some(e)) => {
             e.carried_amount = e
                 .carried_amount
                 .checked_add(bill.amount_due)
@@ -707,7 +713,7 @@ pub async fn fail(
             // success of this bill finds the amount again from here.
             store::bills::mark_carried(conn, &bill.id).await?;
         }
-        ("FAILED", Some(e)) => {
+        (BillStatus::Failed, Some(e)) => {
             e.status = "INACTIVE".into();
             e.next_bill_at = None;
             store::executions::save_billing_state(conn, e, now).await?;
@@ -732,7 +738,7 @@ pub async fn time_out(
     bill: BillRow,
     retry: &RetrySettings,
     now: DateTime<Utc>,
-) -> Result<&'static str, HandleError> {
+) -> Result<BillStatus, HandleError> {
     let execution = lock_execution_of(conn, &bill).await?;
     if let Some(request_id) = &bill.request_id {
         store::bills::record_result(

@@ -10,7 +10,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use super::{bill_webhook, bills_on_present};
-use crate::domain::bill::{Charge, Line, LineKind, compute};
+use crate::domain::bill::{BillKind, BillStatus, Charge, Line, LineKind, compute};
 use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanSpec, PlanType};
 use crate::domain::ids::new_execution_id;
 use crate::domain::ledger::EntryKind;
@@ -27,13 +27,10 @@ use crate::usage::{PeriodBasis, aggregate_of, effective_metrics, usage_of};
 /// Most periods one pass bills for one execution; the next pass goes on.
 const MAX_CATCH_UP: usize = 64;
 
-/// Status of a bill as it is issued.
-pub const SCHEDULED: &str = "SCHEDULED";
-pub const PAID: &str = "PAID";
 
 /// A bill about to be issued.
 struct NewBill {
-    kind: &'static str,
+    kind: BillKind,
     key: String,
     period_start: Option<DateTime<Utc>>,
     period_end: Option<DateTime<Utc>>,
@@ -207,7 +204,7 @@ pub async fn bill_due_execution(
                 .collect();
             execution.next_bill_at = end;
             NewBill {
-                kind: "PERIOD",
+                kind: BillKind::Period,
                 key: format!("advance:{}", at.timestamp_micros()),
                 period_start: Some(at),
                 period_end: end,
@@ -247,7 +244,7 @@ pub async fn bill_due_execution(
                 next_period.end
             };
             NewBill {
-                kind: "PERIOD",
+                kind: BillKind::Period,
                 key: format!("period:{}", from.timestamp_micros()),
                 period_start: Some(from),
                 period_end: Some(at),
@@ -279,7 +276,7 @@ async fn close_inactive(
     execution.next_bill_at = None;
     if charges.iter().any(|c| c.amount > Decimal::ZERO) || execution.carried_amount > Decimal::ZERO {
         let bill = NewBill {
-            kind: "PERIOD",
+            kind: BillKind::Period,
             key: format!("period:{}", from.timestamp_micros()),
             period_start: Some(from),
             period_end: Some(at),
@@ -325,7 +322,7 @@ pub async fn present(
     }
     execution.billed_until = Some(now);
     let bill = NewBill {
-        kind: "PRESENTED",
+        kind: BillKind::Presented,
         key: format!("presented:{}", from.timestamp_micros()),
         period_start: Some(from),
         period_end: Some(now),
@@ -410,7 +407,7 @@ fn prepare(
         customer_id: execution.customer_id.clone(),
         execution_id: Some(execution.id.clone()),
         billing_plan_id: None,
-        kind: new.kind.to_string(),
+        kind: new.kind,
         bill_key: Some(new.key),
         period_start: new.period_start,
         period_end: new.period_end,
@@ -420,8 +417,8 @@ fn prepare(
         total: computed.total,
         credit_applied: computed.credit_applied,
         amount_due: computed.amount_due,
-        status: if paid { PAID } else { SCHEDULED }.to_string(),
-        action_on_failure: plan.plan_action_on_failure.as_str().to_string(),
+        status: if paid { BillStatus::Paid } else { BillStatus::Scheduled },
+        action_on_failure: plan.plan_action_on_failure,
         token: execution.token.clone().or_else(|| execution.mandate_id.clone()),
         due_at,
         notice_sent_at: (!paid).then_some(now),
@@ -457,7 +454,7 @@ fn prepare(
         .enumerate()
         .map(|(i, l)| LineRow {
             position: i as i32 + 1,
-            kind: l.kind.as_str().to_string(),
+            kind: l.kind,
             metric_id: l.metric_id.clone(),
             quantity: l.quantity,
             amount: l.amount,

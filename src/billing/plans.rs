@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use super::announce_bill;
+use crate::domain::bill::{BillKind, BillStatus};
+use crate::domain::catalog::ActionOnFailure;
 use crate::domain::ids::{check_id, new_execution_id};
 use crate::domain::money::Currency;
 use crate::domain::period::{add_months_clamped, check_date_window};
@@ -373,7 +375,7 @@ pub async fn add(
                 customer_id: plan.customer_id.clone(),
                 execution_id: None,
                 billing_plan_id: Some(id.clone()),
-                kind: "SEQUENCE".into(),
+                kind: BillKind::Sequence,
                 bill_key: None,
                 period_start: None,
                 period_end: None,
@@ -383,8 +385,8 @@ pub async fn add(
                 total: entry.amount,
                 credit_applied: Decimal::ZERO,
                 amount_due: entry.amount,
-                status: "SCHEDULED".into(),
-                action_on_failure: "SKIP".into(),
+                status: BillStatus::Scheduled,
+                action_on_failure: ActionOnFailure::Skip,
                 token: plan.token.clone(),
                 due_at,
                 notice_sent_at: None,

@@ -7,32 +7,100 @@
 
 use rust_decimal::Decimal;
 
+use super::catalog::{ActionOnFailure, wire_enum};
 use super::ledger::apply_credit;
 use super::money::Currency;
 use crate::error::Rejection;
 
-/// What a line charges for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineKind {
-    /// The plan's recurring amount (in advance or in arrears).
-    PlanAmount,
-    /// One metric's usage in the period.
-    Usage,
-    /// An unpaid amount carried over from an earlier bill.
-    Carried,
-    /// The amount of an explicit schedule entry.
-    ScheduledAmount,
+wire_enum!(
+    /// What a line charges for: the plan's recurring amount (in advance or
+    /// in arrears), one metric's usage in the period, an unpaid amount
+    /// carried over from an earlier bill, the amount of an explicit
+    /// schedule entry.
+    LineKind {
+        PlanAmount = "PLAN_AMOUNT",
+        Usage = "USAGE",
+        Carried = "CARRIED",
+        ScheduledAmount = "SCHEDULED_AMOUNT",
+    }
+);
+
+wire_enum!(
+    /// What a bill is for: a closed period of an execution, usage billed on
+    /// `present`, or an entry of an explicit schedule.
+    BillKind { Period = "PERIOD", Presented = "PRESENTED", Sequence = "SEQUENCE" }
+);
+
+wire_enum!(
+    /// Where a bill stands in its collection (see [`transition`]).
+    BillStatus {
+        Scheduled = "SCHEDULED",
+        Processing = "PROCESSING",
+        RetryScheduled = "RETRY_SCHEDULED",
+        Paid = "PAID",
+        WrittenOff = "WRITTEN_OFF",
+        CarriedOver = "CARRIED_OVER",
+        Failed = "FAILED",
+        Cancelled = "CANCELLED",
+    }
+);
+
+impl BillStatus {
+    /// Whether the bill's collection has ended (no debit will be asked for).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            BillStatus::Paid
+                | BillStatus::WrittenOff
+                | BillStatus::CarriedOver
+                | BillStatus::Failed
+                | BillStatus::Cancelled
+        )
+    }
 }
 
-impl LineKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LineKind::PlanAmount => "PLAN_AMOUNT",
-            LineKind::Usage => "USAGE",
-            LineKind::Carried => "CARRIED",
-            LineKind::ScheduledAmount => "SCHEDULED_AMOUNT",
-        }
-    }
+/// What happens to a bill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BillEvent {
+    /// Its debit attempt is claimed and requested.
+    Claimed,
+    /// The gateway took the money (on time or late).
+    Succeeded,
+    /// An attempt failed and retries remain.
+    RetryScheduled,
+    /// The last attempt failed: the plan's action applies.
+    GaveUp(ActionOnFailure),
+    /// Its execution was revoked before it was attempted.
+    Cancelled,
+}
+
+/// A transition the bill's life does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {from} bill cannot take {event:?}")]
+pub struct RefusedTransition {
+    pub from: BillStatus,
+    pub event: BillEvent,
+}
+
+/// The bill's life as one pure function. A success is taken in any state
+/// but a cancelled one: money that moved is always recorded (a late success
+/// after a retry was scheduled, a write-off, a carry-over or a revocation);
+/// a success for a bill already paid is the caller's double charge to
+/// announce, and leaves it paid.
+pub fn transition(from: BillStatus, event: BillEvent) -> Result<BillStatus, RefusedTransition> {
+    use BillStatus as S;
+    let to = match (from, event) {
+        (S::Scheduled | S::RetryScheduled, BillEvent::Claimed) => S::Processing,
+        (S::Cancelled, BillEvent::Succeeded) => return Err(RefusedTransition { from, event }),
+        (_, BillEvent::Succeeded) => S::Paid,
+        (S::Processing, BillEvent::RetryScheduled) => S::RetryScheduled,
+        (S::Processing, BillEvent::GaveUp(ActionOnFailure::Retry)) => S::CarriedOver,
+        (S::Processing, BillEvent::GaveUp(ActionOnFailure::Skip)) => S::WrittenOff,
+        (S::Processing, BillEvent::GaveUp(ActionOnFailure::Revoke)) => S::Failed,
+        (S::Scheduled | S::RetryScheduled, BillEvent::Cancelled) => S::Cancelled,
+        _ => return Err(RefusedTransition { from, event }),
+    };
+    Ok(to)
 }
 
 /// A charge before rounding.
@@ -195,6 +263,65 @@ mod tests {
         assert_eq!(format_amount(&inr(), d("10")), "10.00");
         assert_eq!(format_amount(&inr(), d("10.5")), "10.50");
         assert_eq!(format_amount(&inr(), d("10.005")), "10.01");
+    }
+
+    #[test]
+    fn every_transition_of_a_bill() {
+        use BillEvent as E;
+        use BillStatus as S;
+        let all = [
+            S::Scheduled,
+            S::Processing,
+            S::RetryScheduled,
+            S::Paid,
+            S::WrittenOff,
+            S::CarriedOver,
+            S::Failed,
+            S::Cancelled,
+        ];
+        let events = [
+            E::Claimed,
+            E::Succeeded,
+            E::RetryScheduled,
+            E::GaveUp(ActionOnFailure::Retry),
+            E::GaveUp(ActionOnFailure::Skip),
+            E::GaveUp(ActionOnFailure::Revoke),
+            E::Cancelled,
+        ];
+        // The allowed transitions; every other pair is refused.
+        let allowed = [
+            (S::Scheduled, E::Claimed, S::Processing),
+            (S::RetryScheduled, E::Claimed, S::Processing),
+            (S::Scheduled, E::Succeeded, S::Paid),
+            (S::Processing, E::Succeeded, S::Paid),
+            (S::RetryScheduled, E::Succeeded, S::Paid),
+            (S::Paid, E::Succeeded, S::Paid),
+            (S::WrittenOff, E::Succeeded, S::Paid),
+            (S::CarriedOver, E::Succeeded, S::Paid),
+            (S::Failed, E::Succeeded, S::Paid),
+            (S::Processing, E::RetryScheduled, S::RetryScheduled),
+            (S::Processing, E::GaveUp(ActionOnFailure::Retry), S::CarriedOver),
+            (S::Processing, E::GaveUp(ActionOnFailure::Skip), S::WrittenOff),
+            (S::Processing, E::GaveUp(ActionOnFailure::Revoke), S::Failed),
+            (S::Scheduled, E::Cancelled, S::Cancelled),
+            (S::RetryScheduled, E::Cancelled, S::Cancelled),
+        ];
+        for from in all {
+            for event in events {
+                let expected = allowed
+                    .iter()
+                    .find(|(f, e, _)| *f == from && *e == event)
+                    .map(|(_, _, to)| *to);
+                match (transition(from, event), expected) {
+                    (Ok(to), Some(want)) => assert_eq!(to, want, "{from} + {event:?}"),
+                    (Err(refused), None) => assert_eq!(refused, RefusedTransition { from, event }),
+                    (got, want) => panic!("{from} + {event:?}: got {got:?}, want {want:?}"),
+                }
+            }
+        }
+        assert!(S::Paid.is_final() && S::Cancelled.is_final() && !S::RetryScheduled.is_final());
+        assert_eq!(BillStatus::try_from("PAID".to_string()), Ok(S::Paid));
+        assert!(BillStatus::try_from("LOST".to_string()).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! plans (how and when a customer is billed), with the rules they must obey.
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+
 
 use super::aggregation::AggregationType;
 use super::ids::check_id;
@@ -13,7 +13,7 @@ use crate::error::Rejection;
 macro_rules! wire_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $wire:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         pub enum $name {
             $(#[serde(rename = $wire)] $variant),+
         }
@@ -34,8 +34,24 @@ macro_rules! wire_enum {
                 }
             }
         }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        /// The mapping at the store boundary: a stored spelling that is not
+        /// a variant is an error naming it.
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, String> {
+                $name::parse(&value).ok_or_else(|| format!("'{value}' is not a {}", stringify!($name)))
+            }
+        }
     };
 }
+pub(crate) use wire_enum;
 
 wire_enum!(
     /// When the plan amount is collected: before or after the period.

@@ -23,6 +23,14 @@ pub enum StatusEvent {
     Deactivated,
 }
 
+/// The mapping at the store boundary.
+impl TryFrom<String> for ExecutionStatus {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        ExecutionStatus::parse(&value).ok_or_else(|| format!("'{value}' is not an execution status"))
+    }
+}
+
 impl ExecutionStatus {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-use crate::domain::bill::Line;
+use crate::domain::bill::{BillKind, BillStatus, Line, LineKind};
+use crate::domain::catalog::ActionOnFailure;
 
 /// A stored bill.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -15,7 +16,8 @@ pub struct BillRow {
     pub customer_id: String,
     pub execution_id: Option<String>,
     pub billing_plan_id: Option<String>,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: BillKind,
     pub bill_key: Option<String>,
     pub period_start: Option<DateTime<Utc>>,
     pub period_end: Option<DateTime<Utc>>,
@@ -25,8 +27,10 @@ pub struct BillRow {
     pub total: Decimal,
     pub credit_applied: Decimal,
     pub amount_due: Decimal,
-    pub status: String,
-    pub action_on_failure: String,
+    #[sqlx(try_from = "String")]
+    pub status: BillStatus,
+    #[sqlx(try_from = "String")]
+    pub action_on_failure: ActionOnFailure,
     pub token: Option<String>,
     pub due_at: DateTime<Utc>,
     pub notice_sent_at: Option<DateTime<Utc>>,
@@ -47,7 +51,8 @@ pub struct BillRow {
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LineRow {
     pub position: i32,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: LineKind,
     pub metric_id: Option<String>,
     pub quantity: Option<Decimal>,
     pub amount: Decimal,
@@ -70,7 +75,7 @@ pub async fn insert(conn: &mut PgConnection, b: &BillRow) -> Result<bool, sqlx::
     .bind(&b.customer_id)
     .bind(&b.execution_id)
     .bind(&b.billing_plan_id)
-    .bind(&b.kind)
+    .bind(b.kind.as_str())
     .bind(&b.bill_key)
     .bind(b.period_start)
     .bind(b.period_end)
@@ -80,8 +85,8 @@ pub async fn insert(conn: &mut PgConnection, b: &BillRow) -> Result<bool, sqlx::
     .bind(b.total)
     .bind(b.credit_applied)
     .bind(b.amount_due)
-    .bind(&b.status)
-    .bind(&b.action_on_failure)
+    .bind(b.status.as_str())
+    .bind(b.action_on_failure.as_str())
     .bind(&b.token)
     .bind(b.due_at)
     .bind(b.notice_sent_at)
@@ -123,7 +128,7 @@ pub async fn insert_many(conn: &mut PgConnection, bills: &[BillRow]) -> Result<(
     .bind(col!(customer_id))
     .bind(col!(execution_id))
     .bind(col!(billing_plan_id))
-    .bind(col!(kind))
+    .bind(bills.iter().map(|b| b.kind.as_str()).collect::<Vec<_>>())
     .bind(col!(bill_key))
     .bind(col!(period_start))
     .bind(col!(period_end))
@@ -133,8 +138,8 @@ pub async fn insert_many(conn: &mut PgConnection, bills: &[BillRow]) -> Result<(
     .bind(col!(total))
     .bind(col!(credit_applied))
     .bind(col!(amount_due))
-    .bind(col!(status))
-    .bind(col!(action_on_failure))
+    .bind(bills.iter().map(|b| b.status.as_str()).collect::<Vec<_>>())
+    .bind(bills.iter().map(|b| b.action_on_failure.as_str()).collect::<Vec<_>>())
     .bind(col!(token))
     .bind(col!(due_at))
     .bind(col!(notice_sent_at))
@@ -397,7 +402,7 @@ pub async fn update(conn: &mut PgConnection, b: &BillRow) -> Result<(), sqlx::Er
          WHERE id = $1",
     )
     .bind(&b.id)
-    .bind(&b.status)
+    .bind(b.status.as_str())
     .bind(b.next_attempt_at)
     .bind(&b.lease_owner)
     .bind(b.lease_expires_at)

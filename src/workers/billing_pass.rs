@@ -12,6 +12,7 @@ use crate::billing::issue::{BillBatch, PlanCache, bill_due_execution};
 use crate::broker::{self, BrokerError, Publisher};
 use crate::context::Context;
 use crate::domain::webhook::{EventName, Webhook};
+use crate::domain::bill::BillStatus;
 use crate::error::{ErrorCode, HandleError, Rejection, catch_panic, short};
 use crate::protocol::envelope::MERCHANT_HEADER;
 use crate::store;
@@ -182,13 +183,13 @@ async fn issue_together(
         *execution = before;
         parked.push((execution.id.clone(), rejection));
     }
-    let outcomes: Vec<(String, bool)> = batch
+    let outcomes: Vec<(BillStatus, bool)> = batch
         .bills
         .iter()
         .map(|b| {
             (
-                b.status.clone(),
-                b.status == crate::billing::issue::PAID && b.total > rust_decimal::Decimal::ZERO,
+                b.status,
+                b.status == BillStatus::Paid && b.total > rust_decimal::Decimal::ZERO,
             )
         })
         .collect();
@@ -296,10 +297,10 @@ async fn recover(
             resend.push(e.bill);
         } else {
             let status = time_out(&mut tx, e.bill, &ctx.settings.retry, now).await?;
-            if status != "RETRY_SCHEDULED" {
+            if status != BillStatus::RetryScheduled {
                 ctx.metrics
                     .bills_settled
-                    .with_label_values(&[status.to_ascii_lowercase().as_str()])
+                    .with_label_values(&[status.as_str().to_ascii_lowercase().as_str()])
                     .inc();
             }
             ctx.metrics.debit_attempts.with_label_values(&["timeout"]).inc();

@@ -15,6 +15,7 @@ use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{dead_letter, delivery, hold_through_outages, next_delivery, open_consumer, supervise};
+use crate::domain::bill::BillStatus;
 use crate::billing::debits::{DebitResult, ResultOutcome, apply_result};
 use crate::broker::{BrokerError, Publisher};
 use crate::context::Context;
@@ -162,10 +163,10 @@ fn record(ctx: &Context, applied: &[(ResultOutcome, Option<Duration>)]) {
             ResultOutcome::Paid => ctx.metrics.bills_settled.with_label_values(&["paid"]).inc(),
             ResultOutcome::PaidLate => ctx.metrics.bills_settled.with_label_values(&["paid_late"]).inc(),
             ResultOutcome::DoubleCharge => ctx.metrics.double_charges.inc(),
-            ResultOutcome::Failed(status) if *status != "RETRY_SCHEDULED" => ctx
+            ResultOutcome::Failed(status) if *status != BillStatus::RetryScheduled => ctx
                 .metrics
                 .bills_settled
-                .with_label_values(&[status.to_ascii_lowercase().as_str()])
+                .with_label_values(&[status.as_str().to_ascii_lowercase().as_str()])
                 .inc(),
             _ => {}
         }

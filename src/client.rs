@@ -20,6 +20,7 @@ pub struct Request {
     pub merchant_id: String,
     pub routing_key: String,
     pub body: Vec<u8>,
+    /// The message_id that keys the command; a fresh one when `None`.
     pub message_id: Option<String>,
     /// Wait this long for an answer; `None` publishes without asking for one.
     pub wait: Option<Duration>,
@@ -53,9 +54,12 @@ pub async fn send(settings: &Settings, request: Request) -> anyhow::Result<Optio
     let correlation = uuid::Uuid::new_v4().to_string();
     let mut props =
         broker::json_properties().with_headers(broker::headers([(MERCHANT_HEADER, request.merchant_id.as_str())]));
-    if let Some(id) = &request.message_id {
-        props = props.with_message_id(ShortString::from(id.as_str()));
-    }
+    // Every message is keyed: a redelivery never acts twice.
+    let message_id = request
+        .message_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    props = props.with_message_id(ShortString::from(message_id.as_str()));
     if replies.is_some() {
         props = props
             .with_reply_to(ShortString::from(DIRECT_REPLY_TO))

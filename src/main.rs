@@ -109,7 +109,7 @@ async fn run(command: Cmd, settings: Settings) -> anyhow::Result<()> {
                 merchant_id: merchant,
                 routing_key,
                 body,
-                message_id: Some(message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())),
+                message_id,
                 wait: (!no_reply).then_some(timeout),
             };
             match billing_worker::client::send(&settings, request).await? {

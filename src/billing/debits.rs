@@ -2,7 +2,6 @@
 //! with a lease, requested with an idempotency key, settled by results (or
 //! their absence), retried with backoff, then the plan's action on failure.
 
-use crate::protocol::de::opt_clipped_text;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::json;
@@ -11,15 +10,18 @@ use sqlx::PgConnection;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-
 use super::{announce_bill, bill_webhook, bills_on_present};
 use crate::backoff_policy::retry_delay;
-use crate::domain::bill::{AfterFailure, BillEvent, BillStatus, RefusedTransition, after_failure, format_amount, transition};
+use crate::domain::bill::{
+    AfterFailure, BillEvent, BillStatus, RefusedTransition, after_failure, format_amount, transition,
+};
 use crate::domain::catalog::{ActionOnFailure, PlanInterval};
+use crate::domain::execution::ExecutionStatus;
 use crate::domain::ledger::EntryKind;
 use crate::domain::money::Currency;
 use crate::domain::webhook::{EventName, Webhook};
 use crate::error::{ErrorCode, HandleError, Rejection};
+use crate::protocol::de::opt_clipped_text;
 use crate::protocol::documents::{execution_summary, num};
 use crate::protocol::envelope::MERCHANT_HEADER;
 use crate::settings::RetrySettings;
@@ -200,7 +202,8 @@ async fn settle(
     check_sender(&bill, sender)?;
     let execution = lock_execution_of(conn, &bill).await?;
     let settled = matches!(attempt.status.as_str(), "SUCCESS" | "FAILURE" | "TIMEOUT");
-    let current = bill.request_id.as_deref() == Some(result.request_id.as_str()) && bill.status == BillStatus::Processing;
+    let current =
+        bill.request_id.as_deref() == Some(result.request_id.as_str()) && bill.status == BillStatus::Processing;
     let (status, code, message) = (
         result.status,
         result.error_code.as_deref(),
@@ -350,7 +353,7 @@ async fn success(
         if late && previous == BillStatus::CarriedOver {
             take_back_carried(conn, &bill, e, now, &mut unwound).await?;
         }
-        if late && previous == BillStatus::Failed && e.status == "INACTIVE" {
+        if late && previous == BillStatus::Failed && e.status == ExecutionStatus::Inactive {
             let revoked_by = store::bills::revoked_by(conn, &e.id).await?;
             if revoked_by.as_deref() == Some(bill.id.as_str()) {
                 reactivate(conn, e, now).await?;
@@ -613,7 +616,7 @@ async fn take_back_carried(
 /// billing resumes as `update_status` ACTIVE resumes it (from the open
 /// period if it has not ended, else from the period containing now).
 async fn reactivate(conn: &mut PgConnection, e: &mut ExecutionRow, now: DateTime<Utc>) -> Result<(), HandleError> {
-    e.status = "ACTIVE".into();
+    e.status = ExecutionStatus::Active;
     if e.next_bill_at.is_none()
         && let Some(plan) = store::catalog::find_plan(conn, &e.merchant_id, &e.plan_id).await?
     {
@@ -714,7 +717,7 @@ pub async fn fail(
             store::bills::mark_carried(conn, &bill.id).await?;
         }
         (BillStatus::Failed, Some(e)) => {
-            e.status = "INACTIVE".into();
+            e.status = ExecutionStatus::Inactive;
             e.next_bill_at = None;
             store::executions::save_billing_state(conn, e, now).await?;
             // A late success of this bill activates the execution again.

@@ -12,6 +12,7 @@ use sqlx::PgConnection;
 use super::{bill_webhook, bills_on_present};
 use crate::domain::bill::{BillKind, BillStatus, Charge, Line, LineKind, compute};
 use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanSpec, PlanType};
+use crate::domain::execution::ExecutionStatus;
 use crate::domain::ids::new_execution_id;
 use crate::domain::ledger::EntryKind;
 use crate::domain::webhook::{EventName, Webhook};
@@ -26,7 +27,6 @@ use crate::usage::{PeriodBasis, aggregate_of, effective_metrics, usage_of};
 
 /// Most periods one pass bills for one execution; the next pass goes on.
 const MAX_CATCH_UP: usize = 64;
-
 
 /// A bill about to be issued.
 struct NewBill {
@@ -182,7 +182,7 @@ pub async fn bill_due_execution(
         let Some(at) = execution.next_bill_at.filter(|at| *at <= now) else {
             break;
         };
-        if execution.status != "ACTIVE" {
+        if execution.status != ExecutionStatus::Active {
             // Deactivated during the period: its counted usage is billed
             // (never its plan amount), and billing stops there.
             close_inactive(conn, cache, execution, at, now, notice, batch).await?;

@@ -3,7 +3,6 @@
 
 use rust_decimal::Decimal;
 
-
 use super::aggregation::AggregationType;
 use super::ids::check_id;
 use super::money::Currency;

@@ -277,7 +277,7 @@ pub(super) async fn create(
         customer_id: c.customer_id.clone(),
         plan_id: c.plan_id.clone(),
         merchant_ref_id: c.merchant_ref_id.clone(),
-        status: status.as_str().to_string(),
+        status,
         credit_balance: Decimal::ZERO,
         metric_info,
         billing_start_date: start.or(active.then_some(now)),
@@ -395,7 +395,7 @@ pub(super) async fn update_status(
     c: UpdateStatus,
 ) -> Result<Outcome, HandleError> {
     let row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
-    let from = ExecutionStatus::parse(&row.status).ok_or_else(|| crate::error::corrupt("status", &row.status))?;
+    let from = row.status;
     let Some(event) = from.transition(c.status)? else {
         return reply_with(conn, merchant_id, &row, now, false).await;
     };
@@ -446,7 +446,7 @@ pub(super) async fn change_plan(
             true,
         )?;
     }
-    let started = row.status != ExecutionStatus::Created.as_str() || row.billed_until.is_some();
+    let started = row.status != ExecutionStatus::Created || row.billed_until.is_some();
     if started {
         row.pending_plan_id = Some(next.clone());
         row.pending_plan_amount = c.updated_fields.plan_amount;

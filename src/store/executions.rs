@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
+use crate::domain::execution::ExecutionStatus;
+
 /// A stored billing execution.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ExecutionRow {
@@ -12,7 +14,8 @@ pub struct ExecutionRow {
     pub customer_id: String,
     pub plan_id: String,
     pub merchant_ref_id: Option<String>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ExecutionStatus,
     pub credit_balance: Decimal,
     pub metric_info: serde_json::Value,
     pub billing_start_date: Option<DateTime<Utc>>,
@@ -77,7 +80,7 @@ pub async fn save_billing_state(
     .bind(row.billed_until)
     .bind(row.next_bill_at)
     .bind(row.carried_amount)
-    .bind(&row.status)
+    .bind(row.status.as_str())
     .bind(now)
     .execute(conn)
     .await?;
@@ -250,7 +253,7 @@ pub async fn insert(conn: &mut PgConnection, row: &ExecutionRow) -> Result<Optio
     .bind(&row.customer_id)
     .bind(&row.plan_id)
     .bind(&row.merchant_ref_id)
-    .bind(&row.status)
+    .bind(row.status.as_str())
     .bind(row.credit_balance)
     .bind(&row.metric_info)
     .bind(row.billing_start_date)

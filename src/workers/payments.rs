@@ -15,10 +15,10 @@ use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{dead_letter, delivery, hold_through_outages, next_delivery, open_consumer, supervise};
-use crate::domain::bill::BillStatus;
 use crate::billing::debits::{DebitResult, ResultOutcome, apply_result};
 use crate::broker::{BrokerError, Publisher};
 use crate::context::Context;
+use crate::domain::bill::BillStatus;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::de::decode;
 use crate::protocol::envelope;

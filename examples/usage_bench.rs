@@ -192,7 +192,9 @@ async fn provision(settings: &Settings) -> anyhow::Result<String> {
     let created = command_ok(
         settings,
         MERCHANT,
-        json!({"command": "create", "plan_id": PLAN, "customer_id": CUSTOMER, "amount": "0"}),
+        // A merchant_ref_id keys the command (create needs it, or a message_id).
+        json!({"command": "create", "plan_id": PLAN, "customer_id": CUSTOMER, "amount": "0",
+               "merchant_ref_id": "bench"}),
     )
     .await?;
     created["billing_execution_info_id"]

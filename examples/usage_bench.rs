@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! ./scripts/bench-usage [--events N] [--batch 100] [--queued 1000000] [--queue-type classic]
+//!                        [--max-size 0] [--worker-env BILLING__SECTION__KEY=VALUE ...]
 //! ```
 //!
 //! The worker runs as its own process (`target/release/billing-worker run`)
@@ -15,7 +16,16 @@
 //! 2. single-event messages through the worker;
 //! 3. batched messages (`{"events": [...]}`) through the worker;
 //! 4. a backlog published while no worker runs, drained by a fresh worker,
-//!    with that worker's peak resident memory.
+//!    with that worker's peak resident memory;
+//! 5. (`--max-size N`) the same with N messages as large as the worker
+//!    accepts: 1000 events each, 100-character event ids, properties padded
+//!    to just below `amqp.max_message_bytes`; the fresh worker's peak
+//!    resident memory next to the worst case its settings allow.
+//!
+//! `--events 0` skips phases 1 to 3 and `--queued 0` phase 4, e.g.
+//! `--events 0 --queued 0 --max-size 600` runs phase 5 alone.
+//! `--worker-env BILLING__USAGE__PREFETCH=64` starts every worker with that
+//! setting (the report and the no-op consumer follow it too).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -27,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use billing_worker::broker;
 use billing_worker::protocol::envelope::MERCHANT_HEADER;
+use billing_worker::protocol::usage::MAX_EVENT_ID_LEN;
 use billing_worker::settings::{QueueType, Settings};
 use chrono::SecondsFormat;
 use clap::Parser;
@@ -50,6 +61,7 @@ const USAGE_KEY: &str = "usage.bench";
 /// Matches no binding of the worker, only the no-op queue's.
 const NOOP_KEY: &str = "noop.bench";
 const COUNTED: &str = "billing_usage_events_counted_total";
+const DUPLICATES: &str = "billing_usage_events_duplicate_total";
 /// How often `/metrics` is read while events flow.
 const POLL_EVERY: Duration = Duration::from_millis(5);
 /// The no-op consumer acks (with `multiple`) this often, or when idle this long.
@@ -63,11 +75,26 @@ const STALL_AFTER: Duration = Duration::from_secs(60);
 const NOOP_QUEUE: &str = "bench.noop";
 /// The roles this benchmark talks to.
 const ROLES: [&str; 2] = ["provisioning", "usage"];
+/// Max-size bodies stay this far below `amqp.max_message_bytes`: 1 MiB - 8,576 = 1,040,000 bytes.
+const MAX_SIZE_HEADROOM: usize = 8_576;
+/// Event ids of the max-size phase start with this; they are unique to it.
+const MAX_SIZE_TAG: &str = "max";
+/// Settings the benchmark gives every worker itself; `--worker-env` may not change them.
+const OWN_SETTINGS: [&str; 6] = [
+    "BILLING__DATABASE__URL",
+    "BILLING__AMQP__URL",
+    "BILLING__AMQP__PREFIX",
+    "BILLING__AMQP__QUEUE_TYPE",
+    "BILLING__HTTP__LISTEN",
+    "BILLING__LOG__FILTER",
+];
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Usage pipeline benchmark: no-op ceiling, single-event and batched messages, backlog drain")]
+#[command(
+    about = "Usage pipeline benchmark: no-op ceiling, single-event and batched messages, backlog drain, max-size messages"
+)]
 struct Args {
-    /// Events of each of the single-event and batched phases.
+    /// Events of each of the ceiling, single-event and batched phases; 0 skips them.
     #[arg(long, default_value_t = 100_000)]
     events: u64,
     /// Events per message of the batched phase.
@@ -85,13 +112,41 @@ struct Args {
     /// Worker processes that drain the backlog together (one queue, one database).
     #[arg(long, default_value_t = 1)]
     drain_workers: usize,
+    /// Messages as large as the worker accepts (1000 events, 100-character event ids, bodies just
+    /// below amqp.max_message_bytes), queued with no worker running and drained by a fresh
+    /// worker, whose peak memory is reported; 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    max_size: u64,
+    /// A setting for every worker this benchmark starts, as BILLING__SECTION__KEY=VALUE
+    /// (repeatable), e.g. BILLING__USAGE__PREFETCH=64. The worker ignores inherited BILLING_*
+    /// variables: this is the way to change its settings.
+    #[arg(long = "worker-env", value_name = "KEY=VALUE", value_parser = worker_setting)]
+    worker_env: Vec<(String, String)>,
+}
+
+/// `BILLING__SECTION__KEY=VALUE`, for a setting the benchmark does not set itself.
+fn worker_setting(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
+    if !key.starts_with("BILLING__") {
+        return Err(format!("{key}: settings are BILLING__SECTION__KEY variables"));
+    }
+    if OWN_SETTINGS.contains(&key) {
+        return Err(format!("{key} is set by the benchmark itself"));
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut defaults = support::default_settings()?;
-    ensure!(args.events > 0, "--events must be at least 1");
+    // The settings every worker runs with: the defaults and `--worker-env`.
+    let mut defaults = support::settings_with(&args.worker_env)?;
+    ensure!(
+        args.events > 0 || args.queued > 0 || args.max_size > 0,
+        "nothing to run: --events, --queued and --max-size are all 0"
+    );
     ensure!(args.confirm_window > 0, "--confirm-window must be at least 1");
     ensure!(
         args.batch > 0 && args.batch <= defaults.usage.max_events_per_message as u64,
@@ -124,9 +179,13 @@ fn log(message: impl std::fmt::Display) {
     eprintln!("[usage_bench] {message}");
 }
 
-/// A worker on the defaults, ready once the roles this benchmark uses consume.
-async fn start_worker(sandbox: &Sandbox) -> anyhow::Result<Worker> {
-    Worker::start(sandbox, &Launch::default(), &ROLES).await
+/// A worker on the defaults and `--worker-env`, ready once the roles this benchmark uses consume.
+async fn start_worker(sandbox: &Sandbox, args: &Args) -> anyhow::Result<Worker> {
+    let launch = Launch {
+        env: args.worker_env.clone(),
+        ..Launch::default()
+    };
+    Worker::start(sandbox, &launch, &ROLES).await
 }
 
 /// The worker's `billing_usage_events_counted_total`.
@@ -192,7 +251,9 @@ async fn provision(settings: &Settings) -> anyhow::Result<String> {
     let created = command_ok(
         settings,
         MERCHANT,
-        json!({"command": "create", "plan_id": PLAN, "customer_id": CUSTOMER, "amount": "0"}),
+        // A merchant_ref_id keys the command (create needs it, or a message_id).
+        json!({"command": "create", "plan_id": PLAN, "customer_id": CUSTOMER, "amount": "0",
+               "merchant_ref_id": "bench"}),
     )
     .await?;
     created["billing_execution_info_id"]
@@ -431,11 +492,37 @@ struct Report {
     prefetch: u16,
     batch_size: usize,
     batch_timeout: Duration,
+    /// Phases 1 to 3 (none with `--events 0`).
+    live: Option<Live>,
+    drain: Option<(Phase, f64)>,
+    max_size: Option<MaxSize>,
+}
+
+/// Phases 1 to 3, on the first worker.
+struct Live {
     ceiling: Phase,
     single: Phase,
     batched: Phase,
-    live_rss_mb: f64,
-    drain: Option<(Phase, f64)>,
+    /// That worker's peak RSS over the single-event and batched phases, in MiB.
+    rss_mb: f64,
+}
+
+/// What the max-size phase measured, and the settings it ran with.
+struct MaxSize {
+    phase: Phase,
+    events_per_message: usize,
+    /// Bytes of each body (they are all the same size).
+    body_bytes: usize,
+    /// The fresh worker's peak RSS, in MiB.
+    rss_mb: f64,
+    /// The worker's counter at the end, and the phase's rows in `usage_events`.
+    counted: u64,
+    rows: u64,
+    /// Events the worker found counted before (redeliveries).
+    duplicates: u64,
+    prefetch: u16,
+    max_message_bytes: usize,
+    batch_bytes: usize,
 }
 
 /// What every phase publishes with: the sandbox, the provisioned execution,
@@ -452,7 +539,7 @@ struct Rig<'a> {
 /// Runs every phase; the worker in `worker` is left for the caller to stop.
 async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> anyhow::Result<Report> {
     log("starting the worker");
-    let live = worker.insert(start_worker(sandbox).await?);
+    let live = worker.insert(start_worker(sandbox, args).await?);
     log("provisioning metric, plan, customer and execution");
     let execution = provision(&sandbox.settings).await?;
     let connection = sandbox.connect("usage_bench", "publisher").await?;
@@ -465,23 +552,35 @@ async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> any
         connection,
     };
 
-    let ceiling = ceiling(&rig, live.pid).await?;
-    log(format_args!("single-event messages: {} events", thousands(args.events)));
-    let single = through_worker(&rig, live, "single", 1).await?;
-    log(format_args!(
-        "batched messages: {} events, {} per message",
-        thousands(args.events),
-        args.batch
-    ));
-    let batched = through_worker(&rig, live, "batch", args.batch).await?;
-    let live_rss_mb = live.peak_rss_mb()?;
+    let live = if args.events > 0 {
+        let ceiling = ceiling(&rig, live.pid).await?;
+        log(format_args!("single-event messages: {} events", thousands(args.events)));
+        let single = through_worker(&rig, live, "single", 1).await?;
+        log(format_args!(
+            "batched messages: {} events, {} per message",
+            thousands(args.events),
+            args.batch
+        ));
+        let batched = through_worker(&rig, live, "batch", args.batch).await?;
+        Some(Live {
+            ceiling,
+            single,
+            batched,
+            rss_mb: live.peak_rss_mb()?,
+        })
+    } else {
+        None
+    };
 
     let drain = if args.queued > 0 {
-        if let Some(stopped) = worker.take() {
-            log("stopping the worker (SIGTERM)");
-            stopped.stop().await?;
-        }
+        stop_worker(worker).await?;
         Some(drain(&rig, worker).await?)
+    } else {
+        None
+    };
+    let max_size = if args.max_size > 0 {
+        stop_worker(worker).await?;
+        Some(max_size(&rig, worker).await?)
     } else {
         None
     };
@@ -494,12 +593,19 @@ async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> any
         prefetch: usage.prefetch,
         batch_size: usage.batch_size,
         batch_timeout: usage.batch_timeout,
-        ceiling,
-        single,
-        batched,
-        live_rss_mb,
+        live,
         drain,
+        max_size,
     })
+}
+
+/// Stops the running worker, if any, before a phase that needs a fresh one.
+async fn stop_worker(worker: &mut Option<Worker>) -> anyhow::Result<()> {
+    if let Some(stopped) = worker.take() {
+        log("stopping the worker (SIGTERM)");
+        stopped.stop().await?;
+    }
+    Ok(())
 }
 
 /// The broker alone: a classic durable queue on `billing.in`, a consumer that
@@ -668,10 +774,10 @@ async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Ph
     // Peers start first, so that the clock below covers them all from the start.
     let mut peers = Vec::new();
     for _ in 1..args.drain_workers.max(1) {
-        peers.push(start_worker(sandbox).await?);
+        peers.push(start_worker(sandbox, args).await?);
     }
     let started = Instant::now();
-    let fresh = worker.insert(start_worker(sandbox).await?);
+    let fresh = worker.insert(start_worker(sandbox, args).await?);
     let pids: Vec<u32> = std::iter::once(fresh.pid).chain(peers.iter().map(|p| p.pid)).collect();
     let cpu_before = CpuTicks::now(&pids);
     if peers.is_empty() {
@@ -718,6 +824,144 @@ async fn wait_counted_by_all(addrs: &[SocketAddr], target: u64) -> anyhow::Resul
         ensure!(Instant::now() < deadline, "only {total} of {target} events counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// With no worker running, queues `args.max_size` messages as large as the
+/// worker accepts (see [`max_size_body`]), then lets a fresh worker drain
+/// them; checks that every event was counted once and reads the fresh
+/// worker's peak RSS.
+async fn max_size(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<MaxSize> {
+    let (args, sandbox) = (rig.args, rig.sandbox);
+    let settings = &sandbox.settings;
+    let per_message = settings.usage.max_events_per_message;
+    let max_message_bytes = settings.amqp.max_message_bytes;
+    let body_bytes = max_message_bytes
+        .checked_sub(MAX_SIZE_HEADROOM)
+        .filter(|&b| b > 0)
+        .with_context(|| {
+            format!("amqp.max_message_bytes ({max_message_bytes}) leaves no room for max-size messages")
+        })?;
+    let events = args.max_size * per_message as u64;
+    log(format_args!(
+        "queueing {} messages of {per_message} events and {} bytes with no worker running",
+        thousands(args.max_size),
+        thousands(body_bytes as u64)
+    ));
+    let started = Instant::now();
+    // Generated while publishing: the bodies need not sit in this process's memory.
+    let bodies = (0..args.max_size).map(|m| max_size_body(m, &rig.execution, per_message, body_bytes));
+    let sent = rig.publisher.publish_all(USAGE_KEY, bodies).await?;
+    let publishing = started.elapsed();
+    let depth = u64::from(queue_depth(&rig.inspect, &sandbox.names.usage).await?);
+    ensure!(
+        depth == args.max_size,
+        "{} holds {depth} messages, {} were queued",
+        sandbox.names.usage,
+        args.max_size
+    );
+    log(format_args!(
+        "{} messages ({} bytes) queued in {:.1} s; starting a fresh worker to drain them",
+        thousands(depth),
+        thousands(depth * body_bytes as u64),
+        publishing.as_secs_f64()
+    ));
+
+    let started = Instant::now();
+    let fresh = worker.insert(start_worker(sandbox, args).await?);
+    let cpu_before = CpuTicks::now(&[fresh.pid]);
+    // A new process: its counter starts from zero.
+    watch_counter(fresh.http, fresh.pid, events).await?;
+    wait_queue_empty(&rig.inspect, &sandbox.names.usage).await?;
+    let elapsed = started.elapsed();
+    let cpu = cpu_before.cores(&CpuTicks::now(&[fresh.pid]), elapsed);
+    let rss_mb = fresh.peak_rss_mb()?;
+
+    // Counted exactly once: the counter (which also fails on any dead letter)
+    // and the rows of this phase's event ids both match what was queued.
+    let counted = counted(fresh.http).await?;
+    ensure!(
+        counted == events,
+        "the worker counted {counted} events, {events} were queued"
+    );
+    let text = scrape(fresh.http).await?;
+    let duplicates = metric(&text, DUPLICATES).with_context(|| format!("{DUPLICATES} missing from /metrics"))? as u64;
+    let mut db = sandbox.database().await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events WHERE merchant_id = $1 AND event_id LIKE $2")
+        .bind(MERCHANT)
+        .bind(format!("{MAX_SIZE_TAG}-%"))
+        .fetch_one(&mut db)
+        .await
+        .context("count the phase's rows in usage_events")?;
+    let _ = sqlx::Connection::close(db).await;
+    let rows = u64::try_from(rows).unwrap_or(0);
+    ensure!(
+        rows == events,
+        "usage_events holds {rows} of the phase's events, {events} were queued"
+    );
+
+    let batches = BatchStats::read(fresh.http).await?;
+    Ok(MaxSize {
+        phase: Phase {
+            events,
+            messages: sent.len() as u64,
+            elapsed,
+            publishing,
+            latency: None,
+            cpu,
+            batches: Some(batches),
+        },
+        events_per_message: per_message,
+        body_bytes,
+        rss_mb,
+        counted,
+        rows,
+        duplicates,
+        prefetch: settings.usage.prefetch,
+        max_message_bytes,
+        batch_bytes: settings.usage.batch_bytes,
+    })
+}
+
+/// Message `message` of the max-size phase: `per_message` events with
+/// 100-character ids (`max-<message>-<event>-xxx...`, unique to the phase),
+/// each with a `properties.pad` string sized so that the body is exactly
+/// `size` bytes.
+fn max_size_body(message: u64, execution: &str, per_message: usize, size: usize) -> anyhow::Result<Vec<u8>> {
+    let timestamp = now_rfc3339();
+    let ids: Vec<String> = (0..per_message).map(|i| max_size_id(message, i)).collect();
+    let encode = |pad: &dyn Fn(usize) -> usize| {
+        let list: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut event = event(id, execution, &timestamp);
+                event["properties"] = json!({ "pad": "x".repeat(pad(i)) });
+                event
+            })
+            .collect();
+        serde_json::to_vec(&json!({ "events": list })).context("encode usage message")
+    };
+    let bare = encode(&|_| 0)?.len();
+    ensure!(
+        bare <= size,
+        "{per_message} events take {bare} bytes unpadded, more than {size}"
+    );
+    let (each, rest) = ((size - bare) / per_message, (size - bare) % per_message);
+    let body = encode(&|i| each + usize::from(i < rest))?;
+    ensure!(
+        body.len() == size,
+        "a max-size body has {} bytes, not {size}",
+        body.len()
+    );
+    Ok(body)
+}
+
+/// A 100-character event id, unique to the max-size phase.
+fn max_size_id(message: u64, event: usize) -> String {
+    let mut id = format!("{MAX_SIZE_TAG}-{message:07}-{event:05}-");
+    let fill = MAX_EVENT_ID_LEN.saturating_sub(id.chars().count());
+    id.extend(std::iter::repeat_n('x', fill));
+    id
 }
 
 // ------------------------------------------------------------------ report
@@ -767,13 +1011,6 @@ fn details(f: &mut std::fmt::Formatter<'_>, phase: &Phase) -> std::fmt::Result {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const SINGLE_TARGET: f64 = 0.7;
-        const BATCHED_TARGET: f64 = 50_000.0;
-        let ceiling = self.ceiling.messages_per_second();
-        let single = self.single.events_per_second();
-        let ratio = single / ceiling;
-        let batched = self.batched.events_per_second();
-
         writeln!(f)?;
         writeln!(f, "usage pipeline benchmark")?;
         writeln!(
@@ -785,31 +1022,13 @@ impl std::fmt::Display for Report {
             self.batch_timeout,
             self.args.confirm_window
         )?;
-        writeln!(f, "ceiling (no-op consumer, 1 event/message): {} msg/s", rate(ceiling))?;
-        details(f, &self.ceiling)?;
-        writeln!(
-            f,
-            "single-event messages: {} events/s ({ratio:.2}x ceiling; target >= {SINGLE_TARGET}x: {}), {}",
-            rate(single),
-            verdict(ratio >= SINGLE_TARGET),
-            latency_text(&self.single)
-        )?;
-        details(f, &self.single)?;
-        writeln!(
-            f,
-            "batched ({}/message): {} events/s (target >= {}: {}), {}",
-            self.args.batch,
-            rate(batched),
-            rate(BATCHED_TARGET),
-            verdict(batched >= BATCHED_TARGET),
-            latency_text(&self.batched)
-        )?;
-        details(f, &self.batched)?;
-        writeln!(
-            f,
-            "worker peak RSS over the two phases above: {:.0} MB",
-            self.live_rss_mb
-        )?;
+        if !self.args.worker_env.is_empty() {
+            let settings: Vec<String> = self.args.worker_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(f, "  worker environment: {}", settings.join(" "))?;
+        }
+        if let Some(live) = &self.live {
+            live.write_to(f, self.args.batch)?;
+        }
         if let Some((drain, rss)) = &self.drain {
             writeln!(
                 f,
@@ -831,6 +1050,9 @@ impl std::fmt::Display for Report {
                 writeln!(f, "    {line}")?;
             }
         }
+        if let Some(max_size) = &self.max_size {
+            write!(f, "{max_size}")?;
+        }
         writeln!(
             f,
             "how it is measured: rates run from the first publish until the worker's {COUNTED} shows every event \
@@ -844,9 +1066,129 @@ impl std::fmt::Display for Report {
     }
 }
 
+impl Live {
+    fn write_to(&self, f: &mut std::fmt::Formatter<'_>, batch: u64) -> std::fmt::Result {
+        const SINGLE_TARGET: f64 = 0.7;
+        const BATCHED_TARGET: f64 = 50_000.0;
+        let ceiling = self.ceiling.messages_per_second();
+        let single = self.single.events_per_second();
+        let ratio = single / ceiling;
+        let batched = self.batched.events_per_second();
+        writeln!(f, "ceiling (no-op consumer, 1 event/message): {} msg/s", rate(ceiling))?;
+        details(f, &self.ceiling)?;
+        writeln!(
+            f,
+            "single-event messages: {} events/s ({ratio:.2}x ceiling; target >= {SINGLE_TARGET}x: {}), {}",
+            rate(single),
+            verdict(ratio >= SINGLE_TARGET),
+            latency_text(&self.single)
+        )?;
+        details(f, &self.single)?;
+        writeln!(
+            f,
+            "batched ({batch}/message): {} events/s (target >= {}: {}), {}",
+            rate(batched),
+            rate(BATCHED_TARGET),
+            verdict(batched >= BATCHED_TARGET),
+            latency_text(&self.batched)
+        )?;
+        details(f, &self.batched)?;
+        writeln!(f, "worker peak RSS over the two phases above: {:.0} MB", self.rss_mb)
+    }
+}
+
+/// Bytes as MiB, for the memory lines.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+impl std::fmt::Display for MaxSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = &self.phase;
+        let queued = phase.messages * self.body_bytes as u64;
+        let prefetch = u64::from(self.prefetch);
+        let (max, batch) = (self.max_message_bytes as u64, self.batch_bytes as u64);
+        let worst = prefetch * max + batch;
+        let pushed = prefetch.min(phase.messages);
+        writeln!(
+            f,
+            "max-size messages drained by a fresh worker: {} events/s, worker peak RSS {:.0} MiB",
+            rate(phase.events_per_second()),
+            self.rss_mb
+        )?;
+        writeln!(
+            f,
+            "    {} message{} of {} events and {} bytes: {} bytes ({:.0} MiB) queued in {:.2} s with no worker; \
+             drained in {:.2} s from process start",
+            thousands(phase.messages),
+            if phase.messages == 1 { "" } else { "s" },
+            self.events_per_message,
+            thousands(self.body_bytes as u64),
+            thousands(queued),
+            mib(queued),
+            phase.publishing.as_secs_f64(),
+            phase.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "    counted once each: counter {} = {} events queued = {} rows; {} duplicates, no dead letters",
+            thousands(self.counted),
+            thousands(phase.events),
+            thousands(self.rows),
+            thousands(self.duplicates)
+        )?;
+        writeln!(
+            f,
+            "    worst case = prefetch x max_message_bytes + batch_bytes = {prefetch} x {} + {} = {} bytes ({:.0} MiB)",
+            thousands(max),
+            thousands(batch),
+            thousands(worst),
+            mib(worst)
+        )?;
+        writeln!(
+            f,
+            "    this run: the broker may push min(prefetch {prefetch}, {} queued) = {pushed} bodies at once = {:.0} MiB",
+            thousands(phase.messages),
+            mib(pushed * self.body_bytes as u64)
+        )?;
+        writeln!(f, "    {}", phase.cpu)?;
+        if let Some(line) = batches_line(phase) {
+            writeln!(f, "    {line}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_size_bodies_fill_the_size_with_unique_100_character_ids() {
+        let body = max_size_body(7, "0123456789abcdef0123456789abcdef", 1000, 1_040_000).expect("body");
+        assert_eq!(body.len(), 1_040_000);
+        let decoded = billing_worker::protocol::usage::decode_message(&body, 1000).expect("a valid message");
+        assert_eq!(decoded.len(), 1000);
+        let mut ids = std::collections::HashSet::new();
+        for d in &decoded {
+            let event = d.event.as_ref().expect("a valid event");
+            assert_eq!(event.event_id.chars().count(), MAX_EVENT_ID_LEN);
+            assert!(ids.insert(event.event_id.clone()), "{} repeated", event.event_id);
+        }
+        assert_ne!(max_size_id(7, 0), max_size_id(70, 0));
+        assert!(max_size_body(0, "x", 1000, 1000).is_err());
+    }
+
+    #[test]
+    fn worker_settings_are_billing_variables_the_benchmark_does_not_set() {
+        assert_eq!(
+            worker_setting("BILLING__USAGE__PREFETCH=64"),
+            Ok(("BILLING__USAGE__PREFETCH".to_string(), "64".to_string()))
+        );
+        assert!(worker_setting("BILLING__USAGE__PREFETCH").is_err());
+        assert!(worker_setting("USAGE__PREFETCH=64").is_err());
+        assert!(worker_setting("BILLING__AMQP__PREFIX=x.").is_err());
+    }
 
     #[test]
     fn latency_takes_the_first_reading_at_or_past_each_position() {

@@ -53,6 +53,13 @@ pub fn default_settings() -> anyhow::Result<Settings> {
     Settings::load_with(&config_dir(), None, std::iter::empty()).context("load config/default.toml")
 }
 
+/// `config/default.toml` with `BILLING__SECTION__KEY` overrides, as a
+/// worker given `vars` in its environment (through [`Launch::env`]) loads it.
+pub fn settings_with(vars: &[(String, String)]) -> anyhow::Result<Settings> {
+    Settings::load_with(&config_dir(), None, vars.iter().cloned())
+        .context("load config/default.toml with the given BILLING__ settings")
+}
+
 pub fn admin_url() -> String {
     std::env::var("BILLING_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }

@@ -103,6 +103,10 @@ pub fn transition(from: BillStatus, event: BillEvent) -> Result<BillStatus, Refu
     Ok(to)
 }
 
+/// A bill line is below this (10^20): far within what a decimal holds, so
+/// lines in minor units add up exactly.
+pub const MAX_LINE_AMOUNT: Decimal = Decimal::from_parts(0x6310_0000, 0x6BC7_5E2D, 0x5, false, 0);
+
 /// A charge before rounding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Charge {
@@ -150,11 +154,17 @@ pub fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance: Decima
             description: c.description,
         })
         .collect();
+    // Lines stay far from the edge of what a decimal holds, so that their
+    // sum (in minor units) is exact to the last digit.
+    if lines.iter().any(|line| line.amount >= MAX_LINE_AMOUNT) {
+        return Err(Rejection::overflow("a bill line"));
+    }
     let total = lines
         .iter()
         .try_fold(Decimal::ZERO, |sum, line| sum.checked_add(line.amount))
         .ok_or_else(|| Rejection::overflow("the bill's total"))?;
-    let (credit_applied, amount_due) = apply_credit(credit_balance, total);
+    let (credit_applied, amount_due) =
+        apply_credit(credit_balance, total).ok_or_else(|| Rejection::overflow("the credit applied to the bill"))?;
     Ok(Bill {
         lines,
         total,
@@ -263,6 +273,13 @@ mod tests {
         assert_eq!(format_amount(&inr(), d("10")), "10.00");
         assert_eq!(format_amount(&inr(), d("10.5")), "10.50");
         assert_eq!(format_amount(&inr(), d("10.005")), "10.01");
+    }
+
+    #[test]
+    fn the_line_bound_is_ten_to_the_twentieth() {
+        assert_eq!(MAX_LINE_AMOUNT, d("100000000000000000000"));
+        let err = compute(&inr(), vec![usage("m", "100000000000000000000")], Decimal::ZERO).expect_err("too large");
+        assert_eq!(err.code, crate::error::ErrorCode::AmountOverflow);
     }
 
     #[test]

@@ -52,11 +52,13 @@ pub fn check_grant(field: &str, amount: Decimal, minor_units: u32, allow_zero: b
 }
 
 /// The part of `due` that credit pays, and what remains to collect.
-/// Never uses more than the balance, never more than is due.
-pub fn apply_credit(balance: Decimal, due: Decimal) -> (Decimal, Decimal) {
+/// Never uses more than the balance, never more than is due. `None` when
+/// the two would not add up to `due` exactly (magnitudes at the edge of
+/// what a decimal holds round their last digits): never a cent lost.
+pub fn apply_credit(balance: Decimal, due: Decimal) -> Option<(Decimal, Decimal)> {
     let used = balance.max(Decimal::ZERO).min(due.max(Decimal::ZERO));
-    // 0 <= used <= max(due, 0): the difference is exact.
-    (used, due.saturating_sub(used))
+    let remaining = due.checked_sub(used)?;
+    (remaining.checked_add(used)? == due).then_some((used, remaining))
 }
 
 /// Replays entries to a balance; `None` if any prefix would go negative,
@@ -91,10 +93,10 @@ mod tests {
 
     #[test]
     fn credit_pays_what_it_can() {
-        assert_eq!(apply_credit(d(500, 2), d(300, 2)), (d(300, 2), d(0, 2)));
-        assert_eq!(apply_credit(d(300, 2), d(500, 2)), (d(300, 2), d(200, 2)));
-        assert_eq!(apply_credit(d(0, 0), d(500, 2)), (d(0, 0), d(500, 2)));
-        assert_eq!(apply_credit(d(500, 2), d(0, 0)), (d(0, 0), d(0, 0)));
+        assert_eq!(apply_credit(d(500, 2), d(300, 2)), Some((d(300, 2), d(0, 2))));
+        assert_eq!(apply_credit(d(300, 2), d(500, 2)), Some((d(300, 2), d(200, 2))));
+        assert_eq!(apply_credit(d(0, 0), d(500, 2)), Some((d(0, 0), d(500, 2))));
+        assert_eq!(apply_credit(d(500, 2), d(0, 0)), Some((d(0, 0), d(0, 0))));
     }
 
     #[test]
@@ -115,9 +117,9 @@ mod tests {
             due in crate::domain::money::any_decimal(),
             entries in proptest::collection::vec((any::<bool>(), crate::domain::money::any_decimal()), 0..6),
         ) {
-            let (used, remaining) = apply_credit(balance, due);
-            prop_assert!(used >= Decimal::ZERO);
-            if due >= Decimal::ZERO && balance >= Decimal::ZERO {
+            // Either exact to the last digit, or refused.
+            if let Some((used, remaining)) = apply_credit(balance, due) {
+                prop_assert!(used >= Decimal::ZERO);
                 prop_assert_eq!(used.checked_add(remaining), Some(due));
             }
             let entries: Vec<_> = entries
@@ -132,7 +134,7 @@ mod tests {
         #[test]
         fn applying_credit_conserves_money(balance in 0i64..1_000_000, due in 0i64..1_000_000) {
             let (balance, due) = (d(balance, 2), d(due, 2));
-            let (used, remaining) = apply_credit(balance, due);
+            let (used, remaining) = apply_credit(balance, due).expect("exact at these sizes");
             prop_assert_eq!(used + remaining, due);
             prop_assert!(used <= balance && used >= Decimal::ZERO && remaining >= Decimal::ZERO);
         }

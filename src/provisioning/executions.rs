@@ -34,8 +34,6 @@ pub fn first_bill_at(row: &ExecutionRow, plan: &PlanRow) -> Option<DateTime<Utc>
 /// Reference of the ledger grant made by `create`'s free-tier `amount`.
 pub const FREE_TIER_REFERENCE: &str = "free_tier";
 
-/// The metrics an execution is billed on: its plan's, then any extra ones its
-
 /// The execution document with its plan, metrics and live usage at `now`.
 pub async fn execution_document(
     conn: &mut PgConnection,

@@ -118,6 +118,8 @@ pub struct TestApp {
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     db_name: String,
+    /// Set by `teardown`; otherwise `Drop` cleans up.
+    cleaned: bool,
 }
 
 impl TestApp {
@@ -170,6 +172,7 @@ impl TestApp {
             shutdown,
             handle: Some(handle),
             db_name: sandbox.db_name,
+            cleaned: false,
         };
         app.wait_ready().await;
         app
@@ -426,6 +429,45 @@ impl TestApp {
         }
         self.db.close().await;
         drop_database(&self.db_name).await;
+        self.cleaned = true;
+    }
+}
+
+/// A test that fails (or forgets `teardown`) still leaves nothing behind:
+/// the worker is stopped, and its topology and database removed.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+        let (names, db_name) = (self.names.clone(), self.db_name.clone());
+        // Drop cannot await: clean up on a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    for queue in names.queues() {
+                        let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+                    }
+                    for exchange in names.exchanges() {
+                        let _ = channel
+                            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                            .await;
+                    }
+                    let _ = connection.close(200, "test cleanup".into()).await;
+                }
+                drop_database(&db_name).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 

@@ -171,3 +171,35 @@ async fn the_database_can_be_reached_over_tls_by_setting_sslmode() {
     assert!(encrypted, "the worker's connections use TLS");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_test_app_dropped_without_teardown_leaves_nothing_behind() {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn().await;
+    let (db, queue) = (app.db_name().to_string(), app.names.usage.clone());
+    // As a failing test would: the app goes out of scope untidied.
+    drop(app);
+    let mut admin = sqlx::PgConnection::connect(&crate::helpers::admin_database_url())
+        .await
+        .expect("admin");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&db)
+        .fetch_one(&mut admin)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "database {db} left behind");
+    let client = TestApp::spawn().await;
+    let passive = client
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(passive.is_err(), "queue {queue} left behind");
+    drop(client);
+}

@@ -114,7 +114,7 @@ impl Application {
 /// shutdown came first.
 async fn migrate_until_done(ctx: &Context, shutdown: &CancellationToken) -> bool {
     let amqp = &ctx.settings.amqp;
-    let mut backoff = Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2);
+    let mut backoff = Backoff::reconnect(amqp);
     loop {
         match store::migrate(&ctx.pool).await {
             Ok(()) => return true,

@@ -12,6 +12,13 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The delays between reconnects and between tries through an outage:
+    /// from `amqp.reconnect_initial`, doubling, up to `amqp.reconnect_max`,
+    /// spread by a fifth.
+    pub fn reconnect(amqp: &crate::settings::AmqpSettings) -> Backoff {
+        Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2)
+    }
+
     /// Delays start near `initial`, grow by `multiplier`, stay under `max`,
     /// and are spread by +/- `jitter` (a fraction from 0 to 1).
     pub fn new(initial: Duration, multiplier: f64, max: Duration, jitter: f64) -> Backoff {

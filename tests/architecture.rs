@@ -108,9 +108,8 @@ fn referenced_paths(code: &str, own: &[String]) -> Vec<Vec<String>> {
 /// Reads one path (and its braces) at the start of `rest`.
 fn expand(rest: &str, prefix: &[String], out: &mut Vec<Vec<String>>) {
     let mut path = prefix.to_vec();
-    let mut chars = rest.char_indices().peekable();
     let mut segment = String::new();
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in rest.char_indices() {
         if c.is_alphanumeric() || c == '_' {
             segment.push(c);
         } else if c == ':' {

@@ -72,14 +72,7 @@ impl PlanCache {
 }
 
 async fn plan_view(conn: &mut PgConnection, execution: &ExecutionRow) -> Result<PlanView, HandleError> {
-    let row = store::catalog::find_plan(conn, &execution.merchant_id, &execution.plan_id)
-        .await?
-        .ok_or_else(|| {
-            Rejection::new(
-                ErrorCode::PlanNotFound,
-                format!("plan_id '{}' does not exist", execution.plan_id),
-            )
-        })?;
+    let row = store::catalog::require_plan(conn, &execution.merchant_id, &execution.plan_id, "plan_id").await?;
     let metric_rows = plan_metrics(conn, execution, &row).await?;
     let order = metric_rows.iter().map(|m| m.metric_id.clone()).collect();
     let metrics = effective_metrics(&metric_rows, &execution.metric_info)?;

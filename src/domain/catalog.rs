@@ -267,6 +267,23 @@ pub fn check_text(field: &str, value: &str, required: bool) -> Result<(), Reject
 /// Default number of retries of a failed debit when a plan names none.
 pub const DEFAULT_MAX_RETRY: u32 = 3;
 
+/// The customer prices an execution stores (`metric_info`): each entry
+/// with the metric id it prices.
+pub fn customer_prices(metric_info: &serde_json::Value) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+    metric_info
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| Some((entry.get("metric_id")?.as_str()?, entry)))
+}
+
+/// The customer's price of one metric, if the execution has one.
+pub fn customer_price<'a>(metric_info: &'a serde_json::Value, metric_id: &str) -> Option<&'a serde_json::Value> {
+    customer_prices(metric_info)
+        .find(|(id, _)| *id == metric_id)
+        .map(|(_, entry)| entry)
+}
+
 /// Whether a plan bills only when presented (never on a schedule).
 pub fn bills_on_present(interval: PlanInterval, model: PlanModel) -> bool {
     interval == PlanInterval::Aspresented || model == PlanModel::UsageCalculation

@@ -85,10 +85,7 @@ pub fn plan(row: &PlanRow, metrics: &[MetricRow], overrides: &Value, usage: Opti
     let metric_info: Vec<Value> = metrics
         .iter()
         .map(|m| {
-            let over = overrides.as_array().and_then(|list| {
-                list.iter()
-                    .find(|o| o.get("metric_id").and_then(Value::as_str) == Some(&m.metric_id))
-            });
+            let over = crate::domain::catalog::customer_price(overrides, &m.metric_id);
             let used = usage.map(|u| u.get(&m.metric_id).copied().unwrap_or((Decimal::ZERO, Decimal::ZERO)));
             metric(m, over, used)
         })

@@ -40,9 +40,7 @@ pub async fn execution_document(
     row: &ExecutionRow,
     now: DateTime<Utc>,
 ) -> Result<Value, HandleError> {
-    let plan = store::catalog::find_plan(conn, &row.merchant_id, &row.plan_id)
-        .await?
-        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
+    let plan = store::catalog::require_plan(conn, &row.merchant_id, &row.plan_id, "plan_id").await?;
     let metrics = plan_metrics(conn, row, &plan).await?;
     let specs = crate::usage::effective_metrics(&metrics, &row.metric_info)?;
     let basis = PeriodBasis {
@@ -247,9 +245,7 @@ pub(super) async fn create(
         return repeat_of(conn, merchant_id, now, existing, &c).await;
     }
 
-    let plan = store::catalog::find_plan(conn, merchant_id, &c.plan_id)
-        .await?
-        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &c.plan_id))?;
+    let plan = store::catalog::require_plan(conn, merchant_id, &c.plan_id, "plan_id").await?;
     let plan_currency = plan_spec(&plan)?.plan_currency;
     if store::customers::find(conn, merchant_id, &c.customer_id)
         .await?
@@ -419,12 +415,8 @@ pub(super) async fn change_plan(
     let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
     let next = &c.updated_fields.plan_id;
     check_id(next).map_err(|p| Rejection::field("updated_fields.plan_id", p))?;
-    let current = store::catalog::find_plan(conn, merchant_id, &row.plan_id)
-        .await?
-        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
-    let target = store::catalog::find_plan(conn, merchant_id, next)
-        .await?
-        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "updated_fields.plan_id", next))?;
+    let current = store::catalog::require_plan(conn, merchant_id, &row.plan_id, "plan_id").await?;
+    let target = store::catalog::require_plan(conn, merchant_id, next, "updated_fields.plan_id").await?;
     let (current, target_spec) = (plan_spec(&current)?, plan_spec(&target)?);
     if current.plan_currency != target_spec.plan_currency {
         return Err(Rejection::field(
@@ -470,9 +462,7 @@ async fn schedule_billing(
     event: StatusEvent,
     now: DateTime<Utc>,
 ) -> Result<(), HandleError> {
-    let plan = store::catalog::find_plan(conn, &row.merchant_id, &row.plan_id)
-        .await?
-        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
+    let plan = store::catalog::require_plan(conn, &row.merchant_id, &row.plan_id, "plan_id").await?;
     let first_activation =
         from == ExecutionStatus::Created || (row.activated_at == Some(now) && row.billed_until.is_none());
     match event {
@@ -517,9 +507,7 @@ pub(super) async fn add_credit(
         .into());
     }
     let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
-    let plan = store::catalog::find_plan(conn, merchant_id, &row.plan_id)
-        .await?
-        .ok_or_else(|| not_found(ErrorCode::PlanNotFound, "plan_id", &row.plan_id))?;
+    let plan = store::catalog::require_plan(conn, merchant_id, &row.plan_id, "plan_id").await?;
     let plan_currency = plan_spec(&plan)?.plan_currency;
     check_grant("amount", c.amount, plan_currency.minor_units(), false)?;
     // The reference makes a grant idempotent: the same grant twice is one grant.

@@ -252,6 +252,25 @@ pub fn plan_spec(row: &PlanRow) -> Result<PlanSpec, HandleError> {
     })
 }
 
+/// A plan of this merchant that must exist: `PLAN_NOT_FOUND` naming
+/// `field` when it does not.
+pub async fn require_plan(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    plan_id: &str,
+    field: &str,
+) -> Result<PlanRow, HandleError> {
+    find_plan(conn, merchant_id, plan_id).await?.ok_or_else(|| {
+        HandleError::Rejected(crate::error::Rejection::new(
+            crate::error::ErrorCode::PlanNotFound,
+            format!(
+                "{field} '{}' does not exist for this merchant",
+                crate::error::short(plan_id)
+            ),
+        ))
+    })
+}
+
 /// The metrics an execution may use: its plan's, then the ones its
 /// customer prices (`metric_info`) add.
 pub async fn plan_metrics(
@@ -260,10 +279,8 @@ pub async fn plan_metrics(
     plan: &PlanRow,
 ) -> Result<Vec<MetricRow>, sqlx::Error> {
     let mut ids = plan.metric_ids.clone();
-    for over in row.metric_info.as_array().into_iter().flatten() {
-        if let Some(id) = over.get("metric_id").and_then(serde_json::Value::as_str)
-            && !ids.iter().any(|m| m == id)
-        {
+    for (id, _) in crate::domain::catalog::customer_prices(&row.metric_info) {
+        if !ids.iter().any(|m| m == id) {
             ids.push(id.to_string());
         }
     }

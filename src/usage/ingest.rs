@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 
 use super::{PeriodBasis, aggregate_of, effective_metrics};
 use crate::domain::aggregation::{AggregationType, Delta, UsageEvent};
-use crate::domain::catalog::MetricSpec;
+use crate::domain::catalog::{MetricSpec, customer_prices};
 use crate::domain::execution::ExecutionStatus;
 use crate::domain::period::Schedule;
 use crate::domain::webhook::{EventName, Webhook};
@@ -216,11 +216,7 @@ async fn load_executions(
     for ctx in &contexts {
         let entry = wanted.entry(ctx.merchant_id.clone()).or_default();
         entry.extend(ctx.metric_ids.iter().cloned());
-        for over in ctx.metric_info.as_array().into_iter().flatten() {
-            if let Some(id) = over.get("metric_id").and_then(serde_json::Value::as_str) {
-                entry.insert(id.to_string());
-            }
-        }
+        entry.extend(customer_prices(&ctx.metric_info).map(|(id, _)| id.to_string()));
     }
     let mut rows_by_merchant = HashMap::new();
     for (merchant, ids) in wanted {
@@ -238,11 +234,7 @@ async fn load_executions(
             .map(Vec::as_slice)
             .unwrap_or_default();
         let mut allowed: HashSet<&str> = ctx.metric_ids.iter().map(String::as_str).collect();
-        for over in ctx.metric_info.as_array().into_iter().flatten() {
-            if let Some(id) = over.get("metric_id").and_then(serde_json::Value::as_str) {
-                allowed.insert(id);
-            }
-        }
+        allowed.extend(customer_prices(&ctx.metric_info).map(|(id, _)| id));
         let own: Vec<_> = rows
             .iter()
             .filter(|r| allowed.contains(r.metric_id.as_str()))

@@ -70,10 +70,7 @@ pub fn effective_metrics(rows: &[MetricRow], overrides: &Value) -> Result<HashMa
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
         let mut spec = crate::store::catalog::metric_spec(row)?;
-        let over = overrides.as_array().and_then(|list| {
-            list.iter()
-                .find(|o| o.get("metric_id").and_then(Value::as_str) == Some(&row.metric_id))
-        });
+        let over = crate::domain::catalog::customer_price(overrides, &row.metric_id);
         if let Some(over) = over {
             spec.pricing =
                 serde_json::from_value::<Pricing>(over.clone()).map_err(|e| crate::error::corrupt("metric_info", e))?;

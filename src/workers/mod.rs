@@ -35,7 +35,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let amqp = &ctx.settings.amqp;
-    let mut backoff = Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2);
+    let mut backoff = Backoff::reconnect(amqp);
     ctx.health.register(role);
     while !cancel.is_cancelled() {
         let started = Instant::now();
@@ -84,7 +84,7 @@ where
     Fut: Future<Output = Result<T, HandleError>>,
 {
     let amqp = &ctx.settings.amqp;
-    let mut backoff = Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2);
+    let mut backoff = Backoff::reconnect(amqp);
     let mut conflicts = 0;
     loop {
         let (kind, reason) = match catch_panic(ctx, role, attempt()).await {

@@ -6,34 +6,13 @@
 use std::sync::Arc;
 
 use billing_worker::clock::ManualClock;
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::gateway::{Answer, Gateway};
 use crate::helpers::{TestApp, eventually};
-
-fn at(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, m, d, h, min, 0).single().expect("valid time")
-}
-
-fn dec(s: &str) -> Decimal {
-    s.parse().expect("decimal")
-}
-
-/// A customer `c1` and a plan `p` with the given fields over sensible defaults.
-async fn plan(app: &mut TestApp, fields: Value) {
-    let mut command = json!({"command": "create_plan", "plan_id": "p", "plan_name": "Plan", "plan_type": "POST_DEBIT",
-        "plan_model": "FIXED", "plan_interval": "MONTHLY", "plan_currency": "INR", "plan_amount": 100,
-        "plan_action_on_failure": "SKIP", "max_retry": 2});
-    for (k, v) in fields.as_object().expect("fields") {
-        command[k] = v.clone();
-    }
-    let r = app.call("m1", command).await;
-    assert_eq!(r["success"], true, "{r}");
-    app.call("m1", json!({"command": "create_customer", "customer_id": "c1"}))
-        .await;
-}
+use crate::seed::{at, dec, plan, run_billing};
 
 /// A COUNT metric `calls` at `price` INR per call.
 async fn calls_metric(app: &mut TestApp, price: u32) {
@@ -55,12 +34,6 @@ async fn execution(app: &mut TestApp, fields: Value) -> String {
     let r = app.call("m1", command).await;
     assert_eq!(r["success"], true, "{r}");
     r["billing_execution_info_id"].as_str().expect("id").to_string()
-}
-
-async fn run_billing(app: &mut TestApp) -> Value {
-    let r = app.call("m1", json!({"command": "run_billing"})).await;
-    assert_eq!(r["success"], true, "{r}");
-    r["run"].clone()
 }
 
 #[derive(Debug, sqlx::FromRow)]

@@ -9,17 +9,14 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use billing_worker::clock::ManualClock;
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::Duration;
 use lapin::BasicProperties;
 use lapin::types::ShortString;
 use serde_json::{Value, json};
 
 use crate::gateway::{Answer, Gateway};
 use crate::helpers::{Sandbox, TestApp, eventually, with_merchant};
-
-fn at(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, m, d, h, min, 0).single().expect("valid time")
-}
+use crate::seed::at;
 
 /// A worker on `clock` whose scheduler passes run every 100 ms.
 async fn spawn(clock: ManualClock, tweak: impl FnOnce(&mut billing_worker::settings::Settings)) -> TestApp {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use billing_worker::clock::ManualClock;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::options::BasicGetOptions;
 use rust_decimal::Decimal;
@@ -16,30 +16,7 @@ use serde_json::{Value, json};
 
 use crate::gateway::{Answer, Gateway};
 use crate::helpers::{Sandbox, TestApp, eventually};
-
-fn at(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, m, d, h, min, 0).single().expect("valid time")
-}
-
-fn dec(s: &str) -> Decimal {
-    s.parse().expect("decimal")
-}
-
-/// Customer `c1` and plan `p` (100 INR a month in arrears), with `fields` over the defaults.
-async fn plan(app: &mut TestApp, fields: Value) {
-    let mut command = json!({"command": "create_plan", "plan_id": "p", "plan_name": "Plan", "plan_type": "POST_DEBIT",
-        "plan_model": "FIXED", "plan_interval": "MONTHLY", "plan_currency": "INR", "plan_amount": 100,
-        "plan_action_on_failure": "SKIP", "max_retry": 2});
-    for (k, v) in fields.as_object().expect("fields") {
-        command[k] = v.clone();
-    }
-    let r = app.call("m1", command).await;
-    assert_eq!(r["success"], true, "{r}");
-    let r = app
-        .call("m1", json!({"command": "create_customer", "customer_id": "c1"}))
-        .await;
-    assert_eq!(r["success"], true, "{r}");
-}
+use crate::seed::{at, dec, plan, run_billing};
 
 async fn execution(app: &mut TestApp) -> String {
     let r = app
@@ -47,12 +24,6 @@ async fn execution(app: &mut TestApp) -> String {
         .await;
     assert_eq!(r["success"], true, "{r}");
     r["billing_execution_info_id"].as_str().expect("id").to_string()
-}
-
-async fn run_billing(app: &mut TestApp) -> Value {
-    let r = app.call("m1", json!({"command": "run_billing"})).await;
-    assert_eq!(r["success"], true, "{r}");
-    r["run"].clone()
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

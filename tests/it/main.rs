@@ -13,4 +13,5 @@ mod late_results;
 mod operations;
 mod outbox;
 mod provisioning;
+mod seed;
 mod usage;

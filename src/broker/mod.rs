@@ -237,3 +237,20 @@ fn value_size(value: &AMQPValue) -> usize {
         _ => 9,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_sizes_count_what_the_wire_carries() {
+        let mut table = FieldTable::default();
+        table.insert("x-merchantid".into(), AMQPValue::LongString("m1".into()));
+        assert!(table_size(&table) < 64);
+        table.insert("x-huge".into(), AMQPValue::LongString("h".repeat(300_000).into()));
+        assert!(table_size(&table) > MAX_KEPT_HEADER_BYTES);
+        let mut nested = FieldTable::default();
+        nested.insert("inner".into(), AMQPValue::FieldTable(table));
+        assert!(table_size(&nested) > 300_000);
+    }
+}

@@ -416,3 +416,33 @@ async fn racing_creates_with_one_reference_make_one_execution() {
     peer.stop().await;
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_huge_property_value_is_refused_alone_and_the_batch_counts() {
+    let mut app = spawn(ManualClock::new(at(2026, 1, 1, 0, 0)), |_| {}).await;
+    for command in [
+        json!({"command": "create_metric", "metric_id": "users", "name": "Users", "aggregation_type": "UNIQUE_COUNT",
+               "aggregation_field": "user", "pricing_type": "FIXED", "pricing_model": [{"unit_amount": 1}], "currency": "INR"}),
+        json!({"command": "create_plan", "plan_id": "p", "plan_name": "P", "plan_type": "POST_DEBIT",
+               "plan_model": "USAGE_BASED", "plan_interval": "MONTHLY", "plan_currency": "INR",
+               "plan_action_on_failure": "SKIP", "metric_ids": ["users"]}),
+        json!({"command": "create_customer", "customer_id": "c1"}),
+    ] {
+        let r = app.call("m1", command).await;
+        assert_eq!(r["success"], true, "{r}");
+    }
+    let id = execution(&mut app, "m1", "p").await;
+    let user = |event: &str, value: String| json!({"event_id": event, "billing_execution_info_id": id, "metric_id": "users", "properties": {"user": value}});
+    let batch =
+        json!({"events": [user("u1", "alice".into()), user("u2", "u".repeat(300_000)), user("u3", "bob".into())]});
+    app.publish_usage("m1", &batch).await;
+    let message = refused(&app, "INVALID_FIELD").await;
+    assert!(message.starts_with("properties.user must be at most 256"), "{message}");
+    app.wait_for_count("the other two counted", "SELECT count(*) FROM usage_events", 2)
+        .await;
+    let r = app
+        .call("m1", json!({"command": "get", "billing_execution_info_id": id}))
+        .await;
+    assert_eq!(r["plan_info"]["metric_info"][0]["used_till_now"], json!(2), "{r}");
+    app.teardown().await;
+}

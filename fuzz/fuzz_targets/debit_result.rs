@@ -9,7 +9,7 @@
 use billing_worker::billing::debits::{DebitResult, ResultStatus};
 use billing_worker::error::ErrorCode;
 use billing_worker::protocol::de;
-use billing_worker_fuzz::{check_rejection, shorten};
+use billing_worker_fuzz::{check_rejection, json_value, shorten};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -22,12 +22,14 @@ fuzz_target!(|body: &[u8]| {
     };
     // Bytes that are not UTF-8 may sit in a field the decoder skips.
     let text = String::from_utf8_lossy(body);
-    let value: Value = serde_json::from_str(&text).unwrap_or_else(|err| {
+    let value = json_value(&text).unwrap_or_else(|err| {
         panic!(
             "[debit_result] invariant `accepted-is-json`: a result decoded from a body that is not JSON ({err}): {}",
             shorten(&text)
         )
     });
+    // serde_json cannot hold every JSON text as a Value; then only the syntax is checked.
+    let Some(value) = value else { return };
     assert!(
         value.is_object(),
         "[debit_result] invariant `accepted-is-object`: a result decoded from {}",

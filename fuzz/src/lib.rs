@@ -6,6 +6,8 @@
 //! `invariant` and names it, so that libFuzzer saves the input as a crash.
 
 use billing_worker::error::{ErrorCode, Rejection};
+use serde::de::IgnoredAny;
+use serde_json::Value;
 
 /// Longest rejection message, in bytes, whatever the size of the input.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
@@ -13,8 +15,9 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// Most characters of the input that a rejection message may quote.
 pub const MAX_QUOTED_CHARS: usize = 200;
 
-/// How much of a long message a failed invariant shows.
-const SHOWN_CHARS: usize = 240;
+/// How much of the start and of the end of a long message a failed invariant shows.
+const SHOWN_HEAD: usize = 200;
+const SHOWN_TAIL: usize = 120;
 
 /// Checks the promises every rejection keeps, whatever the input:
 ///
@@ -48,7 +51,7 @@ pub fn check_rejection(target: &str, rejection: &Rejection, allowed: &[ErrorCode
         .find_map(|input| quoted_run(message, input, MAX_QUOTED_CHARS))
     {
         broken.push(format!(
-            "`quote-length`: the message quotes {} characters of the input in one piece, more than {MAX_QUOTED_CHARS}",
+            "`quote-length`: the message quotes the input in a run of {} characters, more than {MAX_QUOTED_CHARS}",
             quoted.chars().count()
         ));
     }
@@ -63,13 +66,18 @@ pub fn check_rejection(target: &str, rejection: &Rejection, allowed: &[ErrorCode
     }
 }
 
-/// The start of `text`, for a panic message.
+/// `text` for a panic message: its start and its end when it is long.
 pub fn shorten(text: &str) -> String {
-    let mut out: String = text.chars().take(SHOWN_CHARS).collect();
-    if out.len() < text.len() {
-        out.push_str(&format!("... ({} more bytes)", text.len() - out.len()));
+    let count = text.chars().count();
+    if count <= SHOWN_HEAD + SHOWN_TAIL {
+        return format!("{text:?}");
     }
-    format!("{out:?}")
+    let head: String = text.chars().take(SHOWN_HEAD).collect();
+    let tail: String = text.chars().skip(count - SHOWN_TAIL).collect();
+    format!(
+        "{head:?} ... ({} characters) ... {tail:?}",
+        count - SHOWN_HEAD - SHOWN_TAIL
+    )
 }
 
 /// The part of `message` that also occurs, byte for byte, in `input` and is
@@ -116,6 +124,16 @@ pub fn quoted_run<'m>(message: &'m str, input: &[u8], limit: usize) -> Option<&'
         p += ANCHOR;
     }
     None
+}
+
+/// Reads `text` as a `serde_json::Value`: `Ok(None)` when it is JSON that a
+/// `Value` cannot hold (an object keyed by one of serde_json's private tokens,
+/// such as `$serde_json::private::RawValue`), `Err` when it is not JSON.
+pub fn json_value(text: &str) -> Result<Option<Value>, serde_json::Error> {
+    match serde_json::from_str(text) {
+        Ok(value) => Ok(Some(value)),
+        Err(_) => serde_json::from_str::<IgnoredAny>(text).map(|_| None),
+    }
 }
 
 #[cfg(test)]

@@ -114,8 +114,18 @@ pub fn short(input: &str) -> String {
     out
 }
 
+/// Longest error message in bytes (a header's size is counted in bytes).
+pub const MAX_MESSAGE_BYTES: usize = 1000;
+
+/// Cuts `text` to `max_chars` characters and [`MAX_MESSAGE_BYTES`] bytes.
 fn clip(mut text: String, max_chars: usize) -> String {
-    if let Some((cut, _)) = text.char_indices().nth(max_chars) {
+    let limit = MAX_MESSAGE_BYTES.saturating_sub('…'.len_utf8());
+    let cut = text
+        .char_indices()
+        .enumerate()
+        .find(|(n, (at, c))| *n >= max_chars || at.saturating_add(c.len_utf8()) > limit)
+        .map(|(_, (at, _))| at);
+    if let Some(cut) = cut {
         text.truncate(cut);
         text.push('…');
     }
@@ -233,4 +243,22 @@ pub fn corrupt(what: &str, detail: impl fmt::Display) -> HandleError {
         ErrorCode::InternalError,
         format!("stored {what} is unreadable: {detail}"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outgoing_text_is_short_in_characters_and_bytes() {
+        let long = Rejection::new(ErrorCode::InvalidField, "x".repeat(5000));
+        assert_eq!(long.message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        let wide = Rejection::new(ErrorCode::InvalidField, "€".repeat(5000));
+        assert!(wide.message.len() <= MAX_MESSAGE_BYTES, "{}", wide.message.len());
+        let short_one = Rejection::new(ErrorCode::InvalidField, "field is wrong");
+        assert_eq!(short_one.message, "field is wrong");
+        assert_eq!(short("ab\u{7}c"), "ab?c");
+        let quoted = short(&"q".repeat(300));
+        assert!(quoted.starts_with(&"q".repeat(MAX_QUOTED_CHARS)) && quoted.ends_with("(300 characters)"));
+    }
 }

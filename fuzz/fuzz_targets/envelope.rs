@@ -239,7 +239,7 @@ fn check(input: &Input<'_>, props: &BasicProperties, auth: &AuthSettings, result
             );
             assert_eq!(
                 env.reply_to,
-                envelope::reply_address(props).map(|(to, _)| to),
+                envelope::reply_address(props, REPLY_PREFIX).map(|(to, _)| to),
                 "[envelope] invariant `accepted-fields` ({which}): reply_to"
             );
             assert_eq!(
@@ -249,6 +249,9 @@ fn check(input: &Input<'_>, props: &BasicProperties, auth: &AuthSettings, result
         }
     }
 }
+
+/// The prefix of reply queues, as the worker's default settings have it.
+const REPLY_PREFIX: &str = "amq.gen-";
 
 fuzz_target!(|data: &[u8]| {
     let input = Input::read(data);
@@ -264,10 +267,10 @@ fuzz_target!(|data: &[u8]| {
         .reply_to
         .as_ref()
         .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty())
+        .filter(|r| !r.is_empty() && envelope::is_reply_queue(r, REPLY_PREFIX))
         .map(|r| (r, input.correlation_id.clone()));
     assert_eq!(
-        envelope::reply_address(&props),
+        envelope::reply_address(&props, REPLY_PREFIX),
         expected_reply,
         "[envelope] invariant `reply-address`"
     );
@@ -288,8 +291,8 @@ fuzz_target!(|data: &[u8]| {
     let on = AuthSettings { enabled: true, users };
 
     let max_bytes = input.max_bytes();
-    let without = envelope::open(&props, input.body, max_bytes, &off);
-    let with = envelope::open(&props, input.body, max_bytes, &on);
+    let without = envelope::open(&props, input.body, max_bytes, &off, Some(REPLY_PREFIX));
+    let with = envelope::open(&props, input.body, max_bytes, &on, Some(REPLY_PREFIX));
     check(&input, &props, &off, &without);
     check(&input, &props, &on, &with);
     match (&without, &with) {

@@ -65,8 +65,19 @@ fn clip_quotes(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(512));
     let mut inside: Option<char> = None;
     let mut quoted = 0usize;
+    let mut escaped = false;
     for c in message.chars() {
         match inside {
+            // An escaped character is part of the quote, whatever it is.
+            Some(_) if escaped || c == '\\' => {
+                escaped = !escaped && c == '\\';
+                quoted += 1;
+                if quoted <= MAX_QUOTED_CHARS {
+                    out.push(c);
+                } else if quoted == MAX_QUOTED_CHARS + 1 {
+                    out.push('…');
+                }
+            }
             Some(close) if c == close => {
                 inside = None;
                 out.push(c);
@@ -81,7 +92,7 @@ fn clip_quotes(message: &str) -> String {
             }
             None => {
                 if c == '`' || c == '"' {
-                    inside = Some(if c == '`' { '\'' } else { '"' });
+                    inside = Some(c);
                     quoted = 0;
                 }
                 out.push(c);
@@ -207,6 +218,21 @@ mod tests {
         assert!(err.message.starts_with("name is invalid"), "{}", err.message);
         let err = decode::<Sample>(br#"{"name": "x", "count": "many"}"#).expect_err("not a number");
         assert!(err.message.starts_with("count is invalid"), "{}", err.message);
+    }
+
+    #[test]
+    fn quoted_input_is_cut_even_with_escaped_quotes() {
+        let inner = format!("{}\\\"{}", "a".repeat(100), "b".repeat(300));
+        let clipped = clip_quotes(&format!("invalid type: string \"{inner}\", expected a number"));
+        assert!(clipped.chars().count() < 120, "{clipped}");
+        assert!(clipped.ends_with("\", expected a number"), "{clipped}");
+    }
+
+    #[test]
+    fn a_quote_in_a_backquoted_variant_does_not_end_it() {
+        let variant = format!("A{}'{}", "b".repeat(100), "c".repeat(200));
+        let clipped = clip_quotes(&format!("unknown variant `{variant}`, expected one of `X`"));
+        assert!(clipped.chars().count() < 120, "{clipped}");
     }
 
     #[test]

@@ -57,8 +57,17 @@ fn field_rejection(path: &str, message: &str) -> Rejection {
     }
     let message = message.split(" at line ").next().unwrap_or(message);
     let field = if path == "." { "body" } else { path };
-    Rejection::field(field, format_args!("is invalid: {}", clip_quotes(message)))
+    // Quotes are cut, and the whole of serde's text too: its quoting is not
+    // escaped (a variant may hold backquotes), so no quote can run long.
+    let mut detail: String = clip_quotes(message).chars().take(MAX_SERDE_DETAIL).collect();
+    if detail.len() < message.len() && detail.chars().count() == MAX_SERDE_DETAIL {
+        detail.push('…');
+    }
+    Rejection::field(field, format_args!("is invalid: {detail}"))
 }
+
+/// Most characters of serde's own text kept in a message.
+const MAX_SERDE_DETAIL: usize = 160;
 
 /// Shortens every backquoted or double-quoted piece of a serde message.
 fn clip_quotes(message: &str) -> String {

@@ -1,4 +1,4 @@
-//! Response documents, shaped like the product's (seeds `000_*`, `004_*`).
+//! Response documents, shaped like the product's own answers (`create`, `get`, `list`).
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -227,6 +227,11 @@ pub async fn catch_panic<T>(work: impl std::future::Future<Output = T>) -> Resul
         .map_err(|payload| panic_message(payload.as_ref()))
 }
 
+/// [`catch_panic`] for work that does not wait.
+pub fn catch_panic_now<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|payload| panic_message(payload.as_ref()))
+}
+
 /// The text of a panic payload.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

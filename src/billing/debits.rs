@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{announce_bill, bill_webhook, bills_on_present};
 use crate::backoff_policy::retry_delay;
 use crate::domain::bill::{
-    AfterFailure, BillEvent, BillStatus, RefusedTransition, after_failure, format_amount, transition,
+    AfterFailure, AttemptStatus, BillEvent, BillStatus, RefusedTransition, after_failure, format_amount, transition,
 };
 use crate::domain::catalog::{ActionOnFailure, PlanInterval};
 use crate::domain::execution::ExecutionStatus;
@@ -201,7 +201,7 @@ async fn settle(
     };
     check_sender(&bill, sender)?;
     let execution = lock_execution_of(conn, &bill).await?;
-    let settled = matches!(attempt.status.as_str(), "SUCCESS" | "FAILURE" | "TIMEOUT");
+    let settled = attempt.status.is_settled();
     let current =
         bill.request_id.as_deref() == Some(result.request_id.as_str()) && bill.status == BillStatus::Processing;
     let (status, code, message) = (
@@ -212,11 +212,21 @@ async fn settle(
     let txn = result.gateway_txn_id.as_deref();
     match status {
         ResultStatus::Pending if !settled => {
-            store::bills::record_result(conn, &result.request_id, "PENDING", code, message, None, txn, now).await?;
+            store::bills::record_result(
+                conn,
+                &result.request_id,
+                AttemptStatus::Pending,
+                code,
+                message,
+                None,
+                txn,
+                now,
+            )
+            .await?;
             Ok(ResultOutcome::Pending)
         }
         // The same success again: already recorded, nothing changes twice.
-        ResultStatus::Success if attempt.status == "SUCCESS" => Ok(ResultOutcome::Ignored),
+        ResultStatus::Success if attempt.status == AttemptStatus::Success => Ok(ResultOutcome::Ignored),
         // Money moved: always recorded, however late.
         ResultStatus::Success => success(conn, bill, execution, result, current, now).await,
         ResultStatus::Failure if current => {
@@ -224,7 +234,7 @@ async fn settle(
             store::bills::record_result(
                 conn,
                 &result.request_id,
-                "FAILURE",
+                AttemptStatus::Failure,
                 code,
                 message,
                 Some(retryable),
@@ -241,7 +251,7 @@ async fn settle(
                 store::bills::record_result(
                     conn,
                     &result.request_id,
-                    status_str(status),
+                    status.attempt_status(),
                     code,
                     message,
                     result.retryable,
@@ -287,6 +297,23 @@ async fn bill_event(
     Ok(webhook)
 }
 
+/// Marks a bill with nothing left to collect `PAID` (by the credit it
+/// had) and returns its `EXECUTION_DEBIT_EVENT`, which says so.
+async fn paid_without_debit(
+    conn: &mut PgConnection,
+    bill: &mut BillRow,
+    execution: Option<&ExecutionRow>,
+    now: DateTime<Utc>,
+) -> Result<Webhook, sqlx::Error> {
+    bill.status = BillStatus::Paid;
+    bill.settled_at = Some(now);
+    bill.next_attempt_at = None;
+    store::bills::update(conn, bill).await?;
+    let settlement = super::credit_settlement(bill.credit_applied, bill.currency.as_str());
+    let extras = vec![("settlement", settlement), ("late", Value::Bool(false))];
+    bill_event(conn, EventName::ExecutionDebitEvent, bill, execution, now, extras).await
+}
+
 /// What a late success undid, for its webhook, and the webhooks that follow it.
 #[derive(Default)]
 struct Unwound {
@@ -309,7 +336,7 @@ async fn success(
     store::bills::record_result(
         conn,
         request_id,
-        "SUCCESS",
+        AttemptStatus::Success,
         result.error_code.as_deref(),
         result.error_message.as_deref(),
         None,
@@ -581,21 +608,7 @@ async fn take_back_carried(
         match later.status {
             // Nothing left to collect: paid by the credit it had.
             BillStatus::Scheduled | BillStatus::RetryScheduled if later.amount_due.is_zero() => {
-                later.status = BillStatus::Paid;
-                later.settled_at = Some(now);
-                later.next_attempt_at = None;
-                store::bills::update(conn, &later).await?;
-                let settlement = json!({"credit_applied": num(later.credit_applied), "debited_amount": 0,
-                                        "currency": later.currency});
-                let webhook = bill_event(
-                    conn,
-                    EventName::ExecutionDebitEvent,
-                    &later,
-                    Some(execution),
-                    now,
-                    vec![("settlement", settlement), ("late", Value::Bool(false))],
-                )
-                .await?;
+                let webhook = paid_without_debit(conn, &mut later, Some(execution), now).await?;
                 unwound.followups.push(webhook);
                 return Ok(());
             }
@@ -620,7 +633,7 @@ async fn reactivate(conn: &mut PgConnection, e: &mut ExecutionRow, now: DateTime
     if e.next_bill_at.is_none()
         && let Some(plan) = store::catalog::find_plan(conn, &e.merchant_id, &e.plan_id).await?
     {
-        let spec = crate::store::catalog::plan_spec(&plan)?;
+        let spec = plan.spec();
         let period = super::issue::basis(e, &plan).schedule().period_containing(now);
         if e.billed_until.is_none_or(|b| b < period.start) {
             e.billed_until = Some(period.start);
@@ -637,11 +650,14 @@ async fn reactivate(conn: &mut PgConnection, e: &mut ExecutionRow, now: DateTime
     Ok(())
 }
 
-fn status_str(s: ResultStatus) -> &'static str {
-    match s {
-        ResultStatus::Success => "SUCCESS",
-        ResultStatus::Failure => "FAILURE",
-        ResultStatus::Pending => "PENDING",
+impl ResultStatus {
+    /// What the attempt records for this answer.
+    fn attempt_status(self) -> AttemptStatus {
+        match self {
+            ResultStatus::Success => AttemptStatus::Success,
+            ResultStatus::Failure => AttemptStatus::Failure,
+            ResultStatus::Pending => AttemptStatus::Pending,
+        }
     }
 }
 
@@ -663,21 +679,7 @@ pub async fn fail(
     if bill.amount_due.is_zero() {
         // A late success of an earlier bill took everything this one still
         // had to collect while its debit was out: nothing to ask again.
-        bill.status = BillStatus::Paid;
-        bill.settled_at = Some(now);
-        bill.next_attempt_at = None;
-        store::bills::update(conn, &bill).await?;
-        let settlement =
-            json!({"credit_applied": num(bill.credit_applied), "debited_amount": 0, "currency": bill.currency});
-        let webhook = bill_event(
-            conn,
-            EventName::ExecutionDebitEvent,
-            &bill,
-            execution.as_ref(),
-            now,
-            vec![("settlement", settlement), ("late", Value::Bool(false))],
-        )
-        .await?;
+        let webhook = paid_without_debit(conn, &mut bill, execution.as_ref(), now).await?;
         store::outbox::enqueue(conn, &webhook, bill.execution_id.as_deref()).await?;
         return Ok(BillStatus::Paid);
     }
@@ -747,7 +749,7 @@ pub async fn time_out(
         store::bills::record_result(
             conn,
             request_id,
-            "TIMEOUT",
+            AttemptStatus::Timeout,
             Some("TIMEOUT"),
             Some("no result within payments.result_timeout"),
             Some(true),

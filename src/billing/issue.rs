@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
-use serde_json::json;
 use sqlx::PgConnection;
 
 use super::{bill_webhook, bills_on_present};
@@ -15,15 +14,16 @@ use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanSpec, Plan
 use crate::domain::execution::ExecutionStatus;
 use crate::domain::ids::new_execution_id;
 use crate::domain::ledger::EntryKind;
+use crate::domain::period::PeriodBasis;
 use crate::domain::webhook::{EventName, Webhook};
 use crate::error::{ErrorCode, HandleError, Rejection};
-use crate::protocol::documents::{num, timestamp};
+use crate::protocol::documents::timestamp;
 use crate::store;
 use crate::store::bills::{BillRow, LineRow};
-use crate::store::catalog::{plan_metrics, plan_spec};
+use crate::store::catalog::plan_metrics;
 use crate::store::executions::ExecutionRow;
 use crate::store::ledger::LedgerEntry;
-use crate::usage::{PeriodBasis, aggregate_of, effective_metrics, usage_of};
+use crate::usage::{aggregate_of, effective_metrics, usage_of};
 
 /// Most periods one pass bills for one execution; the next pass goes on.
 const MAX_CATCH_UP: usize = 64;
@@ -77,7 +77,7 @@ async fn plan_view(conn: &mut PgConnection, execution: &ExecutionRow) -> Result<
     let order = metric_rows.iter().map(|m| m.metric_id.clone()).collect();
     let metrics = effective_metrics(&metric_rows, &execution.metric_info)?;
     Ok(PlanView {
-        spec: plan_spec(&row)?,
+        spec: row.spec(),
         row,
         metrics,
         order,
@@ -85,17 +85,8 @@ async fn plan_view(conn: &mut PgConnection, execution: &ExecutionRow) -> Result<
 }
 
 /// The period layout of an execution on a plan.
-pub fn basis<'a>(execution: &'a ExecutionRow, plan: &'a store::catalog::PlanRow) -> PeriodBasis<'a> {
-    PeriodBasis {
-        plan_interval: &plan.plan_interval,
-        plan_model: &plan.plan_model,
-        plan_rule_type: &plan.plan_rule_type,
-        plan_rule_value: plan.plan_rule_value,
-        billing_start_date: execution.billing_start_date,
-        activated_at: execution.activated_at,
-        created_at: execution.created_at,
-        billed_until: execution.billed_until,
-    }
+pub fn basis(execution: &ExecutionRow, plan: &store::catalog::PlanRow) -> PeriodBasis {
+    execution.period_basis(plan.calendar())
 }
 
 /// The plan amount this execution pays: its agreed amount, else the plan's.
@@ -460,7 +451,7 @@ fn prepare(
     };
     if paid {
         if computed.total > Decimal::ZERO {
-            let settlement = json!({"credit_applied": num(computed.credit_applied), "debited_amount": 0, "currency": currency.as_str()});
+            let settlement = super::credit_settlement(computed.credit_applied, currency.as_str());
             announce(EventName::ExecutionDebitEvent, Some(("settlement", settlement)));
         }
     } else {

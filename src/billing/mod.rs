@@ -7,6 +7,7 @@ pub mod issue;
 pub mod plans;
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
@@ -95,6 +96,11 @@ pub fn bill_webhook(
         }
     }
     Webhook::new(event, &bill.merchant_id, now, content)
+}
+
+/// The `settlement` of a bill paid without the gateway: all by credit.
+pub(crate) fn credit_settlement(credit_applied: Decimal, currency: &str) -> Value {
+    json!({"credit_applied": num(credit_applied), "debited_amount": 0, "currency": currency})
 }
 
 /// Writes a webhook about a stored bill. The caller holds the execution's

@@ -45,6 +45,29 @@ wire_enum!(
     }
 );
 
+wire_enum!(
+    /// Where one debit attempt stands: requested from the gateway, then what
+    /// the gateway answered (or `TIMEOUT` when it answered nothing in time).
+    AttemptStatus {
+        Requested = "REQUESTED",
+        Pending = "PENDING",
+        Success = "SUCCESS",
+        Failure = "FAILURE",
+        Timeout = "TIMEOUT",
+    }
+);
+
+impl AttemptStatus {
+    /// Whether the attempt has its final answer (a later result only
+    /// matters if it is a success: money moved).
+    pub fn is_settled(self) -> bool {
+        matches!(
+            self,
+            AttemptStatus::Success | AttemptStatus::Failure | AttemptStatus::Timeout
+        )
+    }
+}
+
 impl BillStatus {
     /// Whether the bill's collection has ended (no debit will be asked for).
     pub fn is_final(self) -> bool {

@@ -94,6 +94,11 @@ wire_enum!(
     ActionOnFailure { Retry = "RETRY", Skip = "SKIP", Revoke = "REVOKE" }
 );
 
+wire_enum!(
+    /// Whether a plan takes new executions; plans are `ACTIVE` when made.
+    PlanStatus { Active = "ACTIVE", Inactive = "INACTIVE" }
+);
+
 impl PlanModel {
     /// Whether bills of this model carry usage lines.
     pub fn has_usage(self) -> bool {

@@ -61,20 +61,20 @@ pub fn apply_credit(balance: Decimal, due: Decimal) -> Option<(Decimal, Decimal)
     (remaining.checked_add(used)? == due).then_some((used, remaining))
 }
 
-/// Replays entries to a balance; `None` if any prefix would go negative,
-/// which the store must never allow.
-pub fn replay(entries: &[(EntryKind, Decimal)]) -> Option<Decimal> {
-    entries.iter().try_fold(Decimal::ZERO, |balance, (kind, amount)| {
-        let next = balance.checked_add(kind.signed(*amount))?;
-        (next >= Decimal::ZERO).then_some(next)
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Replays entries to a balance; `None` if any prefix would go negative,
+    /// which the store must never allow.
+    fn replay(entries: &[(EntryKind, Decimal)]) -> Option<Decimal> {
+        entries.iter().try_fold(Decimal::ZERO, |balance, (kind, amount)| {
+            let next = balance.checked_add(kind.signed(*amount))?;
+            (next >= Decimal::ZERO).then_some(next)
+        })
+    }
 
     fn d(units: i64, scale: u32) -> Decimal {
         Decimal::new(units, scale)

@@ -77,6 +77,14 @@ impl Currency {
     }
 }
 
+/// The mapping at the store boundary.
+impl TryFrom<String> for Currency {
+    type Error = String;
+    fn try_from(value: String) -> Result<Currency, String> {
+        Currency::parse(&value)
+    }
+}
+
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::catalog::PlanInterval;
+use super::catalog::{PlanInterval, PlanModel, PlanRuleType, bills_on_present};
 
 /// How an execution's periods are laid out.
 ///
@@ -143,29 +143,6 @@ impl Schedule {
         self.period_containing(from)
     }
 
-    /// All periods that end at or before `now`, in order, starting with the
-    /// one containing `from` — for catching up periods missed while no
-    /// worker ran. At most `limit` periods are returned, so one call does
-    /// bounded work; call again from the last period's end for the rest.
-    /// Open-ended intervals never close and give none.
-    pub fn closed_periods(&self, from: DateTime<Utc>, now: DateTime<Utc>, limit: usize) -> Vec<Period> {
-        let mut out = Vec::new();
-        let (mut k, mut start) = self.locate(from);
-        while out.len() < limit {
-            let Some(end) = self.next_boundary(k) else {
-                break;
-            };
-            if end > now {
-                break;
-            }
-            out.push(Period { start, end: Some(end) });
-            // next_boundary(k) was Some, so k + 1 did not overflow.
-            k += 1;
-            start = end;
-        }
-        out
-    }
-
     fn next_boundary(&self, k: u32) -> Option<DateTime<Utc>> {
         k.checked_add(1).and_then(|next| self.boundary(next))
     }
@@ -281,10 +258,103 @@ pub fn check_date_window(date: chrono::NaiveDate, today: chrono::NaiveDate) -> R
     }
 }
 
+/// The plan's part of an execution's period layout: its interval, its
+/// model, and the day its periods are anchored to (the `ON` rule's value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanCalendar {
+    pub interval: PlanInterval,
+    pub model: PlanModel,
+    pub anchor_day: Option<u32>,
+}
+
+impl PlanCalendar {
+    /// The calendar of a plan's fields: only the `ON` rule anchors periods
+    /// (`BEFORE` and `AFTER` move debits, not periods).
+    pub fn new(
+        interval: PlanInterval,
+        model: PlanModel,
+        rule_type: PlanRuleType,
+        rule_value: Option<i32>,
+    ) -> PlanCalendar {
+        let anchor_day = (rule_type == PlanRuleType::On)
+            .then_some(rule_value)
+            .flatten()
+            .and_then(|v| u32::try_from(v).ok());
+        PlanCalendar {
+            interval,
+            model,
+            anchor_day,
+        }
+    }
+}
+
+/// What an execution's periods hang on: its plan's calendar, and its start
+/// (the billing start, else activation, else creation) and how far it has
+/// been billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodBasis {
+    pub calendar: PlanCalendar,
+    pub billing_start_date: Option<DateTime<Utc>>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub billed_until: Option<DateTime<Utc>>,
+}
+
+impl PeriodBasis {
+    /// The schedule of periods, anchored when the plan says so. Plans billed
+    /// as presented (and `ONETIME`) have one open period, which starts again
+    /// where the last bill ended.
+    pub fn schedule(&self) -> Schedule {
+        let PlanCalendar {
+            mut interval,
+            model,
+            anchor_day,
+        } = self.calendar;
+        let mut start = self.billing_start_date.or(self.activated_at).unwrap_or(self.created_at);
+        if bills_on_present(interval, model) || interval == PlanInterval::Onetime {
+            interval = PlanInterval::Aspresented;
+            start = self.billed_until.unwrap_or(start);
+        }
+        Schedule::new(interval, start, anchor_day)
+    }
+
+    /// The start of the period usage at instant `t` counts in: its own
+    /// period, unless that was billed already, then the open one.
+    pub fn period_for(&self, schedule: &Schedule, t: DateTime<Utc>) -> DateTime<Utc> {
+        let at = match self.billed_until {
+            Some(billed) if t < billed => billed,
+            _ => t,
+        };
+        schedule.period_containing(at).start
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// All periods that end at or before `now`, in order, starting with the
+    /// one containing `from` (the periods a worker that was away catches up). At most `limit` periods are returned, so one call does
+    /// bounded work; call again from the last period's end for the rest.
+    /// Open-ended intervals never close and give none.
+    fn closed_periods(s: &Schedule, from: DateTime<Utc>, now: DateTime<Utc>, limit: usize) -> Vec<Period> {
+        let mut out = Vec::new();
+        let (mut k, mut start) = s.locate(from);
+        while out.len() < limit {
+            let Some(end) = s.next_boundary(k) else {
+                break;
+            };
+            if end > now {
+                break;
+            }
+            out.push(Period { start, end: Some(end) });
+            // next_boundary(k) was Some, so k + 1 did not overflow.
+            k += 1;
+            start = end;
+        }
+        out
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)
@@ -782,7 +852,7 @@ mod tests {
         ];
         for (from, now, limit, expected) in cases {
             assert_eq!(
-                &s.closed_periods(at(from), at(now), *limit),
+                &closed_periods(&s, at(from), at(now), *limit),
                 expected,
                 "from {from} now {now} limit {limit}"
             );
@@ -793,12 +863,12 @@ mod tests {
     fn closed_periods_huge_limit_and_open_ended() {
         let start = at("2026-01-01T00:00:00Z");
         let daily = Schedule::new(PlanInterval::Daily, start, None);
-        let got = daily.closed_periods(start, at("2026-01-31T12:00:00Z"), usize::MAX);
+        let got = closed_periods(&daily, start, at("2026-01-31T12:00:00Z"), usize::MAX);
         assert_eq!(got.len(), 30);
         assert_eq!(got.last().and_then(|p| p.end), Some(at("2026-01-31T00:00:00Z")));
         for interval in [PlanInterval::Onetime, PlanInterval::Aspresented] {
             let s = Schedule::new(interval, start, None);
-            assert!(s.closed_periods(start, at("2099-01-01T00:00:00Z"), 100).is_empty());
+            assert!(closed_periods(&s, start, at("2099-01-01T00:00:00Z"), 100).is_empty());
         }
     }
 
@@ -932,7 +1002,7 @@ mod tests {
         ) {
             let from = s.start + from_offset;
             let now = from + span;
-            let got = s.closed_periods(from, now, limit);
+            let got = closed_periods(&s, from, now, limit);
             prop_assert!(got.len() <= limit);
             if let Some(first) = got.first() {
                 prop_assert_eq!(*first, s.period_containing(from));

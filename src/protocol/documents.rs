@@ -100,7 +100,7 @@ pub fn plan(row: &PlanRow, metrics: &[MetricRow], overrides: &Value, usage: Opti
         "plan_rule_type": row.plan_rule_type,
         "plan_rule_value": row.plan_rule_value,
         "plan_amount": num(row.plan_amount),
-        "plan_currency": row.plan_currency,
+        "plan_currency": row.plan_currency.as_str(),
         "max_amount": opt_num(row.max_amount),
         "max_retry": row.max_retry,
         "plan_action_on_failure": row.plan_action_on_failure,

@@ -15,7 +15,7 @@ use crate::protocol::documents;
 use crate::protocol::provisioning::{CreateCustomer, CreateMetric, PlanFields};
 use crate::store;
 use crate::store::catalog::MetricRow;
-use crate::store::catalog::{metric_spec, plan_spec};
+use crate::store::catalog::metric_spec;
 use crate::store::customers::CustomerRow;
 
 /// Builds a validated price list, naming the field under `prefix`.
@@ -192,7 +192,7 @@ pub(super) async fn create_plan(
         let existing = store::catalog::find_plan(conn, merchant_id, &spec.plan_id)
             .await?
             .ok_or_else(|| HandleError::Transient("plan vanished during create".into()))?;
-        if plan_spec(&existing)? != spec {
+        if existing.spec() != spec {
             return Err(already_exists(
                 "plan_id",
                 &spec.plan_id,
@@ -217,7 +217,7 @@ pub(super) async fn update_plan(
     let existing = store::catalog::find_plan(conn, merchant_id, &f.plan_id)
         .await?
         .ok_or_else(|| HandleError::Transient("plan vanished during update".into()))?;
-    let spec = merged_plan_spec(plan_spec(&existing)?, f)?;
+    let spec = merged_plan_spec(existing.spec(), f)?;
     save_plan(conn, merchant_id, now, &spec).await
 }
 

@@ -5,7 +5,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
-use super::catalog::{currency, pricing};
+use super::catalog::pricing;
 use super::outcome::{Outcome, already_exists, not_found};
 use crate::domain::catalog::PlanModel;
 use crate::domain::execution::{ExecutionStatus, StatusEvent};
@@ -20,13 +20,12 @@ use crate::protocol::provisioning::{
 };
 use crate::store;
 use crate::store::catalog::PlanRow;
-use crate::store::catalog::{metric_spec, plan_metrics, plan_spec};
+use crate::store::catalog::{metric_spec, plan_metrics};
 use crate::store::executions::ExecutionRow;
-use crate::usage::PeriodBasis;
 
 /// When the scheduler first bills an execution that becomes active now.
 pub fn first_bill_at(row: &ExecutionRow, plan: &PlanRow) -> Option<DateTime<Utc>> {
-    let spec = plan_spec(plan).ok()?;
+    let spec = plan.spec();
     let schedule = crate::billing::issue::basis(row, plan).schedule();
     crate::billing::first_bill_at(&schedule, spec.plan_interval, spec.plan_type, spec.plan_model)
 }
@@ -43,17 +42,8 @@ pub async fn execution_document(
     let plan = store::catalog::require_plan(conn, &row.merchant_id, &row.plan_id, "plan_id").await?;
     let metrics = plan_metrics(conn, row, &plan).await?;
     let specs = crate::usage::effective_metrics(&metrics, &row.metric_info)?;
-    let basis = PeriodBasis {
-        plan_interval: &plan.plan_interval,
-        plan_model: &plan.plan_model,
-        plan_rule_type: &plan.plan_rule_type,
-        plan_rule_value: plan.plan_rule_value,
-        billing_start_date: row.billing_start_date,
-        activated_at: row.activated_at,
-        created_at: row.created_at,
-        billed_until: row.billed_until,
-    };
-    let usage = crate::usage::live_usage(conn, &row.id, basis, &specs, now).await?;
+    let basis = row.period_basis(plan.calendar());
+    let usage = crate::usage::live_usage(conn, &row.id, &basis, &specs, now).await?;
     let plan_info = documents::plan(&plan, &metrics, &row.metric_info, Some(&usage));
     Ok(documents::execution(row, plan_info))
 }
@@ -90,7 +80,7 @@ async fn metric_overrides(
     let Some(overrides) = overrides.filter(|o| !o.is_empty()) else {
         return Ok(json!([]));
     };
-    if plan.plan_model != PlanModel::Variable.as_str() {
+    if plan.plan_model != PlanModel::Variable {
         return Err(Rejection::field(
             "metric_info",
             format_args!(
@@ -100,7 +90,7 @@ async fn metric_overrides(
         )
         .into());
     }
-    let plan_currency = currency("plan_currency", &plan.plan_currency)?;
+    let plan_currency = &plan.plan_currency;
     let mut stored = Vec::with_capacity(overrides.len());
     for (i, over) in overrides.into_iter().enumerate() {
         let field = format!("metric_info[{i}]");
@@ -121,7 +111,7 @@ async fn metric_overrides(
                     &over.metric_id,
                 )
             })?;
-        if metric_spec(&metric)?.currency != plan_currency {
+        if metric_spec(&metric)?.currency != *plan_currency {
             return Err(Rejection::field(
                 &format!("{field}.metric_id"),
                 format_args!("is priced in {}, the plan in {}", metric.currency, plan_currency),
@@ -246,7 +236,7 @@ pub(super) async fn create(
     }
 
     let plan = store::catalog::require_plan(conn, merchant_id, &c.plan_id, "plan_id").await?;
-    let plan_currency = plan_spec(&plan)?.plan_currency;
+    let plan_currency = plan.spec().plan_currency;
     if store::customers::find(conn, merchant_id, &c.customer_id)
         .await?
         .is_none()
@@ -417,7 +407,7 @@ pub(super) async fn change_plan(
     check_id(next).map_err(|p| Rejection::field("updated_fields.plan_id", p))?;
     let current = store::catalog::require_plan(conn, merchant_id, &row.plan_id, "plan_id").await?;
     let target = store::catalog::require_plan(conn, merchant_id, next, "updated_fields.plan_id").await?;
-    let (current, target_spec) = (plan_spec(&current)?, plan_spec(&target)?);
+    let (current, target_spec) = (current.spec(), target.spec());
     if current.plan_currency != target_spec.plan_currency {
         return Err(Rejection::field(
             "updated_fields.plan_id",
@@ -473,7 +463,7 @@ async fn schedule_billing(
         // Reactivated before the open period closed: it goes on as it was.
         StatusEvent::Activated if row.next_bill_at.is_some() => {}
         StatusEvent::Activated => {
-            let spec = plan_spec(&plan)?;
+            let spec = plan.spec();
             let schedule = crate::billing::issue::basis(row, &plan).schedule();
             let period = schedule.period_containing(now);
             if row.billed_until.is_none_or(|b| b < period.start) {
@@ -508,7 +498,7 @@ pub(super) async fn add_credit(
     }
     let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
     let plan = store::catalog::require_plan(conn, merchant_id, &row.plan_id, "plan_id").await?;
-    let plan_currency = plan_spec(&plan)?.plan_currency;
+    let plan_currency = plan.spec().plan_currency;
     check_grant("amount", c.amount, plan_currency.minor_units(), false)?;
     // The reference makes a grant idempotent: the same grant twice is one grant.
     if let Some(entry) = store::ledger::find(conn, &row.id, EntryKind::Grant, &c.reference_id).await? {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-use crate::domain::bill::{BillKind, BillStatus, Line, LineKind};
+use crate::domain::bill::{AttemptStatus, BillKind, BillStatus, Line, LineKind};
 use crate::domain::catalog::ActionOnFailure;
 
 /// A stored bill.
@@ -351,7 +351,8 @@ pub struct AttemptRow {
     pub request_id: String,
     pub bill_id: String,
     pub attempt: i32,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: AttemptStatus,
     pub requested_at: Option<DateTime<Utc>>,
 }
 
@@ -370,7 +371,7 @@ pub async fn lock_attempt(conn: &mut PgConnection, request_id: &str) -> Result<O
 pub async fn record_result(
     conn: &mut PgConnection,
     request_id: &str,
-    status: &str,
+    status: AttemptStatus,
     error_code: Option<&str>,
     error_message: Option<&str>,
     retryable: Option<bool>,
@@ -383,7 +384,7 @@ pub async fn record_result(
          WHERE request_id = $1",
     )
     .bind(request_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(error_code)
     .bind(error_message)
     .bind(retryable)

@@ -5,8 +5,11 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
 use crate::domain::aggregation::AggregationType;
-use crate::domain::catalog::{ActionOnFailure, MetricSpec, PlanInterval, PlanModel, PlanRuleType, PlanSpec, PlanType};
+use crate::domain::catalog::{
+    ActionOnFailure, MetricSpec, PlanInterval, PlanModel, PlanRuleType, PlanSpec, PlanStatus, PlanType,
+};
 use crate::domain::money::Currency;
+use crate::domain::period::PlanCalendar;
 use crate::domain::pricing::{Pricing, PricingType, Tier};
 use crate::error::{HandleError, corrupt};
 use crate::store::executions::ExecutionRow;
@@ -40,17 +43,24 @@ pub struct PlanRow {
     pub plan_id: String,
     pub plan_name: String,
     pub plan_description: String,
-    pub plan_type: String,
-    pub plan_model: String,
-    pub plan_interval: String,
-    pub plan_rule_type: String,
+    #[sqlx(try_from = "String")]
+    pub plan_type: PlanType,
+    #[sqlx(try_from = "String")]
+    pub plan_model: PlanModel,
+    #[sqlx(try_from = "String")]
+    pub plan_interval: PlanInterval,
+    #[sqlx(try_from = "String")]
+    pub plan_rule_type: PlanRuleType,
     pub plan_rule_value: Option<i32>,
     pub plan_amount: Decimal,
-    pub plan_currency: String,
+    #[sqlx(try_from = "String")]
+    pub plan_currency: Currency,
     pub max_amount: Option<Decimal>,
     pub max_retry: i32,
-    pub plan_action_on_failure: String,
-    pub plan_status: String,
+    #[sqlx(try_from = "String")]
+    pub plan_action_on_failure: ActionOnFailure,
+    #[sqlx(try_from = "String")]
+    pub plan_status: PlanStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub metric_ids: Vec<String>,
@@ -226,30 +236,36 @@ pub fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
 }
 
 /// The definition a stored plan has now.
-pub fn plan_spec(row: &PlanRow) -> Result<PlanSpec, HandleError> {
-    fn parse<T>(what: &str, value: &str, f: fn(&str) -> Option<T>) -> Result<T, HandleError> {
-        f(value).ok_or_else(|| corrupt(what, value))
+impl PlanRow {
+    /// The plan as the domain sees it.
+    pub fn spec(&self) -> PlanSpec {
+        PlanSpec {
+            plan_id: self.plan_id.clone(),
+            plan_name: self.plan_name.clone(),
+            plan_description: self.plan_description.clone(),
+            plan_type: self.plan_type,
+            plan_model: self.plan_model,
+            plan_interval: self.plan_interval,
+            plan_rule_type: self.plan_rule_type,
+            plan_rule_value: self.plan_rule_value.map(|v| v.max(0) as u32),
+            plan_amount: self.plan_amount,
+            plan_currency: self.plan_currency.clone(),
+            max_amount: self.max_amount,
+            max_retry: self.max_retry.max(0) as u32,
+            plan_action_on_failure: self.plan_action_on_failure,
+            metric_ids: self.metric_ids.clone(),
+        }
     }
-    Ok(PlanSpec {
-        plan_id: row.plan_id.clone(),
-        plan_name: row.plan_name.clone(),
-        plan_description: row.plan_description.clone(),
-        plan_type: parse("plan_type", &row.plan_type, PlanType::parse)?,
-        plan_model: parse("plan_model", &row.plan_model, PlanModel::parse)?,
-        plan_interval: parse("plan_interval", &row.plan_interval, PlanInterval::parse)?,
-        plan_rule_type: parse("plan_rule_type", &row.plan_rule_type, PlanRuleType::parse)?,
-        plan_rule_value: row.plan_rule_value.map(|v| v.max(0) as u32),
-        plan_amount: row.plan_amount,
-        plan_currency: Currency::parse(&row.plan_currency).map_err(|e| corrupt("plan_currency", e))?,
-        max_amount: row.max_amount,
-        max_retry: row.max_retry.max(0) as u32,
-        plan_action_on_failure: parse(
-            "plan_action_on_failure",
-            &row.plan_action_on_failure,
-            ActionOnFailure::parse,
-        )?,
-        metric_ids: row.metric_ids.clone(),
-    })
+
+    /// The plan's part of its executions' period layout.
+    pub fn calendar(&self) -> PlanCalendar {
+        PlanCalendar::new(
+            self.plan_interval,
+            self.plan_model,
+            self.plan_rule_type,
+            self.plan_rule_value,
+        )
+    }
 }
 
 /// A plan of this merchant that must exist: `PLAN_NOT_FOUND` naming

@@ -5,6 +5,7 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
 use crate::domain::execution::ExecutionStatus;
+use crate::domain::period::{PeriodBasis, PlanCalendar};
 
 /// A stored billing execution.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -30,6 +31,19 @@ pub struct ExecutionRow {
     pub pending_plan_amount: Option<Decimal>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl ExecutionRow {
+    /// This execution's period layout on a plan of `calendar`.
+    pub fn period_basis(&self, calendar: PlanCalendar) -> PeriodBasis {
+        PeriodBasis {
+            calendar,
+            billing_start_date: self.billing_start_date,
+            activated_at: self.activated_at,
+            created_at: self.created_at,
+            billed_until: self.billed_until,
+        }
+    }
 }
 
 /// One execution of this merchant; another merchant's id finds nothing.

@@ -5,6 +5,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
+use crate::domain::catalog::{PlanInterval, PlanModel, PlanRuleType};
+use crate::domain::period::{PeriodBasis, PlanCalendar};
+
 /// What an event needs to be checked and placed: its execution and plan.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExecutionContext {
@@ -20,13 +23,34 @@ pub struct ExecutionContext {
     pub activated_at: Option<DateTime<Utc>>,
     pub billed_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
-    pub plan_interval: String,
-    pub plan_model: String,
-    pub plan_rule_type: String,
+    #[sqlx(try_from = "String")]
+    pub plan_interval: PlanInterval,
+    #[sqlx(try_from = "String")]
+    pub plan_model: PlanModel,
+    #[sqlx(try_from = "String")]
+    pub plan_rule_type: PlanRuleType,
     pub plan_rule_value: Option<i32>,
     pub plan_currency: String,
     pub max_amount: Option<Decimal>,
     pub metric_ids: Vec<String>,
+}
+
+impl ExecutionContext {
+    /// The execution's period layout on its plan.
+    pub fn period_basis(&self) -> PeriodBasis {
+        PeriodBasis {
+            calendar: PlanCalendar::new(
+                self.plan_interval,
+                self.plan_model,
+                self.plan_rule_type,
+                self.plan_rule_value,
+            ),
+            billing_start_date: self.billing_start_date,
+            activated_at: self.activated_at,
+            created_at: self.created_at,
+            billed_until: self.billed_until,
+        }
+    }
 }
 
 /// The contexts of the given (merchant, execution) pairs that exist. The

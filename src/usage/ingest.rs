@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{PeriodBasis, aggregate_of, effective_metrics};
+use super::{aggregate_of, effective_metrics};
 use crate::domain::aggregation::{AggregationType, Delta, UsageEvent};
 use crate::domain::catalog::{MetricSpec, customer_prices};
 use crate::domain::execution::ExecutionStatus;
@@ -52,19 +52,6 @@ struct Execution {
     ctx: ExecutionContext,
     schedule: Schedule,
     metrics: HashMap<String, MetricSpec>,
-}
-
-fn basis(ctx: &ExecutionContext) -> PeriodBasis<'_> {
-    PeriodBasis {
-        plan_interval: &ctx.plan_interval,
-        plan_model: &ctx.plan_model,
-        plan_rule_type: &ctx.plan_rule_type,
-        plan_rule_value: ctx.plan_rule_value,
-        billing_start_date: ctx.billing_start_date,
-        activated_at: ctx.activated_at,
-        created_at: ctx.created_at,
-        billed_until: ctx.billed_until,
-    }
 }
 
 /// An event that passed every check, placed in its period.
@@ -241,7 +228,7 @@ async fn load_executions(
             .cloned()
             .collect();
         let metrics = effective_metrics(&own, &ctx.metric_info)?;
-        let schedule = basis(&ctx).schedule();
+        let schedule = ctx.period_basis().schedule();
         out.insert(
             (ctx.merchant_id.clone(), ctx.id.clone()),
             Execution { ctx, schedule, metrics },
@@ -320,7 +307,7 @@ fn check(execution: Option<&Execution>, c: &Candidate, limits: Limits) -> Result
             format_args!("must be at most {MAX_PROPERTY_LEN} characters"),
         ));
     }
-    let period_start = basis(&execution.ctx).period_for(&execution.schedule, ts);
+    let period_start = execution.ctx.period_basis().period_for(&execution.schedule, ts);
     Ok(Accepted {
         merchant_id: c.merchant_id.clone(),
         execution_id: execution.ctx.id.clone(),

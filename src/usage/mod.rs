@@ -11,58 +11,14 @@ use serde_json::Value;
 use sqlx::PgConnection;
 
 use crate::domain::aggregation::Aggregate;
-use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanRuleType};
-use crate::domain::period::Schedule;
+use crate::domain::catalog::MetricSpec;
+use crate::domain::period::PeriodBasis;
 use crate::domain::pricing::Pricing;
 use crate::error::{HandleError, Rejection};
 use crate::protocol::documents::Usage;
 use crate::store;
 use crate::store::catalog::MetricRow;
 use crate::store::usage::AggregateRow;
-
-/// What an execution's periods hang on: its plan's interval and anchor, and its start.
-#[derive(Debug, Clone, Copy)]
-pub struct PeriodBasis<'a> {
-    pub plan_interval: &'a str,
-    pub plan_model: &'a str,
-    pub plan_rule_type: &'a str,
-    pub plan_rule_value: Option<i32>,
-    pub billing_start_date: Option<DateTime<Utc>>,
-    pub activated_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub billed_until: Option<DateTime<Utc>>,
-}
-
-impl PeriodBasis<'_> {
-    /// The schedule of periods: from the billing start (else activation,
-    /// else creation), anchored when the plan's rule is `ON`. Plans billed as
-    /// presented (and ONETIME) have one open period, which starts again where
-    /// the last bill ended.
-    pub fn schedule(&self) -> Schedule {
-        let mut interval = PlanInterval::parse(self.plan_interval).unwrap_or(PlanInterval::Aspresented);
-        let model = PlanModel::parse(self.plan_model).unwrap_or(PlanModel::UsageBased);
-        let mut start = self.billing_start_date.or(self.activated_at).unwrap_or(self.created_at);
-        if crate::domain::catalog::bills_on_present(interval, model) || interval == PlanInterval::Onetime {
-            interval = PlanInterval::Aspresented;
-            start = self.billed_until.unwrap_or(start);
-        }
-        let anchor = (PlanRuleType::parse(self.plan_rule_type) == Some(PlanRuleType::On))
-            .then_some(self.plan_rule_value)
-            .flatten()
-            .and_then(|v| u32::try_from(v).ok());
-        Schedule::new(interval, start, anchor)
-    }
-
-    /// The start of the period usage at instant `t` counts in: its own
-    /// period, unless that was billed already, then the open one.
-    pub fn period_for(&self, schedule: &Schedule, t: DateTime<Utc>) -> DateTime<Utc> {
-        let at = match self.billed_until {
-            Some(billed) if t < billed => billed,
-            _ => t,
-        };
-        schedule.period_containing(at).start
-    }
-}
 
 /// The metrics of an execution by id, each with the pricing that applies to
 /// it: the customer's (`metric_info` of a VARIABLE plan) over the metric's own.
@@ -109,7 +65,7 @@ pub fn usage_of(spec: &MetricSpec, aggregate: &Aggregate) -> Result<(Decimal, De
 pub async fn live_usage(
     conn: &mut PgConnection,
     execution_id: &str,
-    basis: PeriodBasis<'_>,
+    basis: &PeriodBasis,
     metrics: &HashMap<String, MetricSpec>,
     now: DateTime<Utc>,
 ) -> Result<Usage, HandleError> {

@@ -170,8 +170,8 @@ async fn issue_together(
             Ok(Err(HandleError::Rejected(rejection))) => rejection,
             Ok(Err(other)) => return Err(other.into()),
             Err(panic) => {
-                ctx.metrics.role_panics.with_label_values(&["scheduler"]).inc();
-                tracing::error!(execution = %execution.id, panic = %panic, "a bug panicked while billing an execution; it is parked");
+                let doing = format!("billing execution {} (it is parked)", execution.id);
+                super::panicked(ctx, "scheduler", &doing, &panic);
                 // The transaction may be mid-statement: start again one by one.
                 return Err(HandleError::Rejected(Rejection::new(
                     ErrorCode::InternalError,

@@ -29,9 +29,9 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// Runs `session` until it returns `Ok` (a clean stop) or `cancel` fires,
 /// reconnecting with backoff after each failure.
-pub async fn supervise<F, Fut>(role: &'static str, ctx: Arc<Context>, cancel: CancellationToken, mut session: F)
+pub async fn supervise<F, Fut>(role: &'static str, ctx: Arc<Context>, cancel: CancellationToken, session: F)
 where
-    F: FnMut() -> Fut,
+    F: Fn(Arc<Context>, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let amqp = &ctx.settings.amqp;
@@ -40,10 +40,10 @@ where
     while !cancel.is_cancelled() {
         let started = Instant::now();
         ctx.metrics.broker_connects.with_label_values(&[role]).inc();
-        let result = match crate::error::catch_panic(session()).await {
+        let result = match crate::error::catch_panic(session(ctx.clone(), cancel.clone())).await {
             Ok(result) => result,
             Err(message) => {
-                ctx.metrics.role_panics.with_label_values(&[role]).inc();
+                panicked(&ctx, role, "running the role's session", &message);
                 Err(anyhow::anyhow!("panicked: {message}"))
             }
         };
@@ -119,14 +119,20 @@ where
     }
 }
 
+/// Counts (`billing_role_panics_total{role}`) and logs a panic that `role`
+/// caught while `doing` something; the role goes on.
+pub(crate) fn panicked(ctx: &Context, role: &'static str, doing: &str, message: &str) {
+    ctx.metrics.role_panics.with_label_values(&[role]).inc();
+    tracing::error!(role, panic = %message, "a bug panicked while {doing}; the role goes on");
+}
+
 /// Runs `work`, turning a panic inside it into an `INTERNAL_ERROR`
 /// rejection: counted under `role`, logged with its message.
 pub async fn catch_panic<T>(ctx: &Context, role: &'static str, work: impl Future<Output = T>) -> Result<T, Rejection> {
     match crate::error::catch_panic(work).await {
         Ok(value) => Ok(value),
         Err(message) => {
-            ctx.metrics.role_panics.with_label_values(&[role]).inc();
-            tracing::error!(role, panic = %message, "a bug panicked while handling work; the role goes on");
+            panicked(ctx, role, "handling a message", &message);
             Err(Rejection::new(
                 ErrorCode::InternalError,
                 format!(
@@ -152,6 +158,16 @@ pub async fn open_consumer(
     let consumer = session.consume(queue, prefetch).await.context("consume")?;
     mark_up(ctx, role);
     Ok((session, consumer))
+}
+
+/// Opens a broker session for a role that only publishes, and marks the
+/// role up.
+pub(crate) async fn open_publisher(ctx: &Context, role: &'static str) -> anyhow::Result<Session> {
+    let session = Session::open(&ctx.settings.amqp, role)
+        .await
+        .context("open broker session")?;
+    mark_up(ctx, role);
+    Ok(session)
 }
 
 /// The next delivery, `None` once `cancel` fires; an error when the

@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use lapin::BasicProperties;
 use lapin::types::ShortString;
 use tokio_util::sync::CancellationToken;
 
-use super::{mark_up, supervise};
-use crate::broker::{self, Publisher, Session};
+use super::{open_publisher, supervise};
+use crate::broker::{self, Publisher};
 use crate::context::Context;
 use crate::error::is_transient;
 use crate::protocol::envelope::MERCHANT_HEADER;
@@ -21,18 +20,11 @@ const ROLE: &str = "outbox";
 
 /// Runs the relay until `cancel` fires, then publishes what is left.
 pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
-    let session_ctx = ctx.clone();
-    supervise(ROLE, ctx, cancel.clone(), move || {
-        session(session_ctx.clone(), cancel.clone())
-    })
-    .await;
+    supervise(ROLE, ctx, cancel, session).await;
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let session = Session::open(&ctx.settings.amqp, ROLE)
-        .await
-        .context("open broker session")?;
-    mark_up(&ctx, ROLE);
+    let session = open_publisher(&ctx, ROLE).await?;
     let mut measured = Instant::now();
     measure_backlog(&ctx).await;
     loop {

@@ -30,11 +30,7 @@ const RESULT_BATCH: usize = 200;
 
 /// Runs the role until `cancel` fires; reconnects on broker faults.
 pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
-    let session_ctx = ctx.clone();
-    supervise(ROLE, ctx, cancel.clone(), move || {
-        session(session_ctx.clone(), cancel.clone())
-    })
-    .await;
+    supervise(ROLE, ctx, cancel, session).await;
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {

@@ -21,11 +21,7 @@ const ROLE: &str = "provisioning";
 
 /// Runs the role until `cancel` fires; reconnects on broker faults.
 pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
-    let session_ctx = ctx.clone();
-    supervise(ROLE, ctx, cancel.clone(), move || {
-        session(session_ctx.clone(), cancel.clone())
-    })
-    .await;
+    supervise(ROLE, ctx, cancel, session).await;
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -170,16 +166,13 @@ async fn process(
 ) -> Result<(), BrokerError> {
     ctx.metrics.messages_received.with_label_values(&[ROLE]).inc();
     let started = Instant::now();
-    let parsed =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(ctx, &delivery))).unwrap_or_else(|payload| {
-            ctx.metrics.role_panics.with_label_values(&[ROLE]).inc();
-            let message = crate::error::panic_message(payload.as_ref());
-            tracing::error!(panic = %message, "a bug panicked while reading a command; the role goes on");
-            Err(Rejection::new(
-                ErrorCode::InternalError,
-                "the worker failed to read this message; it was set aside",
-            ))
-        });
+    let parsed = crate::error::catch_panic_now(|| parse(ctx, &delivery)).unwrap_or_else(|message| {
+        super::panicked(ctx, ROLE, "reading a command", &message);
+        Err(Rejection::new(
+            ErrorCode::InternalError,
+            "the worker failed to read this message; it was set aside",
+        ))
+    });
     let (command, result) = match parsed {
         Err(rejection) => (None, Err(rejection)),
         Ok((env, command)) => {

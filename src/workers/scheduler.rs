@@ -8,8 +8,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use super::billing_pass::{RunError, run_once};
-use super::{mark_up, supervise};
-use crate::broker::Session;
+use super::{open_publisher, supervise};
 use crate::context::Context;
 use crate::error::HandleError;
 
@@ -17,18 +16,11 @@ const ROLE: &str = "scheduler";
 
 /// Runs the role until `cancel` fires.
 pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
-    let session_ctx = ctx.clone();
-    supervise(ROLE, ctx, cancel.clone(), move || {
-        session(session_ctx.clone(), cancel.clone())
-    })
-    .await;
+    supervise(ROLE, ctx, cancel, session).await;
 }
 
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let session = Session::open(&ctx.settings.amqp, ROLE)
-        .await
-        .context("open broker session")?;
-    mark_up(&ctx, ROLE);
+    let session = open_publisher(&ctx, ROLE).await?;
     loop {
         let started = std::time::Instant::now();
         let pass = crate::error::catch_panic(run_once(
@@ -39,7 +31,7 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         ))
         .await
         .unwrap_or_else(|panic| {
-            ctx.metrics.role_panics.with_label_values(&[ROLE]).inc();
+            super::panicked(&ctx, ROLE, "running a billing pass", &panic);
             Err(RunError::Handle(HandleError::Transient(format!(
                 "the pass panicked: {panic}"
             ))))

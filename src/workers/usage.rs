@@ -23,11 +23,7 @@ const ROLE: &str = "usage";
 
 /// Runs the role until `cancel` fires; reconnects on broker faults.
 pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
-    let session_ctx = ctx.clone();
-    supervise(ROLE, ctx, cancel.clone(), move || {
-        session(session_ctx.clone(), cancel.clone())
-    })
-    .await;
+    supervise(ROLE, ctx, cancel, session).await;
 }
 
 /// A message of the batch and what its body holds.

@@ -412,25 +412,28 @@ impl TestApp {
         }
     }
 
-    /// Stops the worker and removes the sandbox (database, queues, exchanges).
+    /// Stops the worker gracefully (checking that it stopped cleanly) and
+    /// removes the sandbox (database, queues, exchanges).
     pub async fn teardown(mut self) {
         self.stop_worker().await;
-        for queue in self.names.queues() {
-            let _ = self
-                .channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in self.names.exchanges() {
-            let _ = self
-                .channel
-                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                .await;
-        }
         self.db.close().await;
-        drop_database(&self.db_name).await;
+        remove_sandbox(&self.channel, &self.names, &self.db_name).await;
         self.cleaned = true;
     }
+}
+
+/// Removes a test's queues, exchanges and database; what is already gone is
+/// passed over.
+async fn remove_sandbox(channel: &Channel, names: &Names, db_name: &str) {
+    for queue in names.queues() {
+        let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+    }
+    for exchange in names.exchanges() {
+        let _ = channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    drop_database(db_name).await;
 }
 
 /// A test that fails (or forgets `teardown`) still leaves nothing behind:
@@ -454,17 +457,11 @@ impl Drop for TestApp {
                 if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
                     && let Ok(channel) = connection.create_channel().await
                 {
-                    for queue in names.queues() {
-                        let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
-                    }
-                    for exchange in names.exchanges() {
-                        let _ = channel
-                            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                            .await;
-                    }
+                    remove_sandbox(&channel, &names, &db_name).await;
                     let _ = connection.close(200, "test cleanup".into()).await;
+                } else {
+                    drop_database(&db_name).await;
                 }
-                drop_database(&db_name).await;
             });
         });
         let _ = cleanup.join();

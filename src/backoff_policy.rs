@@ -7,7 +7,7 @@ use backoff::backoff::Backoff as _;
 
 /// Exponential backoff with jitter and no overall deadline.
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     inner: backoff::ExponentialBackoff,
 }
 
@@ -15,13 +15,13 @@ impl Backoff {
     /// The delays between reconnects and between tries through an outage:
     /// from `amqp.reconnect_initial`, doubling, up to `amqp.reconnect_max`,
     /// spread by a fifth.
-    pub fn reconnect(amqp: &crate::settings::AmqpSettings) -> Backoff {
+    pub(crate) fn reconnect(amqp: &crate::settings::AmqpSettings) -> Backoff {
         Backoff::new(amqp.reconnect_initial, 2.0, amqp.reconnect_max, 0.2)
     }
 
     /// Delays start near `initial`, grow by `multiplier`, stay under `max`,
     /// and are spread by +/- `jitter` (a fraction from 0 to 1).
-    pub fn new(initial: Duration, multiplier: f64, max: Duration, jitter: f64) -> Backoff {
+    pub(crate) fn new(initial: Duration, multiplier: f64, max: Duration, jitter: f64) -> Backoff {
         let inner = backoff::ExponentialBackoffBuilder::new()
             .with_initial_interval(initial)
             .with_multiplier(multiplier)
@@ -33,20 +33,20 @@ impl Backoff {
     }
 
     /// The delay before the next try.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         // With no deadline the crate always yields a delay; fall back to the cap.
         self.inner.next_backoff().unwrap_or(self.inner.max_interval)
     }
 
     /// Starts again from the initial delay, after a success.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.inner.reset();
     }
 }
 
 /// The delay before retry number `retry` (1 is the first retry) of a failed
 /// debit: the `retry` settings' exponential schedule with its jitter.
-pub fn retry_delay(settings: &crate::settings::RetrySettings, retry: u32) -> Duration {
+pub(crate) fn retry_delay(settings: &crate::settings::RetrySettings, retry: u32) -> Duration {
     let mut backoff = Backoff::new(settings.initial, settings.multiplier, settings.max, settings.jitter);
     let mut delay = backoff.next_delay();
     for _ in 1..retry {

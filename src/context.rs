@@ -34,11 +34,11 @@ pub struct Health {
 
 impl Health {
     /// Registers a role as not yet up.
-    pub fn register(&self, role: &'static str) {
+    pub(crate) fn register(&self, role: &'static str) {
         self.write().insert(role, false);
     }
 
-    pub fn set(&self, role: &'static str, up: bool) {
+    pub(crate) fn set(&self, role: &'static str, up: bool) {
         self.write().insert(role, up);
     }
 

@@ -28,7 +28,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidJson => "INVALID_JSON",
             ErrorCode::InvalidField => "INVALID_FIELD",
@@ -68,7 +68,7 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection whose message is cut to [`MAX_MESSAGE_CHARS`]: whatever
     /// input it quotes, no reply, header or log line grows with it.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Rejection {
             code,
             message: clip(message.into(), MAX_MESSAGE_CHARS),
@@ -76,7 +76,7 @@ impl Rejection {
     }
 
     /// `INVALID_FIELD` with a message that names the field.
-    pub fn field(field: &str, problem: impl fmt::Display) -> Self {
+    pub(crate) fn field(field: &str, problem: impl fmt::Display) -> Self {
         Rejection::new(ErrorCode::InvalidField, format!("{field} {problem}"))
     }
 }
@@ -84,7 +84,7 @@ impl Rejection {
 impl Rejection {
     /// Money arithmetic that left the representable range (about 7.9e28):
     /// an error value naming what was computed, never a panic.
-    pub fn overflow(what: impl fmt::Display) -> Self {
+    pub(crate) fn overflow(what: impl fmt::Display) -> Self {
         Rejection::new(
             ErrorCode::AmountOverflow,
             format!("{what} is beyond the range amounts can take; check the prices and usage that make it"),
@@ -93,15 +93,15 @@ impl Rejection {
 }
 
 /// Longest error message the worker sends out (dead-letter header, reply, log).
-pub const MAX_MESSAGE_CHARS: usize = 400;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 400;
 
 /// Most characters of one piece of wire input quoted in an outgoing text.
-pub const MAX_QUOTED_CHARS: usize = 64;
+pub(crate) const MAX_QUOTED_CHARS: usize = 64;
 
 /// Wire input as an outgoing text may quote it: at most
 /// [`MAX_QUOTED_CHARS`] characters, control characters replaced, an
 /// ellipsis and the full length where it was cut.
-pub fn short(input: &str) -> String {
+pub(crate) fn short(input: &str) -> String {
     let count = input.chars().count();
     let mut out: String = input
         .chars()
@@ -115,7 +115,7 @@ pub fn short(input: &str) -> String {
 }
 
 /// Longest error message in bytes (a header's size is counted in bytes).
-pub const MAX_MESSAGE_BYTES: usize = 1000;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1000;
 
 /// Cuts `text` to `max_chars` characters and [`MAX_MESSAGE_BYTES`] bytes.
 fn clip(mut text: String, max_chars: usize) -> String {
@@ -134,7 +134,7 @@ fn clip(mut text: String, max_chars: usize) -> String {
 
 /// The outcome of handling one message when it is not a success.
 #[derive(Debug, thiserror::Error)]
-pub enum HandleError {
+pub(crate) enum HandleError {
     /// The message is wrong; retrying cannot help.
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -149,7 +149,7 @@ pub enum HandleError {
 }
 
 /// How many times a conflicting message is tried before it is refused.
-pub const MAX_CONFLICT_RETRIES: u32 = 5;
+pub(crate) const MAX_CONFLICT_RETRIES: u32 = 5;
 
 impl From<sqlx::Error> for HandleError {
     fn from(err: sqlx::Error) -> Self {
@@ -186,7 +186,7 @@ fn database_refusal(err: &sqlx::Error) -> String {
 /// repeat resolves: 23505 unique violation (a racing idempotent command:
 /// the repeat answers the replay), 40001 serialization failure, 40P01
 /// deadlock, 55P03 lock not available.
-pub fn is_conflict(err: &sqlx::Error) -> bool {
+pub(crate) fn is_conflict(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("23505" | "40001" | "40P01" | "55P03")),
         _ => false,
@@ -194,7 +194,7 @@ pub fn is_conflict(err: &sqlx::Error) -> bool {
 }
 
 /// Whether a database error is an outage or a conflict that a retry resolves.
-pub fn is_transient(err: &sqlx::Error) -> bool {
+pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
@@ -219,7 +219,7 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
 
 /// Runs `work`, returning the panic's message instead of unwinding further
 /// when it panics (a bug met while handling one piece of work).
-pub async fn catch_panic<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
+pub(crate) async fn catch_panic<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
     use futures_util::FutureExt as _;
     std::panic::AssertUnwindSafe(work)
         .catch_unwind()
@@ -228,12 +228,12 @@ pub async fn catch_panic<T>(work: impl std::future::Future<Output = T>) -> Resul
 }
 
 /// [`catch_panic`] for work that does not wait.
-pub fn catch_panic_now<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn catch_panic_now<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|payload| panic_message(payload.as_ref()))
 }
 
 /// The text of a panic payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_string())
@@ -243,7 +243,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Stored data that no longer parses: a fault of this service, not of the
 /// message (refused as `INTERNAL_ERROR`).
-pub fn corrupt(what: &str, detail: impl fmt::Display) -> HandleError {
+pub(crate) fn corrupt(what: &str, detail: impl fmt::Display) -> HandleError {
     HandleError::Rejected(Rejection::new(
         ErrorCode::InternalError,
         format!("stored {what} is unreadable: {detail}"),

@@ -11,7 +11,7 @@ use axum::routing::get;
 use crate::context::Context;
 
 /// The operations endpoints.
-pub fn router(ctx: Arc<Context>) -> Router {
+pub(crate) fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -25,6 +25,12 @@
 //!    receive, decide, commit, ack; the billing pass; the outbox relay),
 //!    [`http`] (health and metrics) and [`client`] (`billing-worker send`).
 //! 7. [`app`]: start-up, roles, shutdown order.
+//!
+//! ## What is public
+//!
+//! Items are `pub(crate)` unless the binary, the tests or the examples use
+//! them; what is `pub` is documented. The rest of a module is its own
+//! business.
 
 pub mod app;
 pub mod backoff_policy;

@@ -80,7 +80,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 impl Metrics {
     /// Creates and registers every metric. Names are static, so failure here
     /// is a programming error caught by the unit test below.
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let registry = Registry::new();
         let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
@@ -267,11 +267,6 @@ impl Metrics {
             ),
             registry,
         }
-    }
-
-    /// The registry, for roles that add their own metrics.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
     }
 
     /// The Prometheus text exposition of every metric.

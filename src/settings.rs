@@ -47,7 +47,7 @@ pub struct FaultSettings {
 
 impl FaultSettings {
     /// Panics when fault injection names `merchant_id`.
-    pub fn check(&self, merchant_id: &str) {
+    pub(crate) fn check(&self, merchant_id: &str) {
         if !self.panic_on_merchant.is_empty() && self.panic_on_merchant == merchant_id {
             panic!("fault injection: faults.panic_on_merchant is {merchant_id}");
         }
@@ -184,7 +184,7 @@ pub struct LogSettings {
 }
 
 /// The defaults of every setting, compiled in from `config/default.toml`.
-pub const DEFAULTS: &str = include_str!("../config/default.toml");
+pub(crate) const DEFAULTS: &str = include_str!("../config/default.toml");
 
 impl Settings {
     /// Loads the compiled-in defaults, then `default.toml` in `config_dir`
@@ -222,7 +222,7 @@ impl Settings {
     }
 
     /// Checks what types alone cannot: ranges, URL schemes, consistency.
-    pub fn validate(&self) -> Result<(), SettingsError> {
+    pub(crate) fn validate(&self) -> Result<(), SettingsError> {
         fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), SettingsError> {
             Err(SettingsError::Invalid {
                 key,
@@ -308,11 +308,6 @@ impl Settings {
         }
         Ok(())
     }
-
-    /// The name of an exchange or queue with the configured prefix.
-    pub fn name(&self, base: &str) -> String {
-        format!("{}{}", self.amqp.prefix, base)
-    }
 }
 
 #[cfg(test)]
@@ -329,7 +324,7 @@ mod tests {
         let s = load(&[]).expect("defaults are valid");
         assert_eq!(s.amqp.queue_type, QueueType::Quorum);
         assert_eq!(s.scheduler.pre_debit_notice, Duration::from_secs(24 * 3600));
-        assert_eq!(s.name("billing.usage"), "billing.usage");
+        assert_eq!(s.amqp.prefix, "");
     }
 
     #[test]
@@ -356,7 +351,7 @@ mod tests {
             ("BILLING__HTTP__LISTEN", "0.0.0.0:9000"),
         ])
         .expect("valid");
-        assert_eq!(s.name("billing.usage"), "t1.billing.usage");
+        assert_eq!(s.amqp.prefix, "t1.");
         assert_eq!(s.scheduler.tick, Duration::from_secs(90));
         assert_eq!(s.retry.multiplier, 3.0);
         assert_eq!(s.http.listen.port(), 9000);

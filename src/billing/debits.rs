@@ -31,12 +31,12 @@ use crate::store::executions::ExecutionRow;
 
 /// The gateway's idempotency key of an attempt: the bill and the attempt's
 /// place in the bill's life. A request sent again (same attempt) has the same key.
-pub fn idempotency_key(bill: &BillRow) -> String {
+pub(crate) fn idempotency_key(bill: &BillRow) -> String {
     format!("{}:{}", bill.id, bill.attempt)
 }
 
 /// A debit request as published to `billing.payments`.
-pub fn request_body(bill: &BillRow) -> serde_json::Value {
+pub(crate) fn request_body(bill: &BillRow) -> serde_json::Value {
     let amount = Currency::parse(&bill.currency)
         .map_or_else(|_| bill.amount_due.to_string(), |c| format_amount(&c, bill.amount_due));
     json!({
@@ -57,7 +57,7 @@ pub fn request_body(bill: &BillRow) -> serde_json::Value {
 
 /// A debit result as the gateway sends it.
 #[derive(Debug, Clone, Deserialize)]
-pub struct DebitResult {
+pub(crate) struct DebitResult {
     pub request_id: String,
     pub status: ResultStatus,
     #[serde(default, deserialize_with = "opt_clipped_text")]
@@ -73,7 +73,7 @@ pub struct DebitResult {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ResultStatus {
+pub(crate) enum ResultStatus {
     Success,
     Failure,
     Pending,
@@ -81,7 +81,7 @@ pub enum ResultStatus {
 
 /// What a result did, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResultOutcome {
+pub(crate) enum ResultOutcome {
     Paid,
     /// Failed; the bill's new status (a retry, or the plan's action).
     Failed(BillStatus),
@@ -95,7 +95,7 @@ pub enum ResultOutcome {
 }
 
 impl ResultOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ResultOutcome::Paid => "paid",
             ResultOutcome::Failed(_) => "failed",
@@ -116,7 +116,7 @@ async fn lock_execution_of(conn: &mut PgConnection, bill: &BillRow) -> Result<Op
 
 /// Who sent a result: the merchant its `x-merchantid` header names (a broker
 /// user allowed for it when authentication is on), or why it names none.
-pub type Sender<'a> = Result<&'a str, &'a Rejection>;
+pub(crate) type Sender<'a> = Result<&'a str, &'a Rejection>;
 
 /// Longest `request_id` a result may carry; also how much of
 /// any wire input a message quotes.
@@ -149,7 +149,7 @@ fn check_request_id(result: &DebitResult) -> Result<(), Rejection> {
 /// time since the request left, for the round-trip metric. A result whose
 /// sender is not the bill's merchant is refused (`FORBIDDEN`) before
 /// anything changes.
-pub async fn apply_result(
+pub(crate) async fn apply_result(
     conn: &mut PgConnection,
     result: &DebitResult,
     sender: Sender<'_>,
@@ -663,7 +663,7 @@ impl ResultStatus {
 
 /// A failed attempt: retry with backoff while retries remain, else apply
 /// the plan's action. Webhooks say each step. Returns the bill's new status.
-pub async fn fail(
+pub(crate) async fn fail(
     conn: &mut PgConnection,
     mut bill: BillRow,
     mut execution: Option<ExecutionRow>,
@@ -738,7 +738,7 @@ pub async fn fail(
 }
 
 /// A PROCESSING bill whose result never came: a retryable failure.
-pub async fn time_out(
+pub(crate) async fn time_out(
     conn: &mut PgConnection,
     bill: BillRow,
     retry: &RetrySettings,

@@ -38,7 +38,7 @@ struct NewBill {
 }
 
 /// The plan an execution is on, with everything billing needs of it.
-pub struct PlanView {
+pub(crate) struct PlanView {
     spec: PlanSpec,
     row: store::catalog::PlanRow,
     metrics: HashMap<String, MetricSpec>,
@@ -49,7 +49,7 @@ pub struct PlanView {
 /// Plans already read in this pass, by merchant, plan and customer prices:
 /// executions on one plan share one read.
 #[derive(Default)]
-pub struct PlanCache(HashMap<(String, String, String), std::sync::Arc<PlanView>>);
+pub(crate) struct PlanCache(HashMap<(String, String, String), std::sync::Arc<PlanView>>);
 
 impl PlanCache {
     async fn get(
@@ -85,7 +85,7 @@ async fn plan_view(conn: &mut PgConnection, execution: &ExecutionRow) -> Result<
 }
 
 /// The period layout of an execution on a plan.
-pub fn basis(execution: &ExecutionRow, plan: &store::catalog::PlanRow) -> PeriodBasis {
+pub(crate) fn basis(execution: &ExecutionRow, plan: &store::catalog::PlanRow) -> PeriodBasis {
     execution.period_basis(plan.calendar())
 }
 
@@ -154,7 +154,7 @@ async fn usage_charges(
 /// Plans the bills of every period of a locked execution that closed by
 /// `now`, oldest first, into `batch` (which writes them all at once), and
 /// moves the execution's cursor in memory.
-pub async fn bill_due_execution(
+pub(crate) async fn bill_due_execution(
     conn: &mut PgConnection,
     cache: &mut PlanCache,
     execution: &mut ExecutionRow,
@@ -272,7 +272,7 @@ async fn close_inactive(
 }
 
 /// `present`: bills the usage of the open period so far, for plans billed as presented.
-pub async fn present(
+pub(crate) async fn present(
     conn: &mut PgConnection,
     merchant_id: &str,
     execution_id: &str,
@@ -327,7 +327,7 @@ pub async fn present(
 /// Everything a pass of billing writes, set-based: one statement per table
 /// however many bills.
 #[derive(Default)]
-pub struct BillBatch {
+pub(crate) struct BillBatch {
     pub bills: Vec<BillRow>,
     pub lines: Vec<(String, Vec<Line>)>,
     pub credit_uses: Vec<LedgerEntry>,
@@ -338,7 +338,7 @@ pub struct BillBatch {
 
 impl BillBatch {
     /// Takes in what another batch planned.
-    pub fn absorb(&mut self, other: BillBatch) {
+    pub(crate) fn absorb(&mut self, other: BillBatch) {
         self.bills.extend(other.bills);
         self.lines.extend(other.lines);
         self.credit_uses.extend(other.credit_uses);
@@ -347,7 +347,7 @@ impl BillBatch {
     }
 
     /// Writes the batch in the caller's transaction.
-    pub async fn write(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    pub(crate) async fn write(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
         store::bills::insert_many(conn, &self.bills).await?;
         store::bills::insert_lines_many(conn, &self.lines).await?;
         store::ledger::insert_many(conn, &self.credit_uses, now).await?;

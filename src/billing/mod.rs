@@ -2,9 +2,9 @@
 //! on `present`, or on an explicit schedule), credit applied first, debits
 //! run through the payment gateway with retries, then the plan's action.
 
-pub mod debits;
-pub mod issue;
-pub mod plans;
+pub(crate) mod debits;
+pub(crate) mod issue;
+pub(crate) mod plans;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -19,13 +19,13 @@ use crate::store;
 use crate::store::bills::{BillRow, LineRow};
 use crate::store::executions::ExecutionRow;
 
-pub use crate::domain::catalog::bills_on_present;
+pub(crate) use crate::domain::catalog::bills_on_present;
 
 /// When the scheduler first acts for an execution that starts billing on
 /// `schedule`: at the start for an amount in advance (PRE_DEBIT) and for
 /// ONETIME plans, at the end of the first period otherwise; never for plans
 /// billed on `present`.
-pub fn first_bill_at(
+pub(crate) fn first_bill_at(
     schedule: &Schedule,
     interval: PlanInterval,
     plan_type: PlanType,
@@ -41,7 +41,7 @@ pub fn first_bill_at(
 }
 
 /// A bill with its lines, as webhooks and answers show it.
-pub fn bill_document(bill: &BillRow, lines: &[LineRow]) -> Value {
+pub(crate) fn bill_document(bill: &BillRow, lines: &[LineRow]) -> Value {
     json!({
         "bill_id": bill.id,
         "kind": bill.kind,
@@ -75,7 +75,7 @@ pub fn bill_document(bill: &BillRow, lines: &[LineRow]) -> Value {
 
 /// A webhook about a bill: the bill with its lines, the execution when it
 /// has one, and anything else the event carries.
-pub fn bill_webhook(
+pub(crate) fn bill_webhook(
     event: EventName,
     bill: &BillRow,
     lines: &[LineRow],
@@ -106,7 +106,7 @@ pub(crate) fn credit_settlement(credit_applied: Decimal, currency: &str) -> Valu
 /// Writes a webhook about a stored bill. The caller holds the execution's
 /// row lock (when the bill has one), which keeps webhooks of one execution
 /// in order.
-pub async fn announce_bill(
+pub(crate) async fn announce_bill(
     conn: &mut PgConnection,
     event: EventName,
     bill: &BillRow,

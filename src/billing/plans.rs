@@ -21,12 +21,12 @@ use crate::store;
 use crate::store::bills::BillRow;
 
 /// How many entries a schedule that never ends (`end_type` 1) lays out ahead.
-pub const OPEN_ENDED_ENTRIES: usize = 12;
-pub use crate::protocol::billing_plan::MAX_ENTRIES;
+pub(crate) const OPEN_ENDED_ENTRIES: usize = 12;
+pub(crate) use crate::protocol::billing_plan::MAX_ENTRIES;
 
 /// A validated schedule entry.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub sequence_number: u32,
     pub date: NaiveDate,
     pub amount: Decimal,
@@ -85,7 +85,7 @@ fn check_plan_fields(plan: &PlanIn, currency: &Currency) -> Result<(), Rejection
 }
 
 /// The schedule: the explicit sequence when given, else generated.
-pub fn schedule(
+pub(crate) fn schedule(
     plan: &PlanIn,
     sequence: &[EntryIn],
     currency: &Currency,
@@ -154,7 +154,7 @@ fn explicit(sequence: &[EntryIn], currency: &Currency) -> Result<Vec<Entry>, Rej
 /// Dates from `start_date` every `periodicity` days (D), weeks (W), months
 /// (M, on `bill_day` when given) or years (Y), until `end_type` says stop:
 /// 1 never (the next twelve are laid out), 2 `end_date`, 3 `no_of_payments`.
-pub fn generate(plan: &PlanIn, currency: &Currency) -> Result<Vec<Entry>, Rejection> {
+pub(crate) fn generate(plan: &PlanIn, currency: &Currency) -> Result<Vec<Entry>, Rejection> {
     let start = date(
         "billing_plan.start_date",
         plan.start_date
@@ -316,7 +316,7 @@ fn stored_plan(
 
 /// Creates the plan and its bills; a repeat with the same `reference_id`
 /// answers with what the first one created.
-pub async fn add(
+pub(crate) async fn add(
     conn: &mut PgConnection,
     merchant_id: &str,
     now: DateTime<Utc>,

@@ -1,7 +1,7 @@
 //! RabbitMQ adapter: connections, the topology, publishing
 //! with publisher confirms, replies and dead letters.
 
-pub mod topology;
+pub(crate) mod topology;
 
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -15,7 +15,7 @@ pub use topology::Names;
 
 /// A broker fault: the connection, a channel, or a refused publish.
 #[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
+pub(crate) enum BrokerError {
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("broker refused (nacked) a publish to '{0}'")]
@@ -23,7 +23,7 @@ pub enum BrokerError {
 }
 
 /// Opens a connection named after the role that uses it.
-pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, BrokerError> {
+pub(crate) async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, BrokerError> {
     let props =
         ConnectionProperties::default().with_connection_name(LongString::from(format!("billing-worker/{role}")));
     Ok(Connection::connect(settings.url.expose_secret(), props).await?)
@@ -31,7 +31,7 @@ pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, 
 
 /// What a role holds on the broker: its connection, a channel to consume on
 /// (with the topology declared), and a publisher in confirm mode.
-pub struct Session {
+pub(crate) struct Session {
     pub connection: Connection,
     pub channel: Channel,
     pub publisher: Publisher,
@@ -39,7 +39,7 @@ pub struct Session {
 
 impl Session {
     /// Connects, declares the topology and opens the publisher.
-    pub async fn open(settings: &AmqpSettings, role: &str) -> Result<Session, BrokerError> {
+    pub(crate) async fn open(settings: &AmqpSettings, role: &str) -> Result<Session, BrokerError> {
         let connection = connect(settings, role).await?;
         let channel = connection.create_channel().await?;
         topology::declare(&channel, settings).await?;
@@ -52,7 +52,7 @@ impl Session {
     }
 
     /// Starts consuming `queue` with at most `prefetch` unacked messages.
-    pub async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
+    pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
         self.channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         Ok(self
             .channel
@@ -66,7 +66,7 @@ impl Session {
     }
 
     /// Closes the channel and the connection; unacked messages go back to their queues.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.channel.close(200, "shutdown".into()).await;
         let _ = self.connection.close(200, "shutdown".into()).await;
     }
@@ -74,7 +74,7 @@ impl Session {
 
 /// A channel in confirm mode: every publish waits for the broker's ack.
 #[derive(Clone)]
-pub struct Publisher {
+pub(crate) struct Publisher {
     channel: Channel,
 }
 
@@ -95,14 +95,14 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Field
 }
 
 impl Publisher {
-    pub async fn open(connection: &Connection) -> Result<Publisher, BrokerError> {
+    pub(crate) async fn open(connection: &Connection) -> Result<Publisher, BrokerError> {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Publisher { channel })
     }
 
     /// Publishes and waits until the broker has taken responsibility for it.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -128,7 +128,7 @@ impl Publisher {
 
     /// Publishes many messages and waits for all confirms. Returns how many
     /// of them, from the first, were confirmed before the first refusal.
-    pub async fn publish_all(
+    pub(crate) async fn publish_all(
         &self,
         messages: Vec<(String, String, Vec<u8>, BasicProperties)>,
     ) -> Result<usize, BrokerError> {
@@ -157,7 +157,7 @@ impl Publisher {
     }
 
     /// Answers a request at its `reply_to`, through the default exchange.
-    pub async fn reply(
+    pub(crate) async fn reply(
         &self,
         reply_to: &str,
         correlation_id: Option<&str>,
@@ -175,7 +175,7 @@ impl Publisher {
     /// reason in `x-error-code` / `x-error-message` and where it came from.
     /// Publishes a dead letter: the body unchanged, the original headers
     /// (unless they are large), and the reason.
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         names: &Names,
         delivery_exchange: &str,

@@ -78,7 +78,7 @@ fn queue_args(settings: &AmqpSettings, dead_letter_to: Option<&str>) -> FieldTab
 }
 
 /// Declares the whole topology. Safe to repeat on every (re)connection.
-pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<Names, lapin::Error> {
+pub(crate) async fn declare(channel: &Channel, settings: &AmqpSettings) -> Result<Names, lapin::Error> {
     let names = Names::new(&settings.prefix);
     let durable = ExchangeDeclareOptions {
         durable: true,

@@ -24,7 +24,7 @@ use thiserror::Error;
 /// Serializes as `"SUM"`, `"COUNT"`, `"MAX"`, `"UNIQUE_COUNT"` and `"LATEST"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum AggregationType {
+pub(crate) enum AggregationType {
     /// Sum of event values; the only type whose values may be negative.
     Sum,
     /// Number of events; values are ignored.
@@ -39,7 +39,7 @@ pub enum AggregationType {
 
 impl AggregationType {
     /// Every aggregation type, in wire order.
-    pub const ALL: [AggregationType; 5] = [
+    pub(crate) const ALL: [AggregationType; 5] = [
         AggregationType::Sum,
         AggregationType::Count,
         AggregationType::Max,
@@ -48,7 +48,7 @@ impl AggregationType {
     ];
 
     /// The wire name, identical to the serde representation.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AggregationType::Sum => "SUM",
             AggregationType::Count => "COUNT",
@@ -61,7 +61,7 @@ impl AggregationType {
     /// Whether events of this metric may carry negative values: only for SUM
     /// (usage can be given back). Checking values is the caller's job;
     /// [`Delta::add`] folds whatever it is handed.
-    pub fn allows_negative(self) -> bool {
+    pub(crate) fn allows_negative(self) -> bool {
         matches!(self, AggregationType::Sum)
     }
 }
@@ -75,7 +75,7 @@ impl fmt::Display for AggregationType {
 /// A name that is not an aggregation type; Display names the allowed values.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("aggregation_type must be one of SUM, COUNT, MAX, UNIQUE_COUNT, LATEST, got {value:?}")]
-pub struct ParseAggregationTypeError {
+pub(crate) struct ParseAggregationTypeError {
     /// The rejected text.
     pub value: String,
 }
@@ -94,7 +94,7 @@ impl FromStr for AggregationType {
 
 /// The fields of one metered event that aggregation reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageEvent {
+pub(crate) struct UsageEvent {
     /// The metered quantity (ignored by COUNT and UNIQUE_COUNT).
     pub value: Decimal,
     /// When the usage happened; orders events for LATEST.
@@ -106,10 +106,11 @@ pub struct UsageEvent {
 }
 
 /// The latest event seen: `(timestamp, event_id, value)`.
-pub type Latest = (DateTime<Utc>, String, Decimal);
+pub(crate) type Latest = (DateTime<Utc>, String, Decimal);
 
 /// Keeps the later of two latest-events: greatest `(timestamp, event_id)`,
 /// and on a full tie the greater value, so the choice never depends on order.
+#[cfg(test)]
 fn later(current: Option<Latest>, candidate: Option<Latest>) -> Option<Latest> {
     match (current, candidate) {
         (Some(a), Some(b)) => Some(if b > a { b } else { a }),
@@ -144,7 +145,7 @@ fn greater(a: Option<Decimal>, b: Option<Decimal>) -> Option<Decimal> {
 /// Arithmetic saturates at `Decimal`'s range (about ±7.9e28) instead of
 /// panicking; the laws above hold for every total within that range.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delta {
+pub(crate) struct Delta {
     /// SUM: sum of event values; zero for other types.
     pub sum: Decimal,
     /// Number of events folded in, for every type.
@@ -160,7 +161,11 @@ pub struct Delta {
 
 impl Delta {
     /// Folds a set of events for one key into a delta.
-    pub fn from_events<'a>(aggregation: AggregationType, events: impl IntoIterator<Item = &'a UsageEvent>) -> Delta {
+    #[cfg(test)]
+    pub(crate) fn from_events<'a>(
+        aggregation: AggregationType,
+        events: impl IntoIterator<Item = &'a UsageEvent>,
+    ) -> Delta {
         let mut delta = Delta::default();
         for event in events {
             delta.add(aggregation, event);
@@ -168,16 +173,11 @@ impl Delta {
         delta
     }
 
-    /// Whether no event has been folded in.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// Folds one event in: it always counts as an event; SUM adds its value,
     /// MAX keeps the greater value, LATEST keeps it if it is later by
     /// `(timestamp, event_id)` (arrival order plays no part), UNIQUE_COUNT
     /// adds its unique value when it has one; COUNT ignores the value.
-    pub fn add(&mut self, aggregation: AggregationType, event: &UsageEvent) {
+    pub(crate) fn add(&mut self, aggregation: AggregationType, event: &UsageEvent) {
         self.count = self.count.saturating_add(1);
         match aggregation {
             AggregationType::Sum => self.sum = self.sum.saturating_add(event.value),
@@ -200,7 +200,8 @@ impl Delta {
 
     /// Combines another delta for the same key into this one; associative
     /// and commutative, with `Delta::default()` as identity.
-    pub fn merge(&mut self, other: Delta) {
+    #[cfg(test)]
+    pub(crate) fn merge(&mut self, other: Delta) {
         self.sum = self.sum.saturating_add(other.sum);
         self.count = self.count.saturating_add(other.count);
         self.max = greater(self.max, other.max);
@@ -220,7 +221,7 @@ impl Delta {
 /// kept here; the distinct values themselves live in the store, which tells
 /// [`Aggregate::apply`] how many of a delta's values were new.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Aggregate {
+pub(crate) struct Aggregate {
     /// Running sum of values (SUM).
     pub sum: Decimal,
     /// Running number of events (every type).
@@ -239,7 +240,8 @@ impl Aggregate {
     /// `(timestamp, event_id)`, and `unique_count` grows by `new_unique`, the
     /// number of the delta's distinct values the store had not seen (a
     /// negative `new_unique` counts as zero). Saturates instead of panicking.
-    pub fn apply(&mut self, delta: &Delta, new_unique: i64) {
+    #[cfg(test)]
+    pub(crate) fn apply(&mut self, delta: &Delta, new_unique: i64) {
         self.sum = self.sum.saturating_add(delta.sum);
         self.count = self.count.saturating_add(delta.count);
         self.max = greater(self.max, delta.max);
@@ -250,7 +252,7 @@ impl Aggregate {
     /// The metric quantity so far: SUM the sum, COUNT the number of events,
     /// MAX the greatest value, UNIQUE_COUNT the number of distinct values,
     /// LATEST the latest event's value; zero when there were no events.
-    pub fn used_till_now(&self, aggregation: AggregationType) -> Decimal {
+    pub(crate) fn used_till_now(&self, aggregation: AggregationType) -> Decimal {
         match aggregation {
             AggregationType::Sum => self.sum,
             AggregationType::Count => Decimal::from(self.count),

@@ -60,7 +60,7 @@ wire_enum!(
 impl AttemptStatus {
     /// Whether the attempt has its final answer (a later result only
     /// matters if it is a success: money moved).
-    pub fn is_settled(self) -> bool {
+    pub(crate) fn is_settled(self) -> bool {
         matches!(
             self,
             AttemptStatus::Success | AttemptStatus::Failure | AttemptStatus::Timeout
@@ -70,7 +70,8 @@ impl AttemptStatus {
 
 impl BillStatus {
     /// Whether the bill's collection has ended (no debit will be asked for).
-    pub fn is_final(self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_final(self) -> bool {
         matches!(
             self,
             BillStatus::Paid
@@ -84,8 +85,9 @@ impl BillStatus {
 
 /// What happens to a bill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BillEvent {
-    /// Its debit attempt is claimed and requested.
+pub(crate) enum BillEvent {
+    /// Its debit attempt is claimed and requested (set-based, in SQL).
+    #[cfg_attr(not(test), allow(dead_code))]
     Claimed,
     /// The gateway took the money (on time or late).
     Succeeded,
@@ -93,14 +95,29 @@ pub enum BillEvent {
     RetryScheduled,
     /// The last attempt failed: the plan's action applies.
     GaveUp(ActionOnFailure),
-    /// Its execution was revoked before it was attempted.
+    /// Its execution was revoked before it was attempted (set-based, in SQL).
+    #[cfg_attr(not(test), allow(dead_code))]
     Cancelled,
+}
+
+impl BillEvent {
+    /// The statuses a bill may take this event in, in declaration order.
+    /// `Claimed` and `Cancelled` happen to many bills at once, in SQL whose
+    /// `WHERE` lists these statuses (the store's tests hold the two equal).
+    #[cfg(test)]
+    pub(crate) fn allowed_from(self) -> Vec<BillStatus> {
+        BillStatus::ALL
+            .iter()
+            .copied()
+            .filter(|s| transition(*s, self).is_ok())
+            .collect()
+    }
 }
 
 /// A transition the bill's life does not allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a {from} bill cannot take {event:?}")]
-pub struct RefusedTransition {
+pub(crate) struct RefusedTransition {
     pub from: BillStatus,
     pub event: BillEvent,
 }
@@ -110,7 +127,7 @@ pub struct RefusedTransition {
 /// after a retry was scheduled, a write-off, a carry-over or a revocation);
 /// a success for a bill already paid is the caller's double charge to
 /// announce, and leaves it paid.
-pub fn transition(from: BillStatus, event: BillEvent) -> Result<BillStatus, RefusedTransition> {
+pub(crate) fn transition(from: BillStatus, event: BillEvent) -> Result<BillStatus, RefusedTransition> {
     use BillStatus as S;
     let to = match (from, event) {
         (S::Scheduled | S::RetryScheduled, BillEvent::Claimed) => S::Processing,
@@ -128,11 +145,11 @@ pub fn transition(from: BillStatus, event: BillEvent) -> Result<BillStatus, Refu
 
 /// A bill line is below this (10^20): far within what a decimal holds, so
 /// lines in minor units add up exactly.
-pub const MAX_LINE_AMOUNT: Decimal = Decimal::from_parts(0x6310_0000, 0x6BC7_5E2D, 0x5, false, 0);
+pub(crate) const MAX_LINE_AMOUNT: Decimal = Decimal::from_parts(0x6310_0000, 0x6BC7_5E2D, 0x5, false, 0);
 
 /// A charge before rounding.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Charge {
+pub(crate) struct Charge {
     pub kind: LineKind,
     pub metric_id: Option<String>,
     pub quantity: Option<Decimal>,
@@ -143,7 +160,7 @@ pub struct Charge {
 
 /// A line as billed: its amount rounded to the minor unit.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Line {
+pub(crate) struct Line {
     pub kind: LineKind,
     pub metric_id: Option<String>,
     pub quantity: Option<Decimal>,
@@ -153,7 +170,7 @@ pub struct Line {
 
 /// The figures of a bill.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Bill {
+pub(crate) struct Bill {
     pub lines: Vec<Line>,
     /// Sum of the rounded lines.
     pub total: Decimal,
@@ -166,7 +183,7 @@ pub struct Bill {
 /// Rounds every charge to the minor unit (so the lines add up to the total
 /// a customer sees), then pays what it can from `credit_balance`. A total
 /// beyond the range of amounts is an `AMOUNT_OVERFLOW` error, never a panic.
-pub fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance: Decimal) -> Result<Bill, Rejection> {
+pub(crate) fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance: Decimal) -> Result<Bill, Rejection> {
     let lines: Vec<Line> = charges
         .into_iter()
         .map(|c| Line {
@@ -198,7 +215,7 @@ pub fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance: Decima
 
 /// What happens after a failed debit attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterFailure {
+pub(crate) enum AfterFailure {
     /// Try again later (`retries_left` after this one).
     Retry,
     /// `max_retry` retries were spent: the plan's action applies.
@@ -209,7 +226,7 @@ pub enum AfterFailure {
 
 /// Decides after attempt number `attempt` (1 is the first try) failed: at
 /// most `max_retry` retries follow the first attempt.
-pub fn after_failure(attempt: u32, max_retry: u32, retryable: bool) -> AfterFailure {
+pub(crate) fn after_failure(attempt: u32, max_retry: u32, retryable: bool) -> AfterFailure {
     if !retryable {
         AfterFailure::NotRetryable
     } else if attempt <= max_retry {
@@ -221,7 +238,7 @@ pub fn after_failure(attempt: u32, max_retry: u32, retryable: bool) -> AfterFail
 
 /// Formats an amount with exactly the currency's minor digits (`10.00`), as
 /// debit requests carry it.
-pub fn format_amount(currency: &Currency, amount: Decimal) -> String {
+pub(crate) fn format_amount(currency: &Currency, amount: Decimal) -> String {
     let mut rounded = currency.round(amount);
     rounded.rescale(currency.minor_units());
     rounded.to_string()

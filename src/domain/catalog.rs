@@ -18,6 +18,10 @@ macro_rules! wire_enum {
         }
 
         impl $name {
+            /// Every variant, in declaration order.
+            #[allow(dead_code)]
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
             /// The wire spelling.
             pub fn as_str(self) -> &'static str {
                 match self {
@@ -101,17 +105,17 @@ wire_enum!(
 
 impl PlanModel {
     /// Whether bills of this model carry usage lines.
-    pub fn has_usage(self) -> bool {
+    pub(crate) fn has_usage(self) -> bool {
         !matches!(self, PlanModel::Fixed)
     }
 }
 
 /// Highest `max_retry` a plan may ask for.
-pub const MAX_RETRY_LIMIT: u32 = 20;
+pub(crate) const MAX_RETRY_LIMIT: u32 = 20;
 
 /// A metric as defined by `create_metric`, validated.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MetricSpec {
+pub(crate) struct MetricSpec {
     pub metric_id: String,
     pub name: String,
     pub description: String,
@@ -125,7 +129,7 @@ pub struct MetricSpec {
 
 impl MetricSpec {
     /// Rules that span fields; field-level checks happen where each is parsed.
-    pub fn validate(&self) -> Result<(), Rejection> {
+    pub(crate) fn validate(&self) -> Result<(), Rejection> {
         check_id(&self.metric_id).map_err(|p| Rejection::field("metric_id", p))?;
         check_text("name", &self.name, true)?;
         check_text("description", &self.description, false)?;
@@ -147,7 +151,7 @@ impl MetricSpec {
 
 /// A plan as defined by `create_plan` (or the result of `update_plan`), validated.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlanSpec {
+pub(crate) struct PlanSpec {
     pub plan_id: String,
     pub plan_name: String,
     pub plan_description: String,
@@ -167,7 +171,7 @@ pub struct PlanSpec {
 impl PlanSpec {
     /// Rules that span fields. Metric existence and currency are checked by
     /// the caller against the catalog, see [`PlanSpec::check_metric`].
-    pub fn validate(&self) -> Result<(), Rejection> {
+    pub(crate) fn validate(&self) -> Result<(), Rejection> {
         check_id(&self.plan_id).map_err(|p| Rejection::field("plan_id", p))?;
         check_text("plan_name", &self.plan_name, true)?;
         check_text("plan_description", &self.plan_description, false)?;
@@ -235,7 +239,7 @@ impl PlanSpec {
     }
 
     /// A metric of the plan must be billed in the plan's currency.
-    pub fn check_metric(&self, index: usize, metric: &MetricSpec) -> Result<(), Rejection> {
+    pub(crate) fn check_metric(&self, index: usize, metric: &MetricSpec) -> Result<(), Rejection> {
         if metric.currency != self.plan_currency {
             return Err(Rejection::field(
                 &format!("metric_ids[{index}]"),
@@ -250,10 +254,10 @@ impl PlanSpec {
 }
 
 /// Longest free text accepted in a name or description.
-pub const MAX_TEXT_LEN: usize = 1000;
+pub(crate) const MAX_TEXT_LEN: usize = 1000;
 
 /// Checks a free-text field: optional or not, bounded, no control characters.
-pub fn check_text(field: &str, value: &str, required: bool) -> Result<(), Rejection> {
+pub(crate) fn check_text(field: &str, value: &str, required: bool) -> Result<(), Rejection> {
     if required && value.trim().is_empty() {
         return Err(Rejection::field(field, "is required"));
     }
@@ -270,11 +274,11 @@ pub fn check_text(field: &str, value: &str, required: bool) -> Result<(), Reject
 }
 
 /// Default number of retries of a failed debit when a plan names none.
-pub const DEFAULT_MAX_RETRY: u32 = 3;
+pub(crate) const DEFAULT_MAX_RETRY: u32 = 3;
 
 /// The customer prices an execution stores (`metric_info`): each entry
 /// with the metric id it prices.
-pub fn customer_prices(metric_info: &serde_json::Value) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+pub(crate) fn customer_prices(metric_info: &serde_json::Value) -> impl Iterator<Item = (&str, &serde_json::Value)> {
     metric_info
         .as_array()
         .into_iter()
@@ -283,14 +287,14 @@ pub fn customer_prices(metric_info: &serde_json::Value) -> impl Iterator<Item = 
 }
 
 /// The customer's price of one metric, if the execution has one.
-pub fn customer_price<'a>(metric_info: &'a serde_json::Value, metric_id: &str) -> Option<&'a serde_json::Value> {
+pub(crate) fn customer_price<'a>(metric_info: &'a serde_json::Value, metric_id: &str) -> Option<&'a serde_json::Value> {
     customer_prices(metric_info)
         .find(|(id, _)| *id == metric_id)
         .map(|(_, entry)| entry)
 }
 
 /// Whether a plan bills only when presented (never on a schedule).
-pub fn bills_on_present(interval: PlanInterval, model: PlanModel) -> bool {
+pub(crate) fn bills_on_present(interval: PlanInterval, model: PlanModel) -> bool {
     interval == PlanInterval::Aspresented || model == PlanModel::UsageCalculation
 }
 

@@ -7,7 +7,7 @@ use crate::error::{ErrorCode, Rejection};
 /// Lifecycle of a billing execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ExecutionStatus {
+pub(crate) enum ExecutionStatus {
     /// Provisioned, not billing yet.
     Created,
     /// Accepts usage and is billed.
@@ -18,7 +18,7 @@ pub enum ExecutionStatus {
 
 /// The webhook a status change announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusEvent {
+pub(crate) enum StatusEvent {
     Activated,
     Deactivated,
 }
@@ -32,7 +32,7 @@ impl TryFrom<String> for ExecutionStatus {
 }
 
 impl ExecutionStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ExecutionStatus::Created => "CREATED",
             ExecutionStatus::Active => "ACTIVE",
@@ -40,7 +40,7 @@ impl ExecutionStatus {
         }
     }
 
-    pub fn parse(value: &str) -> Option<Self> {
+    pub(crate) fn parse(value: &str) -> Option<Self> {
         match value {
             "CREATED" => Some(ExecutionStatus::Created),
             "ACTIVE" => Some(ExecutionStatus::Active),
@@ -51,7 +51,7 @@ impl ExecutionStatus {
 
     /// Decides a requested status change. `Ok(None)` means nothing changes
     /// (the execution is already there), so a repeated request is harmless.
-    pub fn transition(self, to: ExecutionStatus) -> Result<Option<StatusEvent>, Rejection> {
+    pub(crate) fn transition(self, to: ExecutionStatus) -> Result<Option<StatusEvent>, Rejection> {
         use ExecutionStatus::*;
         match (self, to) {
             (from, to) if from == to => Ok(None),

@@ -3,11 +3,11 @@
 use uuid::Uuid;
 
 /// Longest identifier accepted from a merchant.
-pub const MAX_ID_LEN: usize = 100;
+pub(crate) const MAX_ID_LEN: usize = 100;
 
 /// Checks a merchant-given identifier: 1 to 100 characters, no white space
 /// or control characters. Returns the problem as a phrase to follow the field name.
-pub fn check_id(value: &str) -> Result<(), String> {
+pub(crate) fn check_id(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
@@ -21,12 +21,12 @@ pub fn check_id(value: &str) -> Result<(), String> {
 }
 
 /// A new billing execution id: 32 lower-case hex digits, as the product shows them.
-pub fn new_execution_id() -> String {
+pub(crate) fn new_execution_id() -> String {
     Uuid::new_v4().simple().to_string()
 }
 
 /// A new webhook id, time-ordered so ids sort roughly by creation.
-pub fn new_event_id() -> String {
+pub(crate) fn new_event_id() -> String {
     format!("evt_{}", Uuid::now_v7().simple())
 }
 

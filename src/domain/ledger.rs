@@ -11,13 +11,13 @@ use crate::error::Rejection;
 
 /// The kind of a ledger entry; grants add to the balance, uses take from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
+pub(crate) enum EntryKind {
     Grant,
     Use,
 }
 
 impl EntryKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EntryKind::Grant => "GRANT",
             EntryKind::Use => "USE",
@@ -25,7 +25,7 @@ impl EntryKind {
     }
 
     /// The signed effect of an entry of this kind on the balance.
-    pub fn signed(self, amount: Decimal) -> Decimal {
+    pub(crate) fn signed(self, amount: Decimal) -> Decimal {
         match self {
             EntryKind::Grant => amount,
             // Negation is exact: a Decimal's range is symmetric.
@@ -35,7 +35,7 @@ impl EntryKind {
 }
 
 /// Checks a credit grant: positive and in whole minor units of the currency.
-pub fn check_grant(field: &str, amount: Decimal, minor_units: u32, allow_zero: bool) -> Result<(), Rejection> {
+pub(crate) fn check_grant(field: &str, amount: Decimal, minor_units: u32, allow_zero: bool) -> Result<(), Rejection> {
     if amount.is_sign_negative() && !amount.is_zero() {
         return Err(Rejection::field(field, "must not be negative"));
     }
@@ -55,7 +55,7 @@ pub fn check_grant(field: &str, amount: Decimal, minor_units: u32, allow_zero: b
 /// Never uses more than the balance, never more than is due. `None` when
 /// the two would not add up to `due` exactly (magnitudes at the edge of
 /// what a decimal holds round their last digits): never a cent lost.
-pub fn apply_credit(balance: Decimal, due: Decimal) -> Option<(Decimal, Decimal)> {
+pub(crate) fn apply_credit(balance: Decimal, due: Decimal) -> Option<(Decimal, Decimal)> {
     let used = balance.max(Decimal::ZERO).min(due.max(Decimal::ZERO));
     let remaining = due.checked_sub(used)?;
     (remaining.checked_add(used)? == due).then_some((used, remaining))

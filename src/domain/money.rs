@@ -9,15 +9,15 @@ use std::fmt;
 use rust_decimal::{Decimal, RoundingStrategy};
 
 /// Every amount and value from the wire is below this in absolute value.
-pub const MAX_ABS_AMOUNT: Decimal = Decimal::from_parts(0xA4C6_8000, 0x38D7E, 0, false, 0); // 10^15
+pub(crate) const MAX_ABS_AMOUNT: Decimal = Decimal::from_parts(0xA4C6_8000, 0x38D7E, 0, false, 0); // 10^15
 
 /// Most decimal places of an amount or value from the wire.
-pub const MAX_SCALE: u32 = 12;
+pub(crate) const MAX_SCALE: u32 = 12;
 
 /// Checks a wire amount: |x| < 10^15 and at most 12 decimal places
 /// (trailing zeros do not count). Returns it normalised of trailing zeros
 /// beyond its meaning only as far as needed to hold the bound.
-pub fn check_amount(value: Decimal) -> Result<Decimal, String> {
+pub(crate) fn check_amount(value: Decimal) -> Result<Decimal, String> {
     if value.abs() >= MAX_ABS_AMOUNT {
         return Err("must be below 10^15 in absolute value".into());
     }
@@ -33,11 +33,11 @@ pub fn check_amount(value: Decimal) -> Result<Decimal, String> {
 
 /// An ISO 4217 alphabetic code: three upper-case ASCII letters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Currency(String);
+pub(crate) struct Currency(String);
 
 impl Currency {
     /// Parses a code; lower case is accepted and upper-cased.
-    pub fn parse(code: &str) -> Result<Currency, String> {
+    pub(crate) fn parse(code: &str) -> Result<Currency, String> {
         let upper = code.trim().to_ascii_uppercase();
         if upper.len() == 3 && upper.bytes().all(|b| b.is_ascii_uppercase()) {
             Ok(Currency(upper))
@@ -49,13 +49,13 @@ impl Currency {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
     /// Digits after the decimal point of the smallest unit (paisa, cent, ...).
     /// Codes not listed use two, as most currencies do.
-    pub fn minor_units(&self) -> u32 {
+    pub(crate) fn minor_units(&self) -> u32 {
         match self.0.as_str() {
             "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI" | "VND"
             | "VUV" | "XAF" | "XOF" | "XPF" => 0,
@@ -67,12 +67,12 @@ impl Currency {
 
     /// Rounds an exact amount to the minor unit, half away from zero
     /// (the commercial rounding of invoices).
-    pub fn round(&self, amount: Decimal) -> Decimal {
+    pub(crate) fn round(&self, amount: Decimal) -> Decimal {
         amount.round_dp_with_strategy(self.minor_units(), RoundingStrategy::MidpointAwayFromZero)
     }
 
     /// Whether an amount is already expressed in whole minor units.
-    pub fn fits_minor_units(&self, amount: Decimal) -> bool {
+    pub(crate) fn fits_minor_units(&self, amount: Decimal) -> bool {
         amount.normalize().scale() <= self.minor_units()
     }
 }

@@ -28,7 +28,7 @@ use super::catalog::{PlanInterval, PlanModel, PlanRuleType, bills_on_present};
 ///   the start's day (or D) whenever the month has it.
 /// - `Onetime`, `Aspresented`: one open-ended period from `start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// The plan's billing interval.
     pub interval: PlanInterval,
     /// The execution's `billing_start_date`; always the first boundary.
@@ -41,7 +41,7 @@ pub struct Schedule {
 /// A half-open billing period `[start, end)`; `end == None` means
 /// open-ended (the interval has no further boundary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Period {
+pub(crate) struct Period {
     /// First instant in the period (inclusive).
     pub start: DateTime<Utc>,
     /// First instant after the period (exclusive), or `None` if it never ends.
@@ -50,7 +50,8 @@ pub struct Period {
 
 impl Period {
     /// True when `start <= t` and `t` is before `end` (if any).
-    pub fn contains(&self, t: DateTime<Utc>) -> bool {
+    #[cfg(test)]
+    pub(crate) fn contains(&self, t: DateTime<Utc>) -> bool {
         self.start <= t && self.end.is_none_or(|end| t < end)
     }
 }
@@ -86,7 +87,7 @@ impl Schedule {
     /// (no anchor), so a bad rule value degrades to un-anchored periods
     /// rather than failing billing; plan validation is expected to reject it
     /// earlier.
-    pub fn new(interval: PlanInterval, start: DateTime<Utc>, anchor_day: Option<u32>) -> Schedule {
+    pub(crate) fn new(interval: PlanInterval, start: DateTime<Utc>, anchor_day: Option<u32>) -> Schedule {
         Schedule {
             interval,
             start,
@@ -98,7 +99,7 @@ impl Schedule {
     /// increase with k. `None` when the interval has no boundary beyond the
     /// start (`Onetime`, `Aspresented`) and `k > 0`, or when the instant
     /// would fall outside the representable date range.
-    pub fn boundary(&self, k: u32) -> Option<DateTime<Utc>> {
+    pub(crate) fn boundary(&self, k: u32) -> Option<DateTime<Utc>> {
         if k == 0 {
             return Some(self.start);
         }
@@ -126,7 +127,7 @@ impl Schedule {
     /// period it starts. For `t` before `start`, the first period, so usage
     /// stamped slightly early still lands in a real period. Runs in constant
     /// time however far `t` is from `start`.
-    pub fn period_containing(&self, t: DateTime<Utc>) -> Period {
+    pub(crate) fn period_containing(&self, t: DateTime<Utc>) -> Period {
         let (k, start) = self.locate(t);
         Period {
             start,
@@ -139,7 +140,8 @@ impl Schedule {
     /// `start`). Because a boundary belongs to the period it starts, this is
     /// the same as [`Schedule::period_containing`]; it exists so that
     /// resuming from a stored period end reads as what it means.
-    pub fn period_starting_at(&self, from: DateTime<Utc>) -> Period {
+    #[cfg(test)]
+    pub(crate) fn period_starting_at(&self, from: DateTime<Utc>) -> Period {
         self.period_containing(from)
     }
 
@@ -229,7 +231,7 @@ fn days_in_month(year: i32, month: u32) -> u32 {
 /// as 1). The clamp applies only to the target month, so callers keep
 /// passing the wanted day and never drift after a short month. `None` when
 /// the result is outside the representable date range.
-pub fn add_months_clamped(t: DateTime<Utc>, months: u32, day: u32) -> Option<DateTime<Utc>> {
+pub(crate) fn add_months_clamped(t: DateTime<Utc>, months: u32, day: u32) -> Option<DateTime<Utc>> {
     let total = month_index(t).checked_add(i64::from(months))?;
     let year = i32::try_from(total.div_euclid(12)).ok()?;
     // rem_euclid(12) is in 0..12, so the cast cannot truncate.
@@ -240,14 +242,14 @@ pub fn add_months_clamped(t: DateTime<Utc>, months: u32, day: u32) -> Option<Dat
 }
 
 /// Days back a date from the wire may lie (billing start, schedule dates).
-pub const MAX_DAYS_BACK: u64 = 366;
+pub(crate) const MAX_DAYS_BACK: u64 = 366;
 /// Years ahead a date from the wire may lie.
-pub const MAX_YEARS_AHEAD: u32 = 10;
+pub(crate) const MAX_YEARS_AHEAD: u32 = 10;
 
 /// Checks that a wire date lies within the last [`MAX_DAYS_BACK`] days and
 /// the next [`MAX_YEARS_AHEAD`] years of `today`, so that no date makes the
 /// worker catch up a century of periods or plan a millennium ahead.
-pub fn check_date_window(date: chrono::NaiveDate, today: chrono::NaiveDate) -> Result<(), String> {
+pub(crate) fn check_date_window(date: chrono::NaiveDate, today: chrono::NaiveDate) -> Result<(), String> {
     let earliest = today.checked_sub_days(chrono::Days::new(MAX_DAYS_BACK));
     let latest = today.checked_add_months(chrono::Months::new(12 * MAX_YEARS_AHEAD));
     match (earliest, latest) {
@@ -261,16 +263,16 @@ pub fn check_date_window(date: chrono::NaiveDate, today: chrono::NaiveDate) -> R
 /// The plan's part of an execution's period layout: its interval, its
 /// model, and the day its periods are anchored to (the `ON` rule's value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PlanCalendar {
+pub(crate) struct PlanCalendar {
     pub interval: PlanInterval,
-    pub model: PlanModel,
+    pub(crate) model: PlanModel,
     pub anchor_day: Option<u32>,
 }
 
 impl PlanCalendar {
     /// The calendar of a plan's fields: only the `ON` rule anchors periods
     /// (`BEFORE` and `AFTER` move debits, not periods).
-    pub fn new(
+    pub(crate) fn new(
         interval: PlanInterval,
         model: PlanModel,
         rule_type: PlanRuleType,
@@ -292,7 +294,7 @@ impl PlanCalendar {
 /// (the billing start, else activation, else creation) and how far it has
 /// been billed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeriodBasis {
+pub(crate) struct PeriodBasis {
     pub calendar: PlanCalendar,
     pub billing_start_date: Option<DateTime<Utc>>,
     pub activated_at: Option<DateTime<Utc>>,
@@ -304,7 +306,7 @@ impl PeriodBasis {
     /// The schedule of periods, anchored when the plan says so. Plans billed
     /// as presented (and `ONETIME`) have one open period, which starts again
     /// where the last bill ended.
-    pub fn schedule(&self) -> Schedule {
+    pub(crate) fn schedule(&self) -> Schedule {
         let PlanCalendar {
             mut interval,
             model,
@@ -320,7 +322,7 @@ impl PeriodBasis {
 
     /// The start of the period usage at instant `t` counts in: its own
     /// period, unless that was billed already, then the open one.
-    pub fn period_for(&self, schedule: &Schedule, t: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn period_for(&self, schedule: &Schedule, t: DateTime<Utc>) -> DateTime<Utc> {
         let at = match self.billed_until {
             Some(billed) if t < billed => billed,
             _ => t,

@@ -34,7 +34,7 @@ use thiserror::Error;
 /// `"PACKAGE"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum PricingType {
+pub(crate) enum PricingType {
     /// Every unit at the single tier's `unit_amount`.
     Fixed,
     /// Graduated: each tier prices the units inside it, plus its flat fee.
@@ -47,7 +47,7 @@ pub enum PricingType {
 
 impl PricingType {
     /// Every pricing type, in wire order.
-    pub const ALL: [PricingType; 4] = [
+    pub(crate) const ALL: [PricingType; 4] = [
         PricingType::Fixed,
         PricingType::Tiered,
         PricingType::Volume,
@@ -55,7 +55,7 @@ impl PricingType {
     ];
 
     /// The wire name, identical to the serde representation.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PricingType::Fixed => "FIXED",
             PricingType::Tiered => "TIERED",
@@ -92,7 +92,7 @@ impl FromStr for PricingType {
 /// `"INFINITY"` in any case, or `null` (unbounded); a missing `up_to` in a
 /// [`Tier`] is unbounded too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpTo {
+pub(crate) enum UpTo {
     /// The tier ends at this many cumulative units, inclusive.
     Finite(Decimal),
     /// The tier has no upper bound.
@@ -101,7 +101,7 @@ pub enum UpTo {
 
 impl UpTo {
     /// The finite bound, or `None` when unbounded.
-    pub fn finite(self) -> Option<Decimal> {
+    pub(crate) fn finite(self) -> Option<Decimal> {
         match self {
             UpTo::Finite(bound) => Some(bound),
             UpTo::Infinity => None,
@@ -109,7 +109,7 @@ impl UpTo {
     }
 
     /// Whether a cumulative quantity of `units` is within this bound (inclusive).
-    pub fn covers(self, units: Decimal) -> bool {
+    pub(crate) fn covers(self, units: Decimal) -> bool {
         match self {
             UpTo::Finite(bound) => units <= bound,
             UpTo::Infinity => true,
@@ -224,7 +224,7 @@ fn decimal_or_zero<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal
 /// serialize as JSON numbers; `up_to` defaults to [`UpTo::Infinity`] and
 /// `flat_fee` to zero when missing or `null`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tier {
+pub(crate) struct Tier {
     /// Price of one unit inside this tier (of one package for PACKAGE).
     #[serde(with = "rust_decimal::serde::arbitrary_precision")]
     pub unit_amount: Decimal,
@@ -247,7 +247,7 @@ pub struct Tier {
 /// `Pricing` always satisfies [`Pricing::validate`] and the error message is
 /// the [`PricingError`] sentence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Pricing {
+pub(crate) struct Pricing {
     /// Which formula applies.
     pub pricing_type: PricingType,
     /// The wire's `pricing_model`, ordered by `up_to`.
@@ -293,7 +293,7 @@ impl<'de> Deserialize<'de> for Pricing {
 /// `pricing_model[1].up_to must be greater than pricing_model[0].up_to`;
 /// [`PricingError::field`] returns that field path alone.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum PricingError {
+pub(crate) enum PricingError {
     /// `pricing_type` is not one of the four wire names.
     #[error("pricing_type must be one of FIXED, TIERED, VOLUME, PACKAGE, got {value:?}")]
     UnknownPricingType {
@@ -368,7 +368,8 @@ pub enum PricingError {
 
 impl PricingError {
     /// The offending field's path as the wire names it, e.g. `pricing_model[1].up_to`.
-    pub fn field(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn field(&self) -> String {
         match self {
             PricingError::UnknownPricingType { .. } => "pricing_type".to_owned(),
             PricingError::OutOfBounds { field } => field.clone(),
@@ -391,7 +392,7 @@ impl PricingError {
 
 impl Pricing {
     /// Builds a price list, returning the first rule it breaks (see [`Pricing::validate`]).
-    pub fn new(
+    pub(crate) fn new(
         pricing_type: PricingType,
         tiers: Vec<Tier>,
         package_size: Option<Decimal>,
@@ -417,7 +418,7 @@ impl Pricing {
     /// For FIXED and PACKAGE the single tier's `up_to` and `flat_fee` are
     /// accepted but take no part in the price, and `package_size` is not
     /// checked for types other than PACKAGE.
-    pub fn validate(&self) -> Result<(), PricingError> {
+    pub(crate) fn validate(&self) -> Result<(), PricingError> {
         if self.tiers.is_empty() {
             return Err(PricingError::NoTiers);
         }
@@ -491,7 +492,7 @@ impl Pricing {
     ///
     /// Free units are consumed first for every pricing type, and a negative
     /// quantity (a SUM metric can go negative) is charged as zero units.
-    pub fn billable_units(&self, units: Decimal) -> Decimal {
+    pub(crate) fn billable_units(&self, units: Decimal) -> Decimal {
         units
             .checked_sub(self.free_units)
             .unwrap_or(Decimal::MIN)
@@ -520,7 +521,7 @@ impl Pricing {
     }
 
     /// [`Pricing::price`], or `None` when the amount exceeds `Decimal`'s range.
-    pub fn checked_price(&self, units: Decimal) -> Option<Decimal> {
+    pub(crate) fn checked_price(&self, units: Decimal) -> Option<Decimal> {
         let billable = self.billable_units(units);
         match self.pricing_type {
             PricingType::Fixed => self.fixed(billable),

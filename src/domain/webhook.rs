@@ -7,7 +7,7 @@ use super::ids::new_event_id;
 
 /// Every webhook the worker announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventName {
+pub(crate) enum EventName {
     ExecutionCreated,
     ExecutionActivated,
     ExecutionDeactivated,
@@ -27,7 +27,7 @@ pub enum EventName {
 
 impl EventName {
     /// The wire name, also the routing key.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EventName::ExecutionCreated => "BILLING_EXECUTION_CREATED",
             EventName::ExecutionActivated => "BILLING_EXECUTION_ACTIVATED",
@@ -51,7 +51,7 @@ impl EventName {
 /// A webhook ready for the outbox: its id is fixed here and never changes,
 /// so consumers can dedupe a repeat on `message_id`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Webhook {
+pub(crate) struct Webhook {
     pub id: String,
     pub event_name: String,
     pub merchant_id: String,
@@ -61,7 +61,7 @@ pub struct Webhook {
 
 impl Webhook {
     /// Builds the document `{id, event_name, event_value, date_created, merchant_id, content}`.
-    pub fn new(event: EventName, merchant_id: &str, now: DateTime<Utc>, content: serde_json::Value) -> Webhook {
+    pub(crate) fn new(event: EventName, merchant_id: &str, now: DateTime<Utc>, content: serde_json::Value) -> Webhook {
         let id = new_event_id();
         let payload = json!({
             "id": id,

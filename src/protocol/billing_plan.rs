@@ -10,12 +10,12 @@ use super::de::{amount as amount_field, decode, id, lenient_opt_u32, opt_amount,
 use crate::error::{ErrorCode, Rejection};
 
 /// Most entries one plan may hold.
-pub const MAX_ENTRIES: usize = 366;
+pub(crate) const MAX_ENTRIES: usize = 366;
 
 /// The `billing_plan` object.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PlanIn {
+pub(crate) struct PlanIn {
     #[serde(deserialize_with = "id")]
     pub customer_id: String,
     #[serde(default, deserialize_with = "opt_text")]
@@ -53,7 +53,7 @@ pub struct PlanIn {
 /// One `bill_sequence` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EntryIn {
+pub(crate) struct EntryIn {
     #[serde(deserialize_with = "amount_field")]
     pub amount: Decimal,
     #[serde(deserialize_with = "text")]
@@ -67,7 +67,7 @@ pub struct EntryIn {
 /// The command's body.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AddBillingPlan {
+pub(crate) struct AddBillingPlan {
     pub billing_plan: PlanIn,
     #[serde(default, deserialize_with = "entries")]
     pub bill_sequence: Vec<EntryIn>,
@@ -78,7 +78,7 @@ pub struct AddBillingPlan {
 
 impl AddBillingPlan {
     /// The plan's natural key, when the sender gave one.
-    pub fn reference_id(&self) -> Option<&str> {
+    pub(crate) fn reference_id(&self) -> Option<&str> {
         self.billing_plan.reference_id.as_deref()
     }
 }
@@ -120,7 +120,7 @@ fn lowercase_keys(value: Value) -> Value {
 }
 
 /// Decodes the command, whatever the case of its keys.
-pub fn parse(body: &[u8]) -> Result<AddBillingPlan, Rejection> {
+pub(crate) fn parse(body: &[u8]) -> Result<AddBillingPlan, Rejection> {
     let value: Value = decode(body)?;
     let bytes = serde_json::to_vec(&lowercase_keys(value))
         .map_err(|e| Rejection::new(ErrorCode::InvalidJson, e.to_string()))?;

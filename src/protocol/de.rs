@@ -9,10 +9,10 @@ use crate::domain::money::check_amount;
 use crate::error::{ErrorCode, MAX_QUOTED_CHARS, Rejection, short};
 
 /// Longest free text accepted (names, descriptions, e-mail, tokens, gateway texts).
-pub const MAX_TEXT_LEN: usize = 1000;
+pub(crate) const MAX_TEXT_LEN: usize = 1000;
 
 /// Decodes `body` as `T`, turning serde's error into a rejection naming the field.
-pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
+pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = short(&err.path().to_string());
@@ -28,7 +28,7 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
 }
 
 /// Decodes an already parsed JSON value as `T`, naming the field on failure.
-pub fn decode_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Rejection> {
+pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Rejection> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = short(&err.path().to_string());
         field_rejection(&path, &err.into_inner().to_string())
@@ -113,28 +113,28 @@ fn clip_quotes(message: &str) -> String {
 
 /// An identifier (`event_id`, `plan_id`, ...): 1 to 100 characters, no
 /// white space or control characters.
-pub fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let value = String::deserialize(d)?;
     check_id(&value).map_err(D::Error::custom)?;
     Ok(value)
 }
 
 /// [`id`] for optional fields (absent or null is `None`).
-pub fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     struct Wrap(#[serde(deserialize_with = "id")] String);
     Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
 }
 
 /// A list of [`id`]s.
-pub fn opt_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+pub(crate) fn opt_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
     #[derive(Deserialize)]
     struct Wrap(#[serde(deserialize_with = "id")] String);
     Ok(Option::<Vec<Wrap>>::deserialize(d)?.map(|v| v.into_iter().map(|w| w.0).collect()))
 }
 
 /// Free text of at most [`MAX_TEXT_LEN`] characters.
-pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let value = String::deserialize(d)?;
     if value.chars().count() > MAX_TEXT_LEN {
         return Err(D::Error::custom(format!("must be at most {MAX_TEXT_LEN} characters")));
@@ -143,7 +143,7 @@ pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// [`text`] for optional fields.
-pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     struct Wrap(#[serde(deserialize_with = "text")] String);
     Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
@@ -152,7 +152,7 @@ pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
 /// Optional free text kept to its first [`MAX_TEXT_LEN`] characters: for
 /// what must be recorded whatever its size (a gateway's texts about money
 /// that moved), where refusing would lose the record.
-pub fn opt_clipped_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn opt_clipped_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<String>::deserialize(d)?.map(|mut text| {
         if let Some((cut, _)) = text.char_indices().nth(MAX_TEXT_LEN) {
             text.truncate(cut);
@@ -163,13 +163,13 @@ pub fn opt_clipped_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String
 
 /// An amount or value: a decimal number (or its text) whose absolute value
 /// is below 10^15, with at most 12 decimal places.
-pub fn amount<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+pub(crate) fn amount<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
     let value = <Decimal as Deserialize>::deserialize(d)?;
     check_amount(value).map_err(D::Error::custom)
 }
 
 /// [`amount`] for optional fields.
-pub fn opt_amount<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+pub(crate) fn opt_amount<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
     #[derive(Deserialize)]
     struct Wrap(#[serde(deserialize_with = "amount")] Decimal);
     Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
@@ -177,7 +177,7 @@ pub fn opt_amount<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D:
 
 /// A whole number sent as a JSON number or a numeric string (`"1"`), as the
 /// product's documents do.
-pub fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+pub(crate) fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     struct Whole;
     impl<'de> serde::de::Visitor<'de> for Whole {
         type Value = u32;
@@ -200,7 +200,7 @@ pub fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 
 /// [`lenient_u32`] for optional fields (absent or null is `None`).
-pub fn lenient_opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+pub(crate) fn lenient_opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     #[derive(Deserialize)]
     struct Wrap(#[serde(deserialize_with = "lenient_u32")] u32);
     Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))

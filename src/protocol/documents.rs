@@ -13,7 +13,7 @@ use crate::store::customers::CustomerRow;
 use crate::store::executions::ExecutionRow;
 
 /// A decimal as an exact JSON number (`10.5`, not `"10.5"`).
-pub fn num(d: Decimal) -> Value {
+pub(crate) fn num(d: Decimal) -> Value {
     serde_json::Number::from_str(&d.normalize().to_string())
         .map_or_else(|_| Value::String(d.to_string()), Value::Number)
 }
@@ -23,7 +23,7 @@ fn opt_num(d: Option<Decimal>) -> Value {
 }
 
 /// `2026-01-19T10:08:42Z`
-pub fn timestamp(t: DateTime<Utc>) -> String {
+pub(crate) fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
@@ -33,7 +33,7 @@ fn plan_time(t: DateTime<Utc>) -> String {
 }
 
 /// The answer to a failed command.
-pub fn failure(rejection: &Rejection) -> Value {
+pub(crate) fn failure(rejection: &Rejection) -> Value {
     json!({
         "success": false,
         "error_code": rejection.code.as_str(),
@@ -42,11 +42,11 @@ pub fn failure(rejection: &Rejection) -> Value {
 }
 
 /// Live usage of one metric in the open period: (`used_till_now`, `used_amount`).
-pub type Usage = HashMap<String, (Decimal, Decimal)>;
+pub(crate) type Usage = HashMap<String, (Decimal, Decimal)>;
 
 /// A metric, with live usage when shown inside an execution. `pricing`
 /// replaces the metric's own pricing for per-customer (`VARIABLE`) prices.
-pub fn metric(row: &MetricRow, pricing: Option<&Value>, usage: Option<(Decimal, Decimal)>) -> Value {
+pub(crate) fn metric(row: &MetricRow, pricing: Option<&Value>, usage: Option<(Decimal, Decimal)>) -> Value {
     let mut doc = json!({
         "id": row.seq,
         "metric_id": row.metric_id,
@@ -81,7 +81,7 @@ pub fn metric(row: &MetricRow, pricing: Option<&Value>, usage: Option<(Decimal, 
 }
 
 /// A plan as `plan_info`; `metric_info` carries usage when `usage` is given.
-pub fn plan(row: &PlanRow, metrics: &[MetricRow], overrides: &Value, usage: Option<&Usage>) -> Value {
+pub(crate) fn plan(row: &PlanRow, metrics: &[MetricRow], overrides: &Value, usage: Option<&Usage>) -> Value {
     let metric_info: Vec<Value> = metrics
         .iter()
         .map(|m| {
@@ -113,7 +113,7 @@ pub fn plan(row: &PlanRow, metrics: &[MetricRow], overrides: &Value, usage: Opti
 }
 
 /// A customer.
-pub fn customer(row: &CustomerRow) -> Value {
+pub(crate) fn customer(row: &CustomerRow) -> Value {
     json!({
         "customer_id": row.customer_id,
         "name": row.name,
@@ -125,7 +125,7 @@ pub fn customer(row: &CustomerRow) -> Value {
 }
 
 /// One billing execution as `create` and `get` answer it and `list` lists it.
-pub fn execution(row: &ExecutionRow, plan_info: Value) -> Value {
+pub(crate) fn execution(row: &ExecutionRow, plan_info: Value) -> Value {
     json!({
         "billing_execution_info_id": row.id,
         "customer_id": row.customer_id,
@@ -145,7 +145,7 @@ pub fn execution(row: &ExecutionRow, plan_info: Value) -> Value {
 }
 
 /// The short form of an execution carried in webhooks.
-pub fn execution_summary(row: &ExecutionRow) -> Value {
+pub(crate) fn execution_summary(row: &ExecutionRow) -> Value {
     json!({
         "billing_execution_info_id": row.id,
         "customer_id": row.customer_id,
@@ -158,7 +158,7 @@ pub fn execution_summary(row: &ExecutionRow) -> Value {
 }
 
 /// Wraps a document as a successful answer.
-pub fn success(merchant_id: &str, mut body: Value) -> Value {
+pub(crate) fn success(merchant_id: &str, mut body: Value) -> Value {
     if let Some(obj) = body.as_object_mut() {
         obj.insert("success".into(), Value::Bool(true));
         obj.insert("message".into(), Value::String("Success".into()));

@@ -12,7 +12,7 @@ pub const MERCHANT_HEADER: &str = "x-merchantid";
 
 /// What the worker needs to know about a message besides its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     pub merchant_id: String,
     pub message_id: Option<String>,
     pub reply_to: Option<String>,
@@ -20,19 +20,19 @@ pub struct Envelope {
 }
 
 /// The direct reply-to pseudo queue of RabbitMQ (and its per-channel names).
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// Whether `queue` may receive answers: the direct reply-to pseudo queue,
 /// or a queue whose name starts with `reply_prefix`. Anything else (another
 /// tenant's queue, the worker's own queues) never gets a message from a
 /// sender's say-so.
-pub fn is_reply_queue(queue: &str, reply_prefix: &str) -> bool {
+pub(crate) fn is_reply_queue(queue: &str, reply_prefix: &str) -> bool {
     queue.starts_with(DIRECT_REPLY_TO) || (!reply_prefix.is_empty() && queue.starts_with(reply_prefix))
 }
 
 /// Where and how to answer, known even when the rest of the message is bad:
 /// only a reply queue (see [`is_reply_queue`]) is ever answered.
-pub fn reply_address(props: &BasicProperties, reply_prefix: &str) -> Option<(String, Option<String>)> {
+pub(crate) fn reply_address(props: &BasicProperties, reply_prefix: &str) -> Option<(String, Option<String>)> {
     let reply_to = props.reply_to().as_ref()?.as_str().trim();
     if reply_to.is_empty() || !is_reply_queue(reply_to, reply_prefix) {
         return None;
@@ -42,7 +42,7 @@ pub fn reply_address(props: &BasicProperties, reply_prefix: &str) -> Option<(Str
 }
 
 /// Reads a string header, whichever AMQP string type the publisher used.
-pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
+pub(crate) fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
     let headers = props.headers().as_ref()?;
     match headers.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -54,7 +54,7 @@ pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
 
 /// Checks size, tenant, (when enabled) the broker-validated user, and for
 /// roles that answer (`reply_prefix` given) that `reply_to` is a reply queue.
-pub fn open(
+pub(crate) fn open(
     props: &BasicProperties,
     body: &[u8],
     max_bytes: usize,

@@ -1,11 +1,11 @@
 //! The wire: what arrives on the bus, what the worker answers and announces.
 //! Decoding never panics; every failure is a [`crate::error::Rejection`].
 
-pub mod billing_plan;
-pub mod de;
-pub mod documents;
+pub(crate) mod billing_plan;
+pub(crate) mod de;
+pub(crate) mod documents;
 pub mod envelope;
-pub mod provisioning;
+pub(crate) mod provisioning;
 pub mod usage;
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::error::{ErrorCode, Rejection};
 
 /// Every command the provisioning queue understands.
 #[derive(Debug, Clone)]
-pub enum Command {
+pub(crate) enum Command {
     CreateMetric(CreateMetric),
     CreatePlan(PlanFields),
     UpdatePlan(PlanFields),
@@ -30,7 +30,7 @@ pub enum Command {
 
 impl Command {
     /// The wire name, for metrics and logs.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Command::CreateMetric(_) => "create_metric",
             Command::CreatePlan(_) => "create_plan",
@@ -49,13 +49,13 @@ impl Command {
     }
 
     /// Whether the command only reads.
-    pub fn is_query(&self) -> bool {
+    pub(crate) fn is_query(&self) -> bool {
         matches!(self, Command::Get(_) | Command::List(_))
     }
 }
 
 /// Decodes a provisioning body: first the `command`, then its fields.
-pub fn parse(body: &[u8]) -> Result<Command, Rejection> {
+pub(crate) fn parse(body: &[u8]) -> Result<Command, Rejection> {
     let head: serde_json::Value = decode(body)?;
     let serde_json::Value::Object(mut fields) = head else {
         return Err(Rejection::field("body", "must be a JSON object"));
@@ -102,7 +102,7 @@ pub fn parse(body: &[u8]) -> Result<Command, Rejection> {
 /// `create_metric`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateMetric {
+pub(crate) struct CreateMetric {
     #[serde(deserialize_with = "id")]
     pub metric_id: String,
     #[serde(deserialize_with = "text")]
@@ -128,7 +128,7 @@ pub struct CreateMetric {
 }
 
 /// Most tiers of one pricing model.
-pub const MAX_TIERS: usize = 100;
+pub(crate) const MAX_TIERS: usize = 100;
 
 /// A pricing model: at most [`MAX_TIERS`] tiers.
 fn tiers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Tier>, D::Error> {
@@ -140,13 +140,13 @@ fn tiers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Tier>, D::Error> 
 }
 
 /// Most metrics of one plan or one execution's prices.
-pub const MAX_METRICS: usize = 100;
+pub(crate) const MAX_METRICS: usize = 100;
 
 /// `create_plan` and `update_plan`: every field optional here, so that an
 /// update changes only what it names; `create_plan` checks what it requires.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PlanFields {
+pub(crate) struct PlanFields {
     #[serde(deserialize_with = "id")]
     pub plan_id: String,
     #[serde(default, deserialize_with = "opt_text")]
@@ -183,7 +183,7 @@ pub struct PlanFields {
 /// `create_customer`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateCustomer {
+pub(crate) struct CreateCustomer {
     #[serde(deserialize_with = "id")]
     pub customer_id: String,
     #[serde(default, deserialize_with = "opt_text")]
@@ -197,7 +197,7 @@ pub struct CreateCustomer {
 /// Per-customer pricing of one metric on a `VARIABLE` plan.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MetricOverride {
+pub(crate) struct MetricOverride {
     #[serde(deserialize_with = "id")]
     pub metric_id: String,
     pub pricing_type: PricingType,
@@ -225,7 +225,7 @@ pub struct MetricOverride {
 /// `create`: a billing execution with free-tier credit, no transaction.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateExecution {
+pub(crate) struct CreateExecution {
     #[serde(deserialize_with = "id")]
     pub plan_id: String,
     #[serde(deserialize_with = "id")]
@@ -262,7 +262,7 @@ fn overrides<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Metric
 /// `get` and `present`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExecutionRef {
+pub(crate) struct ExecutionRef {
     #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
 }
@@ -270,7 +270,7 @@ pub struct ExecutionRef {
 /// `list`: a page of a customer's executions, oldest first.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListExecutions {
+pub(crate) struct ListExecutions {
     #[serde(deserialize_with = "id")]
     pub customer_id: String,
     /// Page size, 1 to 1000 (default 100).
@@ -284,7 +284,7 @@ pub struct ListExecutions {
 /// `update_status`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateStatus {
+pub(crate) struct UpdateStatus {
     #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
     pub status: ExecutionStatus,
@@ -293,7 +293,7 @@ pub struct UpdateStatus {
 /// `add_credit`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AddCredit {
+pub(crate) struct AddCredit {
     #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
     #[serde(deserialize_with = "amount")]
@@ -305,7 +305,7 @@ pub struct AddCredit {
 /// `change_plan`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChangePlan {
+pub(crate) struct ChangePlan {
     #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
     pub updated_fields: PlanChange,
@@ -314,7 +314,7 @@ pub struct ChangePlan {
 /// The new plan and, optionally, the amount agreed for this execution.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PlanChange {
+pub(crate) struct PlanChange {
     #[serde(deserialize_with = "id")]
     pub plan_id: String,
     #[serde(default, deserialize_with = "opt_amount")]
@@ -324,14 +324,14 @@ pub struct PlanChange {
 /// `run_billing`: one pass over the sender's due work.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RunBilling {
+pub(crate) struct RunBilling {
     /// Most rows per step, 1 to 1000.
     #[serde(default, deserialize_with = "limit")]
     pub limit: Option<u32>,
 }
 
 /// Largest `limit` of any command.
-pub const MAX_LIMIT: u32 = 1000;
+pub(crate) const MAX_LIMIT: u32 = 1000;
 
 /// A `limit`: a whole number from 1 to [`MAX_LIMIT`].
 fn limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {

@@ -15,7 +15,7 @@ use crate::error::Rejection;
 pub const MAX_EVENT_ID_LEN: usize = crate::domain::ids::MAX_ID_LEN;
 
 /// Longest property value an aggregation uses (`UNIQUE_COUNT`'s field).
-pub const MAX_PROPERTY_LEN: usize = 256;
+pub(crate) const MAX_PROPERTY_LEN: usize = 256;
 
 /// One usage event as sent.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -24,17 +24,17 @@ use crate::store::catalog::{metric_spec, plan_metrics};
 use crate::store::executions::ExecutionRow;
 
 /// When the scheduler first bills an execution that becomes active now.
-pub fn first_bill_at(row: &ExecutionRow, plan: &PlanRow) -> Option<DateTime<Utc>> {
+pub(crate) fn first_bill_at(row: &ExecutionRow, plan: &PlanRow) -> Option<DateTime<Utc>> {
     let spec = plan.spec();
     let schedule = crate::billing::issue::basis(row, plan).schedule();
     crate::billing::first_bill_at(&schedule, spec.plan_interval, spec.plan_type, spec.plan_model)
 }
 
 /// Reference of the ledger grant made by `create`'s free-tier `amount`.
-pub const FREE_TIER_REFERENCE: &str = "free_tier";
+pub(crate) const FREE_TIER_REFERENCE: &str = "free_tier";
 
 /// The execution document with its plan, metrics and live usage at `now`.
-pub async fn execution_document(
+pub(crate) async fn execution_document(
     conn: &mut PgConnection,
     row: &ExecutionRow,
     now: DateTime<Utc>,
@@ -332,7 +332,7 @@ pub(super) async fn get(
 }
 
 /// Page size of `list` when the sender names none.
-pub const DEFAULT_LIST_LIMIT: u32 = 100;
+pub(crate) const DEFAULT_LIST_LIMIT: u32 = 100;
 
 pub(super) async fn list(
     conn: &mut PgConnection,

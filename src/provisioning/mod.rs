@@ -6,7 +6,7 @@ mod catalog;
 mod executions;
 mod outcome;
 
-pub use outcome::Outcome;
+pub(crate) use outcome::Outcome;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -14,11 +14,9 @@ use sqlx::PgConnection;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::provisioning::Command;
 
-pub use executions::execution_document;
-
 /// Runs one command for one merchant at `now`. `pre_debit_notice` is how
 /// far ahead of its debit a bill issued by `present` is announced.
-pub async fn execute(
+pub(crate) async fn execute(
     conn: &mut PgConnection,
     merchant_id: &str,
     now: DateTime<Utc>,

@@ -4,7 +4,7 @@ use crate::error::{ErrorCode, HandleError, Rejection};
 
 /// What a command produced.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// The answer for `reply_to`.
     pub response: serde_json::Value,
     /// Whether webhooks were written (the relay is woken after commit).

@@ -8,7 +8,7 @@ use crate::store::bills::BillRow;
 
 /// A stored billing plan.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct BillingPlanRow {
+pub(crate) struct BillingPlanRow {
     pub id: String,
     pub merchant_id: String,
     pub customer_id: String,
@@ -29,7 +29,7 @@ pub struct BillingPlanRow {
     pub bill_day: Option<i32>,
 }
 
-pub async fn find_by_reference(
+pub(crate) async fn find_by_reference(
     conn: &mut PgConnection,
     merchant_id: &str,
     reference_id: &str,
@@ -41,7 +41,7 @@ pub async fn find_by_reference(
         .await
 }
 
-pub async fn find(conn: &mut PgConnection, id: &str) -> Result<Option<BillingPlanRow>, sqlx::Error> {
+pub(crate) async fn find(conn: &mut PgConnection, id: &str) -> Result<Option<BillingPlanRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, merchant_id, customer_id, token, plan_type, schedule_type, periodicity, start_date, end_date, end_type,
                 no_of_payments, amount, currency, reference_id, max_retry, active, billing_mode, bill_day
@@ -53,7 +53,7 @@ pub async fn find(conn: &mut PgConnection, id: &str) -> Result<Option<BillingPla
 }
 
 /// Stores a plan as requested (the request itself is kept for reference).
-pub async fn insert(
+pub(crate) async fn insert(
     conn: &mut PgConnection,
     plan: &BillingPlanRow,
     request: &serde_json::Value,
@@ -91,7 +91,7 @@ pub async fn insert(
 }
 
 /// The bills of a plan, by sequence number.
-pub async fn bills(conn: &mut PgConnection, id: &str) -> Result<Vec<BillRow>, sqlx::Error> {
+pub(crate) async fn bills(conn: &mut PgConnection, id: &str) -> Result<Vec<BillRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM bills WHERE billing_plan_id = $1 ORDER BY sequence_number")
         .bind(id)
         .fetch_all(conn)

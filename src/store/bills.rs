@@ -8,9 +8,18 @@ use sqlx::PgConnection;
 use crate::domain::bill::{AttemptStatus, BillKind, BillStatus, Line, LineKind};
 use crate::domain::catalog::ActionOnFailure;
 
+/// The statuses of a bill waiting for its debit, as SQL: those the bill's
+/// life lets be claimed or cancelled (a test holds this to
+/// [`crate::domain::bill::BillEvent::allowed_from`]). The `bills_due` index has the same list.
+macro_rules! awaiting_debit {
+    () => {
+        "('SCHEDULED', 'RETRY_SCHEDULED')"
+    };
+}
+
 /// A stored bill.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct BillRow {
+pub(crate) struct BillRow {
     pub id: String,
     pub merchant_id: String,
     pub customer_id: String,
@@ -49,7 +58,7 @@ pub struct BillRow {
 
 /// A stored line.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct LineRow {
+pub(crate) struct LineRow {
     pub position: i32,
     #[sqlx(try_from = "String")]
     pub kind: LineKind,
@@ -60,7 +69,7 @@ pub struct LineRow {
 }
 
 /// Inserts a bill; `false` when a bill with its key (or sequence number) exists.
-pub async fn insert(conn: &mut PgConnection, b: &BillRow) -> Result<bool, sqlx::Error> {
+pub(crate) async fn insert(conn: &mut PgConnection, b: &BillRow) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO bills (id, merchant_id, customer_id, execution_id, billing_plan_id, kind, bill_key, period_start,
              period_end, sequence_number, reference_id, currency, total, credit_applied, amount_due, status,
@@ -101,7 +110,7 @@ pub async fn insert(conn: &mut PgConnection, b: &BillRow) -> Result<bool, sqlx::
 }
 
 /// Inserts many bills in one statement.
-pub async fn insert_many(conn: &mut PgConnection, bills: &[BillRow]) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_many(conn: &mut PgConnection, bills: &[BillRow]) -> Result<(), sqlx::Error> {
     if bills.is_empty() {
         return Ok(());
     }
@@ -154,7 +163,10 @@ pub async fn insert_many(conn: &mut PgConnection, bills: &[BillRow]) -> Result<(
 }
 
 /// Writes the lines of many bills in one statement.
-pub async fn insert_lines_many(conn: &mut PgConnection, bills: &[(String, Vec<Line>)]) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_lines_many(
+    conn: &mut PgConnection,
+    bills: &[(String, Vec<Line>)],
+) -> Result<(), sqlx::Error> {
     let rows: Vec<(&str, i32, &Line)> = bills
         .iter()
         .flat_map(|(id, lines)| {
@@ -184,7 +196,7 @@ pub async fn insert_lines_many(conn: &mut PgConnection, bills: &[(String, Vec<Li
 }
 
 /// Writes a bill's lines in one statement.
-pub async fn insert_lines(conn: &mut PgConnection, bill_id: &str, lines: &[Line]) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_lines(conn: &mut PgConnection, bill_id: &str, lines: &[Line]) -> Result<(), sqlx::Error> {
     if lines.is_empty() {
         return Ok(());
     }
@@ -210,7 +222,7 @@ pub async fn insert_lines(conn: &mut PgConnection, bill_id: &str, lines: &[Line]
     Ok(())
 }
 
-pub async fn lines(conn: &mut PgConnection, bill_id: &str) -> Result<Vec<LineRow>, sqlx::Error> {
+pub(crate) async fn lines(conn: &mut PgConnection, bill_id: &str) -> Result<Vec<LineRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT position, kind, metric_id, quantity, amount, description FROM bill_lines WHERE bill_id = $1 ORDER BY position",
     )
@@ -222,7 +234,7 @@ pub async fn lines(conn: &mut PgConnection, bill_id: &str) -> Result<Vec<LineRow
 /// Claims bills whose debit is due: notice given, next attempt reached.
 /// Each claimed bill moves to PROCESSING with a new attempt number, a new
 /// request id and a lease, so no other process attempts it.
-pub async fn claim_due(
+pub(crate) async fn claim_due(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     owner: &str,
@@ -230,10 +242,12 @@ pub async fn claim_due(
     limit: i64,
     merchant: Option<&str>,
 ) -> Result<Vec<BillRow>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         "WITH due AS (
              SELECT id FROM bills
-             WHERE status IN ('SCHEDULED', 'RETRY_SCHEDULED') AND notice_sent_at IS NOT NULL AND next_attempt_at <= $1
+             WHERE status IN ",
+        awaiting_debit!(),
+        " AND notice_sent_at IS NOT NULL AND next_attempt_at <= $1
                AND ($5::text IS NULL OR merchant_id = $5)
              ORDER BY next_attempt_at
              LIMIT $4
@@ -242,8 +256,8 @@ pub async fn claim_due(
              request_id = 'req_' || replace(gen_random_uuid()::text, '-', ''),
              lease_owner = $2, lease_expires_at = $3, updated_at = $1
          FROM due WHERE b.id = due.id
-         RETURNING b.*",
-    )
+         RETURNING b.*"
+    ))
     .bind(now)
     .bind(owner)
     .bind(lease_until)
@@ -254,7 +268,7 @@ pub async fn claim_due(
 }
 
 /// Records the attempts of claimed bills.
-pub async fn insert_attempts(
+pub(crate) async fn insert_attempts(
     conn: &mut PgConnection,
     bills: &[BillRow],
     now: DateTime<Utc>,
@@ -279,7 +293,7 @@ pub async fn insert_attempts(
 
 /// Marks requests as handed to the broker; the lease now lasts until the
 /// result is overdue.
-pub async fn mark_requested(
+pub(crate) async fn mark_requested(
     conn: &mut PgConnection,
     request_ids: &[String],
     now: DateTime<Utc>,
@@ -303,7 +317,7 @@ pub async fn mark_requested(
 
 /// A PROCESSING bill whose lease ran out, with whether its request left.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Expired {
+pub(crate) struct Expired {
     #[sqlx(flatten)]
     pub bill: BillRow,
     pub requested_at: Option<DateTime<Utc>>,
@@ -311,7 +325,7 @@ pub struct Expired {
 
 /// Claims PROCESSING bills whose lease expired: a request never handed to the
 /// broker (the process died in between) or a result that never came.
-pub async fn claim_expired(
+pub(crate) async fn claim_expired(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     owner: &str,
@@ -338,7 +352,7 @@ pub async fn claim_expired(
 }
 
 /// Locks a bill.
-pub async fn lock(conn: &mut PgConnection, id: &str) -> Result<Option<BillRow>, sqlx::Error> {
+pub(crate) async fn lock(conn: &mut PgConnection, id: &str) -> Result<Option<BillRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM bills WHERE id = $1 FOR UPDATE")
         .bind(id)
         .fetch_optional(conn)
@@ -347,20 +361,16 @@ pub async fn lock(conn: &mut PgConnection, id: &str) -> Result<Option<BillRow>, 
 
 /// A debit attempt.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AttemptRow {
-    pub request_id: String,
+pub(crate) struct AttemptRow {
     pub bill_id: String,
-    pub attempt: i32,
     #[sqlx(try_from = "String")]
     pub status: AttemptStatus,
     pub requested_at: Option<DateTime<Utc>>,
 }
 
 /// Locks an attempt by its request id.
-pub async fn lock_attempt(conn: &mut PgConnection, request_id: &str) -> Result<Option<AttemptRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT request_id, bill_id, attempt, status, requested_at FROM debit_attempts WHERE request_id = $1 FOR UPDATE",
-    )
+pub(crate) async fn lock_attempt(conn: &mut PgConnection, request_id: &str) -> Result<Option<AttemptRow>, sqlx::Error> {
+    sqlx::query_as("SELECT bill_id, status, requested_at FROM debit_attempts WHERE request_id = $1 FOR UPDATE")
         .bind(request_id)
         .fetch_optional(conn)
         .await
@@ -368,7 +378,7 @@ pub async fn lock_attempt(conn: &mut PgConnection, request_id: &str) -> Result<O
 
 /// Records a gateway result (or a timeout) on an attempt.
 #[allow(clippy::too_many_arguments)]
-pub async fn record_result(
+pub(crate) async fn record_result(
     conn: &mut PgConnection,
     request_id: &str,
     status: AttemptStatus,
@@ -396,7 +406,7 @@ pub async fn record_result(
 }
 
 /// Moves a bill to a new status with the fields that go with it.
-pub async fn update(conn: &mut PgConnection, b: &BillRow) -> Result<(), sqlx::Error> {
+pub(crate) async fn update(conn: &mut PgConnection, b: &BillRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE bills SET status = $2, next_attempt_at = $3, lease_owner = $4, lease_expires_at = $5, last_error = $6,
              gateway_txn_id = $7, settled_at = $8, notice_sent_at = $9, updated_at = $10
@@ -418,7 +428,7 @@ pub async fn update(conn: &mut PgConnection, b: &BillRow) -> Result<(), sqlx::Er
 }
 
 /// Bills whose pre-debit notice is due (explicit schedules bill ahead).
-pub async fn claim_notices(
+pub(crate) async fn claim_notices(
     conn: &mut PgConnection,
     notice_from: DateTime<Utc>,
     limit: i64,
@@ -437,16 +447,17 @@ pub async fn claim_notices(
 }
 
 /// Cancels an execution's bills that were not attempted yet.
-pub async fn cancel_open(
+pub(crate) async fn cancel_open(
     conn: &mut PgConnection,
     execution_id: &str,
     except: &str,
     now: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query(concat!(
         "UPDATE bills SET status = 'CANCELLED', updated_at = $3
-         WHERE execution_id = $1 AND id <> $2 AND status IN ('SCHEDULED', 'RETRY_SCHEDULED')",
-    )
+         WHERE execution_id = $1 AND id <> $2 AND status IN ",
+        awaiting_debit!()
+    ))
     .bind(execution_id)
     .bind(except)
     .bind(now)
@@ -456,30 +467,23 @@ pub async fn cancel_open(
 }
 
 /// Age in seconds of the oldest bill past its due time and not yet attempted.
-pub async fn oldest_due_age(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<f64, sqlx::Error> {
-    let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT min(next_attempt_at) FROM bills WHERE status IN ('SCHEDULED', 'RETRY_SCHEDULED')
-         AND notice_sent_at IS NOT NULL AND next_attempt_at <= $1",
-    )
+pub(crate) async fn oldest_due_age(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<f64, sqlx::Error> {
+    let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(concat!(
+        "SELECT min(next_attempt_at) FROM bills WHERE status IN ",
+        awaiting_debit!(),
+        " AND notice_sent_at IS NOT NULL AND next_attempt_at <= $1"
+    ))
     .bind(now)
     .fetch_one(conn)
     .await?;
     Ok(oldest.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0))
 }
 
-/// Bills of an execution, newest first.
-pub async fn for_execution(conn: &mut PgConnection, execution_id: &str) -> Result<Vec<BillRow>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM bills WHERE execution_id = $1 ORDER BY created_at DESC, id")
-        .bind(execution_id)
-        .fetch_all(conn)
-        .await
-}
-
 // ---------------------------------------------------------------- late results
 
 /// What a debit attempt asked for and what the gateway answered.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AttemptDetail {
+pub(crate) struct AttemptDetail {
     pub request_id: String,
     pub attempt: i32,
     pub amount: Decimal,
@@ -487,7 +491,10 @@ pub struct AttemptDetail {
 }
 
 /// The amount and transaction of an attempt.
-pub async fn attempt_detail(conn: &mut PgConnection, request_id: &str) -> Result<Option<AttemptDetail>, sqlx::Error> {
+pub(crate) async fn attempt_detail(
+    conn: &mut PgConnection,
+    request_id: &str,
+) -> Result<Option<AttemptDetail>, sqlx::Error> {
     sqlx::query_as("SELECT request_id, attempt, amount, gateway_txn_id FROM debit_attempts WHERE request_id = $1")
         .bind(request_id)
         .fetch_optional(conn)
@@ -495,7 +502,7 @@ pub async fn attempt_detail(conn: &mut PgConnection, request_id: &str) -> Result
 }
 
 /// The successful attempt that paid a bill, other than `except`: the first to succeed.
-pub async fn paying_attempt(
+pub(crate) async fn paying_attempt(
     conn: &mut PgConnection,
     bill_id: &str,
     except: &str,
@@ -513,7 +520,7 @@ pub async fn paying_attempt(
 /// Numbers a carry-over of the bill's unpaid amount in the order of the
 /// execution's bill events (migration 0005). The caller holds the
 /// execution's row lock.
-pub async fn mark_carried(conn: &mut PgConnection, bill_id: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn mark_carried(conn: &mut PgConnection, bill_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE bills SET carried_seq = nextval('bill_events_seq') WHERE id = $1")
         .bind(bill_id)
         .execute(conn)
@@ -523,7 +530,7 @@ pub async fn mark_carried(conn: &mut PgConnection, bill_id: &str) -> Result<(), 
 
 /// Where a bill's carry-over stands in the order of bill events: its
 /// `carried_seq`, or its `issue_seq` for a bill carried before that existed.
-pub async fn carry_position(conn: &mut PgConnection, bill_id: &str) -> Result<i64, sqlx::Error> {
+pub(crate) async fn carry_position(conn: &mut PgConnection, bill_id: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COALESCE(carried_seq, issue_seq) FROM bills WHERE id = $1")
         .bind(bill_id)
         .fetch_one(conn)
@@ -533,7 +540,7 @@ pub async fn carry_position(conn: &mut PgConnection, bill_id: &str) -> Result<i6
 /// The first bill of an execution issued after `position` with a CARRIED
 /// line (the bill a carry-over at `position` went into), locked, with that
 /// line's position and amount.
-pub async fn lock_carrying_bill(
+pub(crate) async fn lock_carrying_bill(
     conn: &mut PgConnection,
     execution_id: &str,
     position: i64,
@@ -559,7 +566,7 @@ pub async fn lock_carrying_bill(
 
 /// Takes `amount` out of a bill's CARRIED line and writes its new figures
 /// (the caller computed them and keeps the CHECK constraints true).
-pub async fn reduce_carried(
+pub(crate) async fn reduce_carried(
     conn: &mut PgConnection,
     bill: &BillRow,
     line: i32,
@@ -586,7 +593,11 @@ pub async fn reduce_carried(
 
 /// Records that this bill's failed debit revoked its execution (cleared by
 /// any later change of the execution's status, see migration 0005).
-pub async fn mark_revoked_by(conn: &mut PgConnection, execution_id: &str, bill_id: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn mark_revoked_by(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    bill_id: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE executions SET revoked_by_bill = $2 WHERE id = $1")
         .bind(execution_id)
         .bind(bill_id)
@@ -597,7 +608,7 @@ pub async fn mark_revoked_by(conn: &mut PgConnection, execution_id: &str, bill_i
 
 /// The bill that revoked an execution, while that revocation is the last
 /// change of its status.
-pub async fn revoked_by(conn: &mut PgConnection, execution_id: &str) -> Result<Option<String>, sqlx::Error> {
+pub(crate) async fn revoked_by(conn: &mut PgConnection, execution_id: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT revoked_by_bill FROM executions WHERE id = $1")
         .bind(execution_id)
         .fetch_one(conn)
@@ -608,7 +619,7 @@ pub async fn revoked_by(conn: &mut PgConnection, execution_id: &str) -> Result<O
 /// same request), their bills locked: what a sender may still publish. A
 /// bill that a late result settled meanwhile is left out, so it is never
 /// asked for again.
-pub async fn lock_still_processing(
+pub(crate) async fn lock_still_processing(
     conn: &mut PgConnection,
     request_ids: &[String],
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -618,4 +629,17 @@ pub async fn lock_still_processing(
     .bind(request_ids)
     .fetch_all(conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::bill::BillEvent;
+
+    #[test]
+    fn the_sql_claims_and_cancels_the_bills_the_domain_allows() {
+        for event in [BillEvent::Claimed, BillEvent::Cancelled] {
+            let listed: Vec<String> = event.allowed_from().iter().map(|s| format!("'{s}'")).collect();
+            assert_eq!(format!("({})", listed.join(", ")), awaiting_debit!(), "{event:?}");
+        }
+    }
 }

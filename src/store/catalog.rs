@@ -16,7 +16,7 @@ use crate::store::executions::ExecutionRow;
 
 /// A stored metric.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct MetricRow {
+pub(crate) struct MetricRow {
     pub merchant_id: String,
     pub metric_id: String,
     pub seq: i64,
@@ -38,7 +38,7 @@ pub struct MetricRow {
 
 /// A stored plan with its metrics in order.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct PlanRow {
+pub(crate) struct PlanRow {
     pub merchant_id: String,
     pub plan_id: String,
     pub plan_name: String,
@@ -66,7 +66,7 @@ pub struct PlanRow {
     pub metric_ids: Vec<String>,
 }
 
-pub async fn find_metric(
+pub(crate) async fn find_metric(
     conn: &mut PgConnection,
     merchant_id: &str,
     metric_id: &str,
@@ -79,7 +79,7 @@ pub async fn find_metric(
 }
 
 /// The metrics named, in the order named; missing ones are left out.
-pub async fn find_metrics(
+pub(crate) async fn find_metrics(
     conn: &mut PgConnection,
     merchant_id: &str,
     metric_ids: &[String],
@@ -96,7 +96,7 @@ pub async fn find_metrics(
 }
 
 /// Inserts a metric; `None` if the id is taken.
-pub async fn insert_metric(
+pub(crate) async fn insert_metric(
     conn: &mut PgConnection,
     merchant_id: &str,
     spec: &MetricSpec,
@@ -132,7 +132,7 @@ const PLAN_SELECT: &str = "SELECT p.*, COALESCE(
          WHERE pm.merchant_id = p.merchant_id AND pm.plan_id = p.plan_id), '{}') AS metric_ids
      FROM plans p WHERE p.merchant_id = $1 AND p.plan_id = $2";
 
-pub async fn find_plan(
+pub(crate) async fn find_plan(
     conn: &mut PgConnection,
     merchant_id: &str,
     plan_id: &str,
@@ -145,7 +145,7 @@ pub async fn find_plan(
 }
 
 /// Locks a plan row for an update in this transaction.
-pub async fn lock_plan(conn: &mut PgConnection, merchant_id: &str, plan_id: &str) -> Result<bool, sqlx::Error> {
+pub(crate) async fn lock_plan(conn: &mut PgConnection, merchant_id: &str, plan_id: &str) -> Result<bool, sqlx::Error> {
     let found: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM plans WHERE merchant_id = $1 AND plan_id = $2 FOR UPDATE")
             .bind(merchant_id)
@@ -156,7 +156,7 @@ pub async fn lock_plan(conn: &mut PgConnection, merchant_id: &str, plan_id: &str
 }
 
 /// Inserts or replaces a plan and its metric list. `created` tells which.
-pub async fn upsert_plan(
+pub(crate) async fn upsert_plan(
     conn: &mut PgConnection,
     merchant_id: &str,
     spec: &PlanSpec,
@@ -211,7 +211,7 @@ pub async fn upsert_plan(
     Ok(created)
 }
 /// The definition a stored metric was created with.
-pub fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
+pub(crate) fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
     let tiers: Vec<Tier> =
         serde_json::from_value(row.pricing_model.clone()).map_err(|e| corrupt("pricing_model", e))?;
     let pricing_type = row
@@ -238,7 +238,7 @@ pub fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
 /// The definition a stored plan has now.
 impl PlanRow {
     /// The plan as the domain sees it.
-    pub fn spec(&self) -> PlanSpec {
+    pub(crate) fn spec(&self) -> PlanSpec {
         PlanSpec {
             plan_id: self.plan_id.clone(),
             plan_name: self.plan_name.clone(),
@@ -258,7 +258,7 @@ impl PlanRow {
     }
 
     /// The plan's part of its executions' period layout.
-    pub fn calendar(&self) -> PlanCalendar {
+    pub(crate) fn calendar(&self) -> PlanCalendar {
         PlanCalendar::new(
             self.plan_interval,
             self.plan_model,
@@ -270,7 +270,7 @@ impl PlanRow {
 
 /// A plan of this merchant that must exist: `PLAN_NOT_FOUND` naming
 /// `field` when it does not.
-pub async fn require_plan(
+pub(crate) async fn require_plan(
     conn: &mut PgConnection,
     merchant_id: &str,
     plan_id: &str,
@@ -289,7 +289,7 @@ pub async fn require_plan(
 
 /// The metrics an execution may use: its plan's, then the ones its
 /// customer prices (`metric_info`) add.
-pub async fn plan_metrics(
+pub(crate) async fn plan_metrics(
     conn: &mut PgConnection,
     row: &ExecutionRow,
     plan: &PlanRow,

@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 
 /// A stored customer.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct CustomerRow {
+pub(crate) struct CustomerRow {
     pub merchant_id: String,
     pub customer_id: String,
     pub name: Option<String>,
@@ -15,7 +15,7 @@ pub struct CustomerRow {
     pub updated_at: DateTime<Utc>,
 }
 
-pub async fn find(
+pub(crate) async fn find(
     conn: &mut PgConnection,
     merchant_id: &str,
     customer_id: &str,
@@ -28,7 +28,7 @@ pub async fn find(
 }
 
 /// Inserts a customer; `None` if the id is taken (the caller decides what a repeat means).
-pub async fn insert(conn: &mut PgConnection, row: &CustomerRow) -> Result<Option<CustomerRow>, sqlx::Error> {
+pub(crate) async fn insert(conn: &mut PgConnection, row: &CustomerRow) -> Result<Option<CustomerRow>, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO customers (merchant_id, customer_id, name, email, mobile, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING *",

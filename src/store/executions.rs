@@ -9,7 +9,7 @@ use crate::domain::period::{PeriodBasis, PlanCalendar};
 
 /// A stored billing execution.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct ExecutionRow {
+pub(crate) struct ExecutionRow {
     pub id: String,
     pub merchant_id: String,
     pub customer_id: String,
@@ -35,7 +35,7 @@ pub struct ExecutionRow {
 
 impl ExecutionRow {
     /// This execution's period layout on a plan of `calendar`.
-    pub fn period_basis(&self, calendar: PlanCalendar) -> PeriodBasis {
+    pub(crate) fn period_basis(&self, calendar: PlanCalendar) -> PeriodBasis {
         PeriodBasis {
             calendar,
             billing_start_date: self.billing_start_date,
@@ -47,7 +47,11 @@ impl ExecutionRow {
 }
 
 /// One execution of this merchant; another merchant's id finds nothing.
-pub async fn find(conn: &mut PgConnection, merchant_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
+pub(crate) async fn find(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    id: &str,
+) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions WHERE merchant_id = $1 AND id = $2")
         .bind(merchant_id)
         .bind(id)
@@ -57,7 +61,11 @@ pub async fn find(conn: &mut PgConnection, merchant_id: &str, id: &str) -> Resul
 
 /// Like [`find`], locking the row until the transaction ends, so changes to
 /// one execution (and the webhooks they write) happen one after another.
-pub async fn lock(conn: &mut PgConnection, merchant_id: &str, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
+pub(crate) async fn lock(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    id: &str,
+) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions WHERE merchant_id = $1 AND id = $2 FOR UPDATE")
         .bind(merchant_id)
         .bind(id)
@@ -66,7 +74,7 @@ pub async fn lock(conn: &mut PgConnection, merchant_id: &str, id: &str) -> Resul
 }
 
 /// Locks an execution by id alone (the scheduler acts for every merchant).
-pub async fn lock_by_id(conn: &mut PgConnection, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
+pub(crate) async fn lock_by_id(conn: &mut PgConnection, id: &str) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM executions WHERE id = $1 FOR UPDATE")
         .bind(id)
         .fetch_optional(conn)
@@ -74,7 +82,7 @@ pub async fn lock_by_id(conn: &mut PgConnection, id: &str) -> Result<Option<Exec
 }
 
 /// Saves what billing moves: the cursor, the plan, carried amounts, status.
-pub async fn save_billing_state(
+pub(crate) async fn save_billing_state(
     conn: &mut PgConnection,
     row: &ExecutionRow,
     now: DateTime<Utc>,
@@ -103,7 +111,7 @@ pub async fn save_billing_state(
 
 /// Saves the billing state of many executions in one statement, their
 /// credit balances included (the ledger entries of the same batch explain them).
-pub async fn save_billing_states(
+pub(crate) async fn save_billing_states(
     conn: &mut PgConnection,
     rows: &[ExecutionRow],
     now: DateTime<Utc>,
@@ -142,7 +150,7 @@ pub async fn save_billing_states(
 /// Ids of executions whose next bill is due and that are not parked, at
 /// most `limit`, fair across merchants: the oldest due execution of every
 /// merchant comes before the second of any. `merchant` narrows to one.
-pub async fn due_for_billing(
+pub(crate) async fn due_for_billing(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     merchant: Option<&str>,
@@ -165,7 +173,7 @@ pub async fn due_for_billing(
 }
 
 /// Locks those of `ids` that are still due, skipping those another process holds.
-pub async fn lock_for_billing(
+pub(crate) async fn lock_for_billing(
     conn: &mut PgConnection,
     ids: &[String],
     now: DateTime<Utc>,
@@ -183,7 +191,7 @@ pub async fn lock_for_billing(
 
 /// Parks an execution whose bill cannot be made until `until`, keeping its
 /// error. Returns whether this is news (it was not parked with this error).
-pub async fn park(
+pub(crate) async fn park(
     conn: &mut PgConnection,
     id: &str,
     error: &str,
@@ -207,7 +215,7 @@ pub async fn park(
 
 /// Lets a merchant's parked executions be billed again at the next pass:
 /// something the merchant changed may have mended them.
-pub async fn unpark_merchant(conn: &mut PgConnection, merchant_id: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn unpark_merchant(conn: &mut PgConnection, merchant_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE executions SET billing_parked_until = NULL
          WHERE merchant_id = $1 AND billing_parked_until IS NOT NULL",
@@ -218,7 +226,7 @@ pub async fn unpark_merchant(conn: &mut PgConnection, merchant_id: &str) -> Resu
     Ok(())
 }
 
-pub async fn find_by_ref(
+pub(crate) async fn find_by_ref(
     conn: &mut PgConnection,
     merchant_id: &str,
     merchant_ref_id: &str,
@@ -232,7 +240,7 @@ pub async fn find_by_ref(
 
 /// A page of a customer's executions, oldest first, after the execution
 /// `after` (a cursor).
-pub async fn list_for_customer(
+pub(crate) async fn list_for_customer(
     conn: &mut PgConnection,
     merchant_id: &str,
     customer_id: &str,
@@ -254,7 +262,7 @@ pub async fn list_for_customer(
 }
 
 /// Inserts an execution; `None` when its `merchant_ref_id` is taken.
-pub async fn insert(conn: &mut PgConnection, row: &ExecutionRow) -> Result<Option<ExecutionRow>, sqlx::Error> {
+pub(crate) async fn insert(conn: &mut PgConnection, row: &ExecutionRow) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO executions (id, merchant_id, customer_id, plan_id, merchant_ref_id, status, credit_balance,
              metric_info, billing_start_date, token, mandate_id, activated_at, created_at, updated_at, next_bill_at)
@@ -282,7 +290,7 @@ pub async fn insert(conn: &mut PgConnection, row: &ExecutionRow) -> Result<Optio
 }
 
 /// Sets the status; the first activation also fixes the billing start.
-pub async fn set_status(
+pub(crate) async fn set_status(
     conn: &mut PgConnection,
     id: &str,
     status: &str,

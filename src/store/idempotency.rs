@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 /// The stored answer of a message, if it was processed before.
-pub async fn find(
+pub(crate) async fn find(
     conn: &mut PgConnection,
     merchant_id: &str,
     message_id: &str,
@@ -17,7 +17,7 @@ pub async fn find(
 }
 
 /// Records the answer; `false` when another process recorded one first.
-pub async fn save(
+pub(crate) async fn save(
     conn: &mut PgConnection,
     merchant_id: &str,
     message_id: &str,

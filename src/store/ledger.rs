@@ -9,7 +9,7 @@ use crate::domain::ledger::EntryKind;
 
 /// A ledger entry as stored.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct EntryRow {
+pub(crate) struct EntryRow {
     pub id: i64,
     pub execution_id: String,
     pub kind: String,
@@ -21,7 +21,7 @@ pub struct EntryRow {
 
 /// An entry computed by the caller, with the balance it leaves.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LedgerEntry {
+pub(crate) struct LedgerEntry {
     pub merchant_id: String,
     pub execution_id: String,
     pub kind: EntryKind,
@@ -32,7 +32,7 @@ pub struct LedgerEntry {
 
 /// Writes many entries in one statement. The caller holds the executions'
 /// row locks and writes their balances (see `executions::save_billing_states`).
-pub async fn insert_many(
+pub(crate) async fn insert_many(
     conn: &mut PgConnection,
     entries: &[LedgerEntry],
     now: DateTime<Utc>,
@@ -57,7 +57,7 @@ pub async fn insert_many(
 }
 
 /// The entry of this kind and reference, if one was written.
-pub async fn find(
+pub(crate) async fn find(
     conn: &mut PgConnection,
     execution_id: &str,
     kind: EntryKind,
@@ -77,7 +77,7 @@ pub async fn find(
 /// Appends an entry and moves the balance by it. The caller holds the
 /// execution's row lock. A use larger than the balance fails the balance's
 /// CHECK constraint instead of going negative.
-pub async fn append(
+pub(crate) async fn append(
     conn: &mut PgConnection,
     merchant_id: &str,
     execution_id: &str,

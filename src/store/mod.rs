@@ -1,15 +1,15 @@
 //! Postgres adapter: thin functions over `&mut PgConnection` (a transaction
 //! derefs to one), static SQL with binds, no rules of its own.
 
-pub mod billing_plans;
-pub mod bills;
-pub mod catalog;
-pub mod customers;
-pub mod executions;
-pub mod idempotency;
-pub mod ledger;
-pub mod outbox;
-pub mod usage;
+pub(crate) mod billing_plans;
+pub(crate) mod bills;
+pub(crate) mod catalog;
+pub(crate) mod customers;
+pub(crate) mod executions;
+pub(crate) mod idempotency;
+pub(crate) mod ledger;
+pub(crate) mod outbox;
+pub(crate) mod usage;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use crate::settings::DatabaseSettings;
 
 /// The migrations in `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A pool that connects lazily, so the worker starts (and reports not ready)
 /// while the database is still down.
@@ -42,7 +42,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 
 /// Whether the database answers now, on a fresh connection: a pooled one
 /// could hide an outage behind the pool's own reconnect attempts.
-pub async fn ping(pool: &PgPool) -> bool {
+pub(crate) async fn ping(pool: &PgPool) -> bool {
     use sqlx::Connection as _;
     let options = pool.connect_options();
     let check = async {

@@ -12,7 +12,7 @@ const RELAY_LOCK: i64 = 0x6269_6c6c_6f62_7831;
 
 /// A webhook waiting to be published.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PendingRow {
+pub(crate) struct PendingRow {
     pub seq: i64,
     pub id: String,
     pub merchant_id: String,
@@ -21,7 +21,7 @@ pub struct PendingRow {
 }
 
 /// Writes a webhook in the caller's transaction.
-pub async fn enqueue(
+pub(crate) async fn enqueue(
     conn: &mut PgConnection,
     webhook: &Webhook,
     execution_id: Option<&str>,
@@ -42,7 +42,10 @@ pub async fn enqueue(
 }
 
 /// Writes many webhooks in one statement, in order.
-pub async fn enqueue_many(conn: &mut PgConnection, webhooks: &[(Webhook, Option<String>)]) -> Result<(), sqlx::Error> {
+pub(crate) async fn enqueue_many(
+    conn: &mut PgConnection,
+    webhooks: &[(Webhook, Option<String>)],
+) -> Result<(), sqlx::Error> {
     if webhooks.is_empty() {
         return Ok(());
     }
@@ -65,7 +68,7 @@ pub async fn enqueue_many(conn: &mut PgConnection, webhooks: &[(Webhook, Option<
 }
 
 /// Takes the relay lock for this transaction; `false` if another relay holds it.
-pub async fn try_lock_relay(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+pub(crate) async fn try_lock_relay(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(RELAY_LOCK)
         .fetch_one(conn)
@@ -73,7 +76,7 @@ pub async fn try_lock_relay(conn: &mut PgConnection) -> Result<bool, sqlx::Error
 }
 
 /// The oldest unpublished webhooks, in the order they were written.
-pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingRow>, sqlx::Error> {
+pub(crate) async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT seq, id, merchant_id, event_name, payload FROM outbox
          WHERE published_at IS NULL ORDER BY seq LIMIT $1",
@@ -84,7 +87,11 @@ pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingR
 }
 
 /// Marks webhooks as published.
-pub async fn mark_published(conn: &mut PgConnection, seqs: &[i64], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+pub(crate) async fn mark_published(
+    conn: &mut PgConnection,
+    seqs: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE outbox SET published_at = $2 WHERE seq = ANY($1)")
         .bind(seqs)
         .bind(now)
@@ -94,7 +101,7 @@ pub async fn mark_published(conn: &mut PgConnection, seqs: &[i64], now: DateTime
 }
 
 /// How many webhooks wait, and the age of the oldest in seconds.
-pub async fn backlog(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(i64, f64), sqlx::Error> {
+pub(crate) async fn backlog(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(i64, f64), sqlx::Error> {
     let (count, oldest): (i64, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT count(*), min(created_at) FROM outbox WHERE published_at IS NULL")
             .fetch_one(conn)

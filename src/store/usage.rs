@@ -10,7 +10,7 @@ use crate::domain::period::{PeriodBasis, PlanCalendar};
 
 /// What an event needs to be checked and placed: its execution and plan.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ExecutionContext {
+pub(crate) struct ExecutionContext {
     pub id: String,
     pub merchant_id: String,
     pub customer_id: String,
@@ -37,7 +37,7 @@ pub struct ExecutionContext {
 
 impl ExecutionContext {
     /// The execution's period layout on its plan.
-    pub fn period_basis(&self) -> PeriodBasis {
+    pub(crate) fn period_basis(&self) -> PeriodBasis {
         PeriodBasis {
             calendar: PlanCalendar::new(
                 self.plan_interval,
@@ -56,7 +56,7 @@ impl ExecutionContext {
 /// The contexts of the given (merchant, execution) pairs that exist. The
 /// rows stay share-locked until the batch commits, so billing (which locks
 /// them for update) never closes a period while a batch writes into it.
-pub async fn contexts(
+pub(crate) async fn contexts(
     conn: &mut PgConnection,
     merchants: &[String],
     ids: &[String],
@@ -81,7 +81,7 @@ pub async fn contexts(
 
 /// Column arrays of new events.
 #[derive(Debug, Default)]
-pub struct EventRows {
+pub(crate) struct EventRows {
     pub merchant_id: Vec<String>,
     pub event_id: Vec<String>,
     pub execution_id: Vec<String>,
@@ -94,7 +94,10 @@ pub struct EventRows {
 /// Inserts events whose (merchant, event_id) is new and returns the keys
 /// inserted. Repeats, however late, insert nothing. Keys must be unique
 /// within `rows`.
-pub async fn insert_events(conn: &mut PgConnection, rows: &EventRows) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub(crate) async fn insert_events(
+    conn: &mut PgConnection,
+    rows: &EventRows,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO usage_events (merchant_id, event_id, execution_id, metric_id, period_start, value, ts)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[], $7::timestamptz[])
@@ -113,7 +116,7 @@ pub async fn insert_events(conn: &mut PgConnection, rows: &EventRows) -> Result<
 }
 
 /// Which of the given (merchant, event_id) keys were counted before.
-pub async fn counted_before(
+pub(crate) async fn counted_before(
     conn: &mut PgConnection,
     merchants: &[String],
     event_ids: &[String],
@@ -130,7 +133,7 @@ pub async fn counted_before(
 
 /// Inserts distinct values of UNIQUE_COUNT metrics; returns the key of each
 /// value that was new in its period.
-pub async fn insert_unique_values(
+pub(crate) async fn insert_unique_values(
     conn: &mut PgConnection,
     execution_id: &[String],
     metric_id: &[String],
@@ -154,7 +157,7 @@ pub async fn insert_unique_values(
 /// Column arrays of aggregate deltas, one row per key, sorted by key so that
 /// concurrent workers lock rows in the same order.
 #[derive(Debug, Default)]
-pub struct AggregateDeltas {
+pub(crate) struct AggregateDeltas {
     pub execution_id: Vec<String>,
     pub metric_id: Vec<String>,
     pub period_start: Vec<DateTime<Utc>>,
@@ -168,7 +171,7 @@ pub struct AggregateDeltas {
 }
 
 /// Adds deltas to the running aggregates in one statement.
-pub async fn add_aggregates(conn: &mut PgConnection, d: &AggregateDeltas) -> Result<(), sqlx::Error> {
+pub(crate) async fn add_aggregates(conn: &mut PgConnection, d: &AggregateDeltas) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO usage_aggregates AS a (execution_id, metric_id, period_start, sum, count, max,
              latest_ts, latest_event_id, latest_value, unique_count)
@@ -206,7 +209,7 @@ pub async fn add_aggregates(conn: &mut PgConnection, d: &AggregateDeltas) -> Res
 
 /// A stored aggregate.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AggregateRow {
+pub(crate) struct AggregateRow {
     pub execution_id: String,
     pub metric_id: String,
     pub period_start: DateTime<Utc>,
@@ -220,7 +223,7 @@ pub struct AggregateRow {
 }
 
 /// Aggregates of the given (execution, period) pairs.
-pub async fn aggregates(
+pub(crate) async fn aggregates(
     conn: &mut PgConnection,
     execution_id: &[String],
     period_start: &[DateTime<Utc>],
@@ -236,7 +239,7 @@ pub async fn aggregates(
 }
 
 /// Records a threshold for a period; `true` the first time only.
-pub async fn record_threshold(
+pub(crate) async fn record_threshold(
     conn: &mut PgConnection,
     execution_id: &str,
     period_start: DateTime<Utc>,
@@ -260,7 +263,7 @@ pub async fn record_threshold(
 
 /// Locks executions (in id order, so concurrent writers never deadlock)
 /// before webhooks about them are written.
-pub async fn lock_executions(conn: &mut PgConnection, ids: &[String]) -> Result<(), sqlx::Error> {
+pub(crate) async fn lock_executions(conn: &mut PgConnection, ids: &[String]) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1 FROM executions WHERE id = ANY($1) ORDER BY id FOR UPDATE")
         .bind(ids)
         .execute(conn)

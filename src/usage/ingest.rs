@@ -23,7 +23,7 @@ use crate::store::usage::{AggregateDeltas, EventRows, ExecutionContext};
 
 /// An event of the batch, decoded, with its tenant and arrival time.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub merchant_id: String,
     pub event: UsageEventIn,
     pub received_at: DateTime<Utc>,
@@ -31,7 +31,7 @@ pub struct Candidate {
 
 /// What a batch came to.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     /// Events counted for the first time.
     pub counted: usize,
     /// Events already counted before (in this batch or earlier).
@@ -44,7 +44,7 @@ pub struct Report {
 
 /// How far ahead of its arrival an event's timestamp may be.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub future_tolerance: chrono::Duration,
 }
 
@@ -67,7 +67,7 @@ struct Accepted {
 type Key = (String, String, DateTime<Utc>);
 
 /// Counts the batch in the caller's transaction.
-pub async fn ingest(
+pub(crate) async fn ingest(
     conn: &mut PgConnection,
     candidates: &[Candidate],
     limits: Limits,

@@ -1,7 +1,7 @@
 //! Metered usage: where an event belongs, what an execution has used in its
 //! open period, and the batch ingestion that counts each event once.
 
-pub mod ingest;
+pub(crate) mod ingest;
 
 use std::collections::HashMap;
 
@@ -22,7 +22,10 @@ use crate::store::usage::AggregateRow;
 
 /// The metrics of an execution by id, each with the pricing that applies to
 /// it: the customer's (`metric_info` of a VARIABLE plan) over the metric's own.
-pub fn effective_metrics(rows: &[MetricRow], overrides: &Value) -> Result<HashMap<String, MetricSpec>, HandleError> {
+pub(crate) fn effective_metrics(
+    rows: &[MetricRow],
+    overrides: &Value,
+) -> Result<HashMap<String, MetricSpec>, HandleError> {
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
         let mut spec = crate::store::catalog::metric_spec(row)?;
@@ -37,7 +40,7 @@ pub fn effective_metrics(rows: &[MetricRow], overrides: &Value) -> Result<HashMa
 }
 
 /// A stored aggregate as the domain sees it.
-pub fn aggregate_of(row: &AggregateRow) -> Aggregate {
+pub(crate) fn aggregate_of(row: &AggregateRow) -> Aggregate {
     Aggregate {
         sum: row.sum,
         count: row.count,
@@ -52,7 +55,7 @@ pub fn aggregate_of(row: &AggregateRow) -> Aggregate {
 
 /// `used_till_now` and its price for one metric; a price beyond the range
 /// of amounts is an `AMOUNT_OVERFLOW` error, never a panic or a saturated value.
-pub fn usage_of(spec: &MetricSpec, aggregate: &Aggregate) -> Result<(Decimal, Decimal), Rejection> {
+pub(crate) fn usage_of(spec: &MetricSpec, aggregate: &Aggregate) -> Result<(Decimal, Decimal), Rejection> {
     let used = aggregate.used_till_now(spec.aggregation_type);
     let price = spec
         .pricing
@@ -62,7 +65,7 @@ pub fn usage_of(spec: &MetricSpec, aggregate: &Aggregate) -> Result<(Decimal, De
 }
 
 /// Live usage of an execution's open period, per metric.
-pub async fn live_usage(
+pub(crate) async fn live_usage(
     conn: &mut PgConnection,
     execution_id: &str,
     basis: &PeriodBasis,

@@ -20,7 +20,7 @@ use crate::store::bills::BillRow;
 
 /// What a pass did.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct RunReport {
+pub(crate) struct RunReport {
     pub bills_issued: usize,
     pub notices_sent: usize,
     pub debits_requested: usize,
@@ -29,7 +29,7 @@ pub struct RunReport {
 
 /// Why a pass stopped early.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     #[error(transparent)]
     Handle(#[from] HandleError),
     #[error(transparent)]
@@ -48,7 +48,7 @@ fn duration(d: std::time::Duration) -> Duration {
 
 /// Runs one pass over at most `limit` rows per step, over every merchant's
 /// due work or (`run_billing`) over one merchant's.
-pub async fn run_once(
+pub(crate) async fn run_once(
     ctx: &Context,
     publisher: &Publisher,
     limit: i64,

@@ -1,12 +1,12 @@
 //! The worker loops. Each role runs in a supervisor that (re)connects with
 //! backoff, so a broker restart never stops the process.
 
-pub mod billing_pass;
-pub mod outbox_relay;
-pub mod payments;
-pub mod provisioning;
-pub mod scheduler;
-pub mod usage;
+pub(crate) mod billing_pass;
+pub(crate) mod outbox_relay;
+pub(crate) mod payments;
+pub(crate) mod provisioning;
+pub(crate) mod scheduler;
+pub(crate) mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// Runs `session` until it returns `Ok` (a clean stop) or `cancel` fires,
 /// reconnecting with backoff after each failure.
-pub async fn supervise<F, Fut>(role: &'static str, ctx: Arc<Context>, cancel: CancellationToken, session: F)
+pub(crate) async fn supervise<F, Fut>(role: &'static str, ctx: Arc<Context>, cancel: CancellationToken, session: F)
 where
     F: Fn(Arc<Context>, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -73,7 +73,7 @@ where
 /// panic inside `attempt` is caught, counted and refused as
 /// `INTERNAL_ERROR`: one message never stops its role. `None` if `cancel`
 /// fired first: the work stays unacked and the broker hands it out again.
-pub async fn hold_through_outages<T, F, Fut>(
+pub(crate) async fn hold_through_outages<T, F, Fut>(
     ctx: &Context,
     role: &'static str,
     cancel: &CancellationToken,
@@ -128,7 +128,11 @@ pub(crate) fn panicked(ctx: &Context, role: &'static str, doing: &str, message: 
 
 /// Runs `work`, turning a panic inside it into an `INTERNAL_ERROR`
 /// rejection: counted under `role`, logged with its message.
-pub async fn catch_panic<T>(ctx: &Context, role: &'static str, work: impl Future<Output = T>) -> Result<T, Rejection> {
+pub(crate) async fn catch_panic<T>(
+    ctx: &Context,
+    role: &'static str,
+    work: impl Future<Output = T>,
+) -> Result<T, Rejection> {
     match crate::error::catch_panic(work).await {
         Ok(value) => Ok(value),
         Err(message) => {
@@ -146,7 +150,7 @@ pub async fn catch_panic<T>(ctx: &Context, role: &'static str, work: impl Future
 
 /// Opens a role's broker session and starts consuming `queue`; the role is
 /// up from here.
-pub async fn open_consumer(
+pub(crate) async fn open_consumer(
     ctx: &Context,
     role: &'static str,
     queue: &str,
@@ -172,7 +176,10 @@ pub(crate) async fn open_publisher(ctx: &Context, role: &'static str) -> anyhow:
 
 /// The next delivery, `None` once `cancel` fires; an error when the
 /// consumer fails or the broker cancels it (the supervisor reconnects).
-pub async fn next_delivery(consumer: &mut Consumer, cancel: &CancellationToken) -> anyhow::Result<Option<Delivery>> {
+pub(crate) async fn next_delivery(
+    consumer: &mut Consumer,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<Delivery>> {
     tokio::select! {
         _ = cancel.cancelled() => Ok(None),
         next = consumer.next() => delivery(next).map(Some),
@@ -180,7 +187,7 @@ pub async fn next_delivery(consumer: &mut Consumer, cancel: &CancellationToken) 
 }
 
 /// A delivery from a consumer's stream item.
-pub fn delivery(next: Option<Result<Delivery, lapin::Error>>) -> anyhow::Result<Delivery> {
+pub(crate) fn delivery(next: Option<Result<Delivery, lapin::Error>>) -> anyhow::Result<Delivery> {
     match next {
         Some(Ok(delivery)) => Ok(delivery),
         Some(Err(err)) => Err(err).context("consumer failed"),
@@ -190,7 +197,7 @@ pub fn delivery(next: Option<Result<Delivery, lapin::Error>>) -> anyhow::Result<
 
 /// Dead-letters `body` (the whole delivery, or one event of it) with the
 /// delivery's properties and routing, and counts it under `role`.
-pub async fn dead_letter(
+pub(crate) async fn dead_letter(
     ctx: &Context,
     publisher: &crate::broker::Publisher,
     role: &'static str,
@@ -215,7 +222,7 @@ pub async fn dead_letter(
 }
 
 /// Marks a role up once it consumes.
-pub fn mark_up(ctx: &Context, role: &'static str) {
+pub(crate) fn mark_up(ctx: &Context, role: &'static str) {
     ctx.health.set(role, true);
     ctx.metrics.role_up.with_label_values(&[role]).set(1);
 }

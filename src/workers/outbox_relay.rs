@@ -19,7 +19,7 @@ use crate::store;
 const ROLE: &str = "outbox";
 
 /// Runs the relay until `cancel` fires, then publishes what is left.
-pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
+pub(crate) async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
     supervise(ROLE, ctx, cancel, session).await;
 }
 
@@ -52,7 +52,7 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
 
 /// Publishes batches until the outbox is empty. Database faults end the
 /// round quietly (the next tick tries again); broker faults end the session.
-pub async fn drain(ctx: &Context, publisher: &Publisher) -> anyhow::Result<()> {
+pub(crate) async fn drain(ctx: &Context, publisher: &Publisher) -> anyhow::Result<()> {
     loop {
         match relay_batch(ctx, publisher).await {
             Ok(n) if n < ctx.settings.outbox.batch_size as usize => break,

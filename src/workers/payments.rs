@@ -29,7 +29,7 @@ const ROLE: &str = "payments";
 const RESULT_BATCH: usize = 200;
 
 /// Runs the role until `cancel` fires; reconnects on broker faults.
-pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
+pub(crate) async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
     supervise(ROLE, ctx, cancel, session).await;
 }
 

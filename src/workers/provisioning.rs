@@ -20,7 +20,7 @@ use crate::store;
 const ROLE: &str = "provisioning";
 
 /// Runs the role until `cancel` fires; reconnects on broker faults.
-pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
+pub(crate) async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
     supervise(ROLE, ctx, cancel, session).await;
 }
 

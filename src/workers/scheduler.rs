@@ -15,7 +15,7 @@ use crate::error::HandleError;
 const ROLE: &str = "scheduler";
 
 /// Runs the role until `cancel` fires.
-pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
+pub(crate) async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
     supervise(ROLE, ctx, cancel, session).await;
 }
 

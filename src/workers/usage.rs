@@ -22,7 +22,7 @@ use crate::usage::ingest::{Candidate, Limits, Report, ingest};
 const ROLE: &str = "usage";
 
 /// Runs the role until `cancel` fires; reconnects on broker faults.
-pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
+pub(crate) async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
     supervise(ROLE, ctx, cancel, session).await;
 }
 

@@ -55,13 +55,11 @@ async fn metered(app: &mut TestApp) -> String {
     .await;
     app.call("m1", json!({"command": "create_customer", "customer_id": "c1"}))
         .await;
-    let r = app
-        .call(
-            "m1",
-            json!({"command": "create", "plan_id": "p", "customer_id": "c1", "amount": 1}),
-        )
-        .await;
-    r["billing_execution_info_id"].as_str().expect("id").to_string()
+    app.create_execution(
+        "m1",
+        json!({"command": "create", "plan_id": "p", "customer_id": "c1", "amount": 1}),
+    )
+    .await
 }
 
 async fn publish_events(app: &TestApp, id: &str, from: usize, to: usize, per_message: usize) {

@@ -709,12 +709,11 @@ async fn pre_debit_bills_in_advance_and_onetime_bills_once() {
         .await;
     assert_eq!(once["success"], true);
     let setup = app
-        .call(
+        .create_execution(
             "m1",
             json!({"command": "create", "plan_id": "once", "customer_id": "c1", "amount": 10000}),
         )
         .await;
-    let setup = setup["billing_execution_info_id"].as_str().expect("id").to_string();
     run_billing(&mut app).await;
     clock.set(at(2027, 2, 1, 0, 0));
     run_billing(&mut app).await;
@@ -811,12 +810,7 @@ async fn deactivation_bills_counted_usage_and_reactivation_skips_idle_periods() 
     app.publish_usage("m1", &json!({ "events": events })).await;
     app.wait_for_count("counted", "SELECT count(*) FROM usage_events", 4)
         .await;
-    let r = app
-        .call(
-            "m1",
-            json!({"command": "update_status", "billing_execution_info_id": id, "status": "INACTIVE"}),
-        )
-        .await;
+    let r = app.set_status(&id, "INACTIVE").await;
     assert_eq!(r["status"], "INACTIVE");
 
     // January closes while inactive: its usage is billed, its plan amount is not.
@@ -827,12 +821,7 @@ async fn deactivation_bills_counted_usage_and_reactivation_skips_idle_periods() 
     assert_eq!((b[0].period_end, b[0].total), (Some(at(2026, 2, 1, 0, 0)), dec("4")));
 
     // Back in April: February and March (wholly inactive) are never billed.
-    let r = app
-        .call(
-            "m1",
-            json!({"command": "update_status", "billing_execution_info_id": id, "status": "ACTIVE"}),
-        )
-        .await;
+    let r = app.set_status(&id, "ACTIVE").await;
     assert_eq!(r["next_bill_at"], "2026-05-01T00:00:00Z", "{r}");
     clock.set(at(2026, 5, 1, 0, 0));
     run_billing(&mut app).await;

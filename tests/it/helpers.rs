@@ -248,6 +248,21 @@ impl TestApp {
         .await;
     }
 
+    /// `create`s an execution for `merchant` and returns its id; the
+    /// command must succeed.
+    pub async fn create_execution(&mut self, merchant: &str, body: Value) -> String {
+        let r = self.call(merchant, body).await;
+        assert_eq!(r["success"], true, "{r}");
+        r["billing_execution_info_id"].as_str().expect("id").to_string()
+    }
+
+    /// `update_status` of an execution of `m1`: the answer, whatever it is.
+    pub async fn set_status(&mut self, execution: &str, status: &str) -> Value {
+        let body =
+            serde_json::json!({"command": "update_status", "billing_execution_info_id": execution, "status": status});
+        self.call("m1", body).await
+    }
+
     /// Publishes a raw message to `billing.in` with the given routing key.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
         let confirm = self

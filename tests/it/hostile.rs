@@ -49,14 +49,11 @@ async fn catalog(app: &mut TestApp, merchant: &str, price: &str) {
 }
 
 async fn execution(app: &mut TestApp, merchant: &str, plan: &str) -> String {
-    let r = app
-        .call(
-            merchant,
-            json!({"command": "create", "plan_id": plan, "customer_id": "c1", "merchant_ref_id": format!("ref-{plan}")}),
-        )
-        .await;
-    assert_eq!(r["success"], true, "{r}");
-    r["billing_execution_info_id"].as_str().expect("id").to_string()
+    app.create_execution(
+        merchant,
+        json!({"command": "create", "plan_id": plan, "customer_id": "c1", "merchant_ref_id": format!("ref-{plan}")}),
+    )
+    .await
 }
 
 fn event(id: &str, execution: &str, value: Value) -> Value {

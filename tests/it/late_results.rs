@@ -654,12 +654,7 @@ async fn a_late_success_leaves_a_status_the_merchant_set_since_the_revocation() 
     .await;
     bill_status(&app, &bill, "FAILED").await;
     for status in ["ACTIVE", "INACTIVE"] {
-        let r = app
-            .call(
-                "m1",
-                json!({"command": "update_status", "billing_execution_info_id": execution, "status": status}),
-            )
-            .await;
+        let r = app.set_status(&execution, status).await;
         assert_eq!(r["status"], status, "{r}");
     }
     gateway.send_result(&request, Answer::Success).await;

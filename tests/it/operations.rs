@@ -100,13 +100,12 @@ async fn the_worker_runs_under_the_least_privilege_role() {
         )
         .await;
     assert_eq!(r["success"], true, "{r}");
-    let created = app
-        .call(
+    let id = app
+        .create_execution(
             "m1",
             serde_json::json!({"command": "create", "plan_id": "test_3", "customer_id": "cth_1", "amount": 5}),
         )
         .await;
-    let id = created["billing_execution_info_id"].as_str().expect("id").to_string();
     app.publish_usage(
         "m1",
         &serde_json::json!({"event_id": "e1", "billing_execution_info_id": id, "metric_id": "storage", "value": 2}),

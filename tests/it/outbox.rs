@@ -12,20 +12,14 @@ use crate::helpers::{Sandbox, TestApp, eventually, header, seed_catalog};
 async fn webhooks_carry_their_id_tenant_and_name_in_order() {
     let mut app = TestApp::spawn().await;
     seed_catalog(&mut app, "m1").await;
-    let created = app
-        .call(
+    let id = app
+        .create_execution(
             "m1",
             json!({"command": "create", "plan_id": "test_3", "customer_id": "cth_1", "status": "CREATED"}),
         )
         .await;
-    let id = created["billing_execution_info_id"].as_str().expect("id").to_string();
     for (i, status) in ["ACTIVE", "INACTIVE", "ACTIVE", "INACTIVE"].iter().enumerate() {
-        let r = app
-            .call(
-                "m1",
-                json!({"command": "update_status", "billing_execution_info_id": id, "status": status}),
-            )
-            .await;
+        let r = app.set_status(&id, status).await;
         assert_eq!(r["success"], true, "{i}: {r}");
     }
     let mut seen = Vec::new();

@@ -147,37 +147,17 @@ async fn status_changes_are_announced_once() {
     assert!(created["billing_start_date"].is_null());
     let id = created["billing_execution_info_id"].as_str().expect("id").to_string();
 
-    let active = app
-        .call(
-            "m1",
-            json!({"command": "update_status", "billing_execution_info_id": id, "status": "ACTIVE"}),
-        )
-        .await;
+    let active = app.set_status(&id, "ACTIVE").await;
     assert_eq!(active["status"], "ACTIVE");
     assert!(
         active["billing_start_date"].is_string(),
         "activation fixes the billing start"
     );
-    let again = app
-        .call(
-            "m1",
-            json!({"command": "update_status", "billing_execution_info_id": id, "status": "ACTIVE"}),
-        )
-        .await;
+    let again = app.set_status(&id, "ACTIVE").await;
     assert_eq!(again["success"], true);
-    let inactive = app
-        .call(
-            "m1",
-            json!({"command": "update_status", "billing_execution_info_id": id, "status": "INACTIVE"}),
-        )
-        .await;
+    let inactive = app.set_status(&id, "INACTIVE").await;
     assert_eq!(inactive["status"], "INACTIVE");
-    let back = app
-        .call(
-            "m1",
-            json!({"command": "update_status", "billing_execution_info_id": id, "status": "CREATED"}),
-        )
-        .await;
+    let back = app.set_status(&id, "CREATED").await;
     assert_eq!(back["error_code"], "INVALID_STATE");
     assert_eq!(app.next_dead_letter().await.code, "INVALID_STATE");
 
@@ -208,13 +188,12 @@ async fn status_changes_are_announced_once() {
 async fn credit_is_a_ledger_and_grants_are_idempotent() {
     let mut app = TestApp::spawn().await;
     seed_catalog(&mut app, "m1").await;
-    let created = app
-        .call(
+    let id = app
+        .create_execution(
             "m1",
             json!({"command": "create", "plan_id": "test_3", "customer_id": "cth_1", "amount": "1.50"}),
         )
         .await;
-    let id = created["billing_execution_info_id"].as_str().expect("id").to_string();
     let grant = |amount: serde_json::Value, reference: &str| json!({"command": "add_credit", "billing_execution_info_id": id, "amount": amount, "reference_id": reference});
     let r = app.call("m1", grant(json!("10.25"), "promo-1")).await;
     assert_eq!(r["amount"], json!(11.75));
@@ -254,13 +233,12 @@ async fn credit_is_a_ledger_and_grants_are_idempotent() {
 async fn one_merchant_never_sees_or_changes_another() {
     let mut app = TestApp::spawn().await;
     seed_catalog(&mut app, "m1").await;
-    let created = app
-        .call(
+    let id = app
+        .create_execution(
             "m1",
             json!({"command": "create", "plan_id": "test_3", "customer_id": "cth_1", "amount": 2}),
         )
         .await;
-    let id = created["billing_execution_info_id"].as_str().expect("id").to_string();
 
     let r = app
         .call("m2", json!({"command": "get", "billing_execution_info_id": id}))

@@ -165,12 +165,7 @@ async fn a_repeated_event_id_counts_once_in_a_batch_across_batches_and_late() {
         .await;
     assert_eq!(used(&doc, "storage").0, json!(3));
     // Even after the execution is deactivated, a repeat is a repeat, not an error.
-    let r = app
-        .call(
-            "m1",
-            json!({"command": "update_status", "billing_execution_info_id": id, "status": "INACTIVE"}),
-        )
-        .await;
+    let r = app.set_status(&id, "INACTIVE").await;
     assert_eq!(r["status"], "INACTIVE");
     app.publish_usage("m1", &e("x2")).await;
     crate::helpers::eventually("repeat after deactivation seen", || {
@@ -193,12 +188,11 @@ async fn every_dead_letter_code_and_the_valid_rest_still_counts() {
     let id = metered(&mut app, "m1", "0", None).await;
     let other = metered(&mut app, "m2", "0", None).await;
     let inactive = app
-        .call(
+        .create_execution(
             "m1",
             json!({"command": "create", "plan_id": "metered", "customer_id": "c1", "status": "INACTIVE"}),
         )
         .await;
-    let inactive = inactive["billing_execution_info_id"].as_str().expect("id").to_string();
     let future = json!({"event_id": "bad-future", "billing_execution_info_id": id, "metric_id": "storage",
                         "timestamp": (Utc::now() + Duration::minutes(10)).to_rfc3339()});
     let cases = vec![

@@ -17,8 +17,11 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// What to send.
 pub struct Request {
+    /// The merchant to act for, sent in the `x-merchantid` header.
     pub merchant_id: String,
+    /// Routing key on `billing.in`: `provisioning.*` for commands, `usage.*` for usage.
     pub routing_key: String,
+    /// The message body (JSON), published as is.
     pub body: Vec<u8>,
     /// The message_id that keys the command; a fresh one when `None`.
     pub message_id: Option<String>,

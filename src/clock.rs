@@ -7,6 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 
 /// The source of "now" for every rule that depends on time.
 pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current time.
     fn now(&self) -> DateTime<Utc>;
 }
 
@@ -28,6 +29,7 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<Mutex<DateTime<Utc>>>);
 
 impl ManualClock {
+    /// A clock that reads `start` until it is set or advanced.
     pub fn new(start: DateTime<Utc>) -> Self {
         ManualClock(Arc::new(Mutex::new(start)))
     }

@@ -14,11 +14,17 @@ use crate::settings::Settings;
 
 /// What every role shares.
 pub struct Context {
+    /// The settings the process started with.
     pub settings: Settings,
+    /// The topology's names, with the configured prefix.
     pub names: Names,
+    /// The one Postgres connection pool the roles share.
     pub pool: PgPool,
+    /// The clock every rule that depends on time reads.
     pub clock: SharedClock,
+    /// The metrics that `/metrics` exports.
     pub metrics: Metrics,
+    /// Which roles are connected and working; `/readyz` reads it.
     pub health: Health,
     /// Wakes the outbox relay after a commit that wrote webhooks.
     pub outbox_wake: Notify,

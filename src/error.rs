@@ -7,22 +7,39 @@ use std::fmt;
 /// Machine-readable reason carried in `x-error-code` and `error_code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
+    /// `INVALID_JSON`: the body is not valid JSON, or has something after the JSON value.
     InvalidJson,
+    /// `INVALID_FIELD`: a field is missing, unknown, of the wrong type, or breaks a rule.
     InvalidField,
+    /// `MISSING_MERCHANT`: the `x-merchantid` header is missing or not a valid id.
     MissingMerchant,
+    /// `UNKNOWN_COMMAND`: `command` names none of the commands.
     UnknownCommand,
+    /// `MESSAGE_TOO_LARGE`: the body is larger than `amqp.max_message_bytes`.
     MessageTooLarge,
+    /// `FORBIDDEN`: the message's broker user may not act for its merchant.
     Forbidden,
+    /// `METRIC_NOT_FOUND`: a plan or an execution's `metric_info` names an unknown metric.
     MetricNotFound,
+    /// `PLAN_NOT_FOUND`: a command names a plan the merchant does not have.
     PlanNotFound,
+    /// `CUSTOMER_NOT_FOUND`: a command names a customer the merchant does not have.
     CustomerNotFound,
+    /// `EXECUTION_NOT_FOUND`: a command or event names an execution the merchant lacks.
     ExecutionNotFound,
+    /// `EXECUTION_NOT_ACTIVE`: a usage event for an execution that is not `ACTIVE`.
     ExecutionNotActive,
+    /// `METRIC_NOT_IN_PLAN`: a usage event for a metric its execution does not bill.
     MetricNotInPlan,
+    /// `TIMESTAMP_IN_FUTURE`: a usage event stamped too far after its arrival.
     TimestampInFuture,
+    /// `ALREADY_EXISTS`: an id or key is repeated with a different definition.
     AlreadyExists,
+    /// `INVALID_STATE`: the command does not apply to the object's current state.
     InvalidState,
+    /// `AMOUNT_OVERFLOW`: money arithmetic beyond the range of amounts.
     AmountOverflow,
+    /// `INTERNAL_ERROR`: neither the input's fault nor an outage: unreadable data, a lost race, a bug.
     InternalError,
 }
 
@@ -61,7 +78,9 @@ impl fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct Rejection {
+    /// Why the input was rejected.
     pub code: ErrorCode,
+    /// A sentence naming the field and what is wrong with it.
     pub message: String,
 }
 

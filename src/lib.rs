@@ -32,6 +32,8 @@
 //! them; what is `pub` is documented. The rest of a module is its own
 //! business.
 
+#![deny(missing_docs)]
+
 pub mod app;
 pub mod backoff_policy;
 pub mod billing;

@@ -12,26 +12,45 @@ use serde::Deserialize;
 /// A setting that could not be loaded or failed validation; the message names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The layers could not be read or parsed, or a value has the wrong type.
     #[error("settings: {0}")]
     Load(#[from] config::ConfigError),
+    /// A value that parsed but breaks a rule: a range, a URL scheme, a bound set by another key.
     #[error("settings: {key}: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid {
+        /// The key, e.g. `retry.jitter`.
+        key: &'static str,
+        /// What the rule requires.
+        message: String,
+    },
 }
 
 /// Every setting of the worker.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    /// Postgres: URL, pool and migrations (`[database]`).
     pub database: DatabaseSettings,
+    /// RabbitMQ: URL, names, queues, message limits and reconnects (`[amqp]`).
     pub amqp: AmqpSettings,
+    /// The health and metrics endpoints (`[http]`).
     pub http: HttpSettings,
+    /// Usage ingestion: prefetch, batches and event bounds (`[usage]`).
     pub usage: UsageSettings,
+    /// The billing pass: pace, notice, leases and batch sizes (`[scheduler]`).
     pub scheduler: SchedulerSettings,
+    /// Backoff between retries of a failed debit (`[retry]`).
     pub retry: RetrySettings,
+    /// Waiting for debit results (`[payments]`).
     pub payments: PaymentsSettings,
+    /// The relay that publishes webhooks (`[outbox]`).
     pub outbox: OutboxSettings,
+    /// The graceful stop (`[shutdown]`).
     pub shutdown: ShutdownSettings,
+    /// Which broker users may act for which merchants (`[auth]`).
     pub auth: AuthSettings,
+    /// Log format and filter (`[log]`).
     pub log: LogSettings,
+    /// Fault injection (`[faults]`); off unless set.
     #[serde(default)]
     pub faults: FaultSettings,
 }
@@ -54,11 +73,14 @@ impl FaultSettings {
     }
 }
 
+/// `[database]`: the Postgres URL, the connection pool and migrations.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     /// Postgres URL; may carry a password and `sslmode`, so it is kept secret.
     pub url: SecretString,
+    /// Size of the one connection pool the roles share; at least 2 (default 16).
     pub max_connections: u32,
+    /// How long to wait for a connection from the pool (default 10 s).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Apply pending migrations at start. Off when the worker's role may not
@@ -66,14 +88,18 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
 }
 
+/// The type of every queue the worker declares (`amqp.queue_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
+    /// Replicated quorum queues (the default); they dead-letter a message redelivered 50 times.
     Quorum,
+    /// Classic queues, without a delivery limit.
     Classic,
 }
 
 impl QueueType {
+    /// The value of the `x-queue-type` queue argument: `quorum` or `classic`.
     pub fn as_str(self) -> &'static str {
         match self {
             QueueType::Quorum => "quorum",
@@ -82,50 +108,71 @@ impl QueueType {
     }
 }
 
+/// `[amqp]`: the broker connection, topology names, message limits and reconnects.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
     /// AMQP URL (`amqp://` or `amqps://`); may carry a password, so it is kept secret.
     pub url: SecretString,
+    /// Prepended to every exchange and queue name: `t1.` gives `t1.billing.usage`.
     pub prefix: String,
+    /// Type of every queue the worker declares (default `quorum`).
     pub queue_type: QueueType,
+    /// Declare the `billing.webhooks` queue, which keeps webhooks for a delivery service.
     pub webhook_queue: bool,
+    /// Largest accepted message body in bytes, at most 128 MiB (default 1 MiB).
     pub max_message_bytes: usize,
+    /// Unacknowledged commands (and debit results) the broker hands out at once (default 32).
     pub provisioning_prefetch: u16,
     /// `reply_to` must name a queue starting with this (or the direct
     /// reply-to pseudo queue `amq.rabbitmq.reply-to`).
     pub reply_prefix: String,
+    /// First delay of the reconnect backoff, also used in database outages (default 500 ms).
     #[serde(with = "humantime_serde")]
     pub reconnect_initial: Duration,
+    /// Longest delay of the reconnect backoff; at least `reconnect_initial` (default 30 s).
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
 }
 
+/// `[http]`: where the health and metrics endpoints listen.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
+    /// Address of `/healthz`, `/readyz` and `/metrics` (default `127.0.0.1:9464`).
     pub listen: SocketAddr,
 }
 
+/// `[usage]`: how usage messages are taken, batched and bounded.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UsageSettings {
+    /// Unacknowledged usage messages the broker hands out at once; at least 1 (default 2000).
     pub prefetch: u16,
+    /// A batch closes when it holds this many events; at least 1 (default 1000).
     pub batch_size: usize,
     /// A batch also closes once its message bodies reach this many bytes.
     pub batch_bytes: usize,
+    /// A batch also closes this long after its first message (default 20 ms).
     #[serde(with = "humantime_serde")]
     pub batch_timeout: Duration,
+    /// Most events one `{"events": [...]}` message may carry; at least 1 (default 1000).
     pub max_events_per_message: usize,
+    /// How far after its arrival an event's `timestamp` may be (default 5 min).
     #[serde(with = "humantime_serde")]
     pub future_tolerance: Duration,
 }
 
+/// `[scheduler]`: the billing pass: its pace, notices, leases and batch sizes.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SchedulerSettings {
+    /// Time between two billing passes; positive (default 5 s).
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
+    /// Time between the `BILLING_TXN_TO_BE_EXECUTED` webhook and the debit (default 24 h).
     #[serde(with = "humantime_serde")]
     pub pre_debit_notice: Duration,
+    /// How long a claimed bill stays claimed before an abandoned claim is taken over (default 60 s).
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// Rows each step of a pass takes per transaction, and `run_billing`'s default limit (500).
     pub batch_size: i64,
     /// How long an execution whose bill could not be made waits before
     /// billing tries it again (a change by its merchant retries at once).
@@ -133,53 +180,73 @@ pub struct SchedulerSettings {
     pub park_for: Duration,
 }
 
+/// `[retry]`: the backoff between retries of a failed debit.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RetrySettings {
+    /// Delay before the first retry; positive (default 1 h).
     #[serde(with = "humantime_serde")]
     pub initial: Duration,
+    /// Growth of the delay from one retry to the next; at least 1.0 (default 2.0).
     pub multiplier: f64,
+    /// The delay grows no further; at least `initial` (default 24 h).
     #[serde(with = "humantime_serde")]
     pub max: Duration,
+    /// Each delay is spread at random by plus or minus this fraction: 0.0 to 1.0 (default 0.2).
     pub jitter: f64,
 }
 
+/// `[payments]`: how long a debit may wait for its result.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PaymentsSettings {
+    /// How long a debit waits for its result before the attempt counts as failed (default 15 min).
     #[serde(with = "humantime_serde")]
     pub result_timeout: Duration,
 }
 
+/// `[outbox]`: the relay that publishes webhooks.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
+    /// How often the relay looks for unpublished webhooks; commits that write some wake it too.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Webhooks published per relay batch; at least 1 (default 500).
     pub batch_size: i64,
 }
 
+/// `[shutdown]`: the graceful stop.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ShutdownSettings {
+    /// How long a graceful stop may take (default 25 s).
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
 }
 
+/// `[auth]`: tenant authentication of inbound messages.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
+    /// Require each inbound message's broker `user_id` to be allowed for its `x-merchantid` (off).
     pub enabled: bool,
     /// Broker user -> the merchants it may act for.
     #[serde(default)]
     pub users: BTreeMap<String, Vec<String>>,
 }
 
+/// How log lines are written (`log.format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable text lines (the default).
     Text,
+    /// One JSON object per line.
     Json,
 }
 
+/// `[log]`: the format and filter of the logs.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
+    /// `text` or `json` lines, on standard error (default `text`).
     pub format: LogFormat,
+    /// `tracing` directives, e.g. `info,billing_worker=debug` (default `info`); `RUST_LOG` wins.
     pub filter: String,
 }
 

@@ -9,19 +9,30 @@ use crate::settings::{AmqpSettings, QueueType};
 /// Every name of the topology, with the configured prefix applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
+    /// Exchange `billing.in` (topic): upstream services publish commands and usage to it.
     pub inbound: String,
+    /// Queue `billing.usage`: what `billing.in` routes with `usage.#`.
     pub usage: String,
+    /// Queue `billing.provisioning`: what `billing.in` routes with `provisioning.#`.
     pub provisioning: String,
+    /// Exchange `billing.payments` (topic): the worker publishes debit requests to it.
     pub payments: String,
+    /// Queue `billing.payments.requests`: debit requests (`payment.debit`) for the gateway.
     pub payment_requests: String,
+    /// Queue `billing.payments.results`: debit results from the gateway.
     pub payment_results: String,
+    /// Exchange `billing.webhooks` (topic): the outbox relay publishes webhooks to it.
     pub webhooks: String,
+    /// Queue `billing.webhooks`, bound with `#`; declared when `amqp.webhook_queue` is on.
     pub webhook_queue: String,
+    /// Exchange `billing.dlx` (fanout): dead letters go to it.
     pub dlx: String,
+    /// Queue `billing.dead`: every dead letter.
     pub dead: String,
 }
 
 impl Names {
+    /// Every name, with `prefix` prepended.
     pub fn new(prefix: &str) -> Names {
         let n = |base: &str| format!("{prefix}{base}");
         Names {

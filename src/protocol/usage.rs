@@ -21,16 +21,22 @@ pub(crate) const MAX_PROPERTY_LEN: usize = 256;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageEventIn {
+    /// The idempotency key, unique per merchant: a repeat is counted once.
     #[serde(deserialize_with = "id")]
     pub event_id: String,
+    /// The execution the usage counts toward; it must be `ACTIVE`.
     #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
+    /// The metric measured: one of the execution's plan or of its `metric_info`.
     #[serde(deserialize_with = "id")]
     pub metric_id: String,
+    /// How much usage; `None` counts as 1 (`COUNT` and `UNIQUE_COUNT` ignore it).
     #[serde(default, deserialize_with = "opt_amount")]
     pub value: Option<Decimal>,
+    /// When the usage happened; `None` means when the message was received.
     #[serde(default, deserialize_with = "timestamp")]
     pub timestamp: Option<DateTime<Utc>>,
+    /// Free-form attributes; `UNIQUE_COUNT` counts the distinct values of its aggregation field.
     #[serde(default)]
     pub properties: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -40,6 +46,7 @@ pub struct UsageEventIn {
 pub struct Decoded {
     /// Byte range of this event's JSON in the message body (for its dead letter).
     pub span: Range<usize>,
+    /// The event, or why it was rejected.
     pub event: Result<UsageEventIn, Rejection>,
 }
 

@@ -1,6 +1,6 @@
 //! The two kinds of failure a worker tells apart: input that is wrong
 //! ([`Rejection`], dead-lettered and answered) and faults that pass
-//! ([`HandleError::Transient`], retried after recovery, never dead-lettered).
+//! (`HandleError::Transient`, retried after recovery, never dead-lettered).
 
 use std::fmt;
 

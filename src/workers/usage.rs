@@ -1,7 +1,12 @@
 //! The usage role: take messages as they come, close a batch by size or
 //! time, count it in one transaction, dead-letter what is wrong, then ack
-//! the whole batch at once (`multiple`), only after the commit.
+//! the whole batch at once (`multiple`), only after the commit. The next
+//! batch fills (and its messages are decoded) while one is being counted;
+//! one batch is counted at a time, so batches commit and are acked in the
+//! order they were received.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -65,44 +70,73 @@ impl Message {
     }
 }
 
+/// A batch being counted, dead-lettered and acked: `false` if shutdown came first.
+type Settling<'a> = Pin<Box<dyn Future<Output = Result<bool, BrokerError>> + Send + 'a>>;
+
+/// Waits for the batch being settled, if any (never returns otherwise).
+async fn settled(settling: &mut Option<Settling<'_>>) -> Result<bool, BrokerError> {
+    match settling {
+        Some(settling) => settling.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
     let usage = &ctx.settings.usage;
     let (session, mut consumer) = open_consumer(&ctx, ROLE, &ctx.names.usage, usage.prefetch).await?;
+    let mut settling: Option<Settling<'_>> = None;
     let mut stopping = false;
-    while !stopping {
+    loop {
         let mut batch = Vec::new();
         let (mut events, mut bytes) = (0, 0);
-        let first = tokio::select! {
-            _ = cancel.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        let message = Message::new(&ctx, delivery(first)?);
-        events += message.events();
-        bytes += message.delivery.data.len();
-        batch.push(message);
-        let deadline = tokio::time::Instant::now() + usage.batch_timeout;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut timed_out = false;
         // A batch closes on events, on bytes (bounding the memory one
-        // transaction holds), or on time.
-        while events < usage.batch_size && bytes < usage.batch_bytes {
+        // transaction holds), or on time after its first message; it goes
+        // to the database once the batch before it is settled, and fills on
+        // until then.
+        loop {
+            let full = events >= usage.batch_size || bytes >= usage.batch_bytes;
+            if settling.is_none() && (full || timed_out || stopping) {
+                break;
+            }
             tokio::select! {
                 biased;
-                next = consumer.next() => {
+                done = settled(&mut settling), if settling.is_some() => {
+                    settling = None;
+                    if !done? {
+                        // Shutdown came first: what was received since returns to the queue.
+                        stopping = true;
+                        batch.clear();
+                    }
+                }
+                next = consumer.next(), if !full && !stopping => {
                     let message = Message::new(&ctx, delivery(next)?);
                     events += message.events();
                     bytes += message.delivery.data.len();
                     batch.push(message);
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + usage.batch_timeout);
                 }
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = cancel.cancelled() => {
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if deadline.is_some() && !timed_out => {
+                    timed_out = true;
+                }
+                _ = cancel.cancelled(), if !stopping => {
                     stopping = true;
-                    break;
                 }
             }
         }
-        if !settle(&ctx, &session.publisher, batch, &cancel).await? {
+        if !batch.is_empty() {
+            settling = Some(Box::pin(settle(&ctx, &session.publisher, batch, &cancel)));
+        }
+        if stopping {
+            if let Some(last) = settling.take() {
+                last.await?;
+            }
             break;
         }
     }
+    drop(settling);
     // Anything not acked returns to the queue when the channel closes.
     session.close().await;
     Ok(())

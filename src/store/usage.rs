@@ -268,9 +268,12 @@ pub async fn record_threshold(
 }
 
 /// Locks executions (in id order, so concurrent writers never deadlock)
-/// before webhooks about them are written.
+/// before webhooks about them are written. `FOR NO KEY UPDATE` waits for
+/// every other writer of these rows, and for billing (`FOR UPDATE`), but not
+/// for batches that only read them (`FOR KEY SHARE`): two batches on one
+/// execution, each holding that share lock, never wait on each other here.
 pub async fn lock_executions(conn: &mut PgConnection, ids: &[String]) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1 FROM executions WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+    sqlx::query("SELECT 1 FROM executions WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
         .bind(ids)
         .execute(conn)
         .await?;

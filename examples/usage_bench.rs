@@ -59,8 +59,8 @@ use lapin::types::FieldTable;
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use serde_json::{Value, json};
 use support::{
-    CpuShare, CpuTicks, Launch, Sandbox, StatementTime, StatementTimes, Worker, command_ok, has_exited, metric, ms, rate,
-    scrape, thousands, verdict,
+    CpuShare, CpuTicks, Launch, Sandbox, StatementTime, StatementTimes, Worker, command_ok, has_exited, metric, ms,
+    rate, scrape, thousands, verdict,
 };
 
 const MERCHANT: &str = "bench_merchant";
@@ -668,7 +668,10 @@ async fn live_phases(rig: &Rig<'_>, worker: &mut Option<Worker>, sslmode: &str) 
     log(format_args!("single-event messages: {} events", thousands(args.events)));
     let single = through_worker(rig, live, &format!("single-{sslmode}"), 1, None).await?;
     let half = single.events_per_second() / 2.0;
-    log(format_args!("single-event messages at half that rate: {} events/s", rate(half)));
+    log(format_args!(
+        "single-event messages at half that rate: {} events/s",
+        rate(half)
+    ));
     let single_half = through_worker(rig, live, &format!("single-half-{sslmode}"), 1, Some(half)).await?;
     log(format_args!(
         "batched messages: {} events, {} per message",
@@ -681,7 +684,10 @@ async fn live_phases(rig: &Rig<'_>, worker: &mut Option<Worker>, sslmode: &str) 
     let batched = through_worker(rig, live, &format!("batch-{sslmode}"), args.batch, None).await?;
     let statements = times.as_ref().map(StatementTimes::by_total).unwrap_or_default();
     let half = batched.events_per_second() / 2.0;
-    log(format_args!("batched messages at half that rate: {} events/s", rate(half)));
+    log(format_args!(
+        "batched messages at half that rate: {} events/s",
+        rate(half)
+    ));
     let batched_half = through_worker(rig, live, &format!("batch-half-{sslmode}"), args.batch, Some(half)).await?;
     Ok(Live {
         sslmode: sslmode.to_string(),
@@ -1204,7 +1210,7 @@ fn batches_line(phase: &Phase) -> Option<String> {
         return None;
     }
     Some(format!(
-        "worker: {} batches of {:.0} events on average, {} per batch transaction, transactions {:.0}% of the phase",
+        "worker: {} batches of {:.0} events on average, {} per batch transaction, transactions add up to {:.0}% of the phase (two may run at once)",
         thousands(b.batches as u64),
         b.events / b.batches,
         ms(Duration::from_secs_f64(b.commit_seconds / b.batches)),
@@ -1343,8 +1349,12 @@ fn write_live(f: &mut std::fmt::Formatter<'_>, live: &[Live], batch: u64) -> std
             verdict(ratio >= SINGLE_TARGET)
         )
     })?;
-    row(f, "  at half load: events/s: latency p50 / p99", &|l| half(&l.single_half))?;
-    row(f, "ceiling: raw Postgres batched insert, rows/s", &|l| rate(l.raw.events_per_second()))?;
+    row(f, "  at half load: events/s: latency p50 / p99", &|l| {
+        half(&l.single_half)
+    })?;
+    row(f, "ceiling: raw Postgres batched insert, rows/s", &|l| {
+        rate(l.raw.events_per_second())
+    })?;
     row(f, &format!("batched ({batch}/message), events/s"), &|l| {
         let ratio = l.batched.events_per_second() / l.raw.events_per_second();
         format!(
@@ -1353,7 +1363,9 @@ fn write_live(f: &mut std::fmt::Formatter<'_>, live: &[Live], batch: u64) -> std
             verdict(ratio >= BATCHED_TARGET)
         )
     })?;
-    row(f, "  at half load: events/s: latency p50 / p99", &|l| half(&l.batched_half))?;
+    row(f, "  at half load: events/s: latency p50 / p99", &|l| {
+        half(&l.batched_half)
+    })?;
     row(f, "worker peak RSS", &|l| format!("{:.0} MB", l.rss_mb))?;
     if let Some(plain) = live.iter().find(|l| l.sslmode == "disable") {
         for tls in live.iter().filter(|l| l.sslmode != "disable") {
@@ -1388,11 +1400,19 @@ fn write_live(f: &mut std::fmt::Formatter<'_>, live: &[Live], batch: u64) -> std
             ("batched, flat out", &l.batched),
             ("batched, half load", &l.batched_half),
         ] {
-            writeln!(f, "  {name}: {} events/s, {}", rate(phase.events_per_second()), latency_text(phase))?;
+            writeln!(
+                f,
+                "  {name}: {} events/s, {}",
+                rate(phase.events_per_second()),
+                latency_text(phase)
+            )?;
             details(f, phase)?;
         }
         if !l.statements.is_empty() {
-            writeln!(f, "  statements of the flat-out batched phase (count, total, mean, total as a share of the phase):")?;
+            writeln!(
+                f,
+                "  statements of the flat-out batched phase (count, total, mean, total as a share of the phase):"
+            )?;
             for (statement, t) in l.statements.iter().take(12) {
                 writeln!(
                     f,

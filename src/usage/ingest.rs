@@ -125,8 +125,7 @@ pub async fn ingest(
     let fresh: Vec<&Accepted> = if store::usage::insert_new_events(conn, &rows).await? {
         accepted.iter().collect()
     } else {
-        let inserted: HashSet<(String, String)> =
-            store::usage::insert_events(conn, &rows).await?.into_iter().collect();
+        let inserted: HashSet<(String, String)> = store::usage::insert_events(conn, &rows).await?.into_iter().collect();
         accepted
             .iter()
             .filter(|a| inserted.contains(&(a.merchant_id.clone(), a.event.event_id.clone())))

@@ -108,11 +108,16 @@ pub(crate) async fn ingest(
         rows.value.push(a.event.value);
         rows.ts.push(a.event.timestamp);
     }
-    let inserted: HashSet<(String, String)> = store::usage::insert_events(conn, &rows).await?.into_iter().collect();
-    let fresh: Vec<&Accepted> = accepted
-        .iter()
-        .filter(|a| inserted.contains(&(a.merchant_id.clone(), a.event.event_id.clone())))
-        .collect();
+    // Repeats are rare: first try the batch as all new, then sort it out.
+    let fresh: Vec<&Accepted> = if store::usage::insert_new_events(conn, &rows).await? {
+        accepted.iter().collect()
+    } else {
+        let inserted: HashSet<(String, String)> = store::usage::insert_events(conn, &rows).await?.into_iter().collect();
+        accepted
+            .iter()
+            .filter(|a| inserted.contains(&(a.merchant_id.clone(), a.event.event_id.clone())))
+            .collect()
+    };
     report.duplicates += accepted.len() - fresh.len();
     report.counted = fresh.len();
     if fresh.is_empty() {

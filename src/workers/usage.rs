@@ -1,14 +1,22 @@
 //! The usage role: take messages as they come, close a batch by size or
 //! time, count it in one transaction, dead-letter what is wrong, then ack
-//! the whole batch at once (`multiple`), only after the commit.
+//! the whole batch at once (`multiple`), only after the commit. Up to
+//! [`IN_FLIGHT`] batches are counted at once, each in its own transaction,
+//! while the next one fills; a batch is acked (and its counts show in the
+//! metrics) only after every batch received before it, so acks stay in
+//! order and an unacked batch never has its messages acked by a later one.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{dead_letter, delivery, hold_through_outages, open_consumer, supervise};
@@ -20,6 +28,8 @@ use crate::protocol::usage::{Decoded, decode_message};
 use crate::usage::ingest::{Candidate, Limits, Report, ingest};
 
 const ROLE: &str = "usage";
+/// Batches counted at once, each in its own transaction and on its own connection.
+const IN_FLIGHT: usize = 2;
 
 /// Runs the role until `cancel` fires; reconnects on broker faults.
 pub(crate) async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
@@ -61,59 +71,108 @@ impl Message {
     }
 }
 
+/// A batch being counted, dead-lettered and acked: `false` if shutdown came first.
+type Settling<'a> = Pin<Box<dyn Future<Output = Result<bool, BrokerError>> + Send + 'a>>;
+
 async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
     let usage = &ctx.settings.usage;
     let (session, mut consumer) = open_consumer(&ctx, ROLE, &ctx.names.usage, usage.prefetch).await?;
+    // Batches being settled, oldest first, and the signal the newest sends once settled.
+    let mut settling: FuturesOrdered<Settling<'_>> = FuturesOrdered::new();
+    let mut newest: Option<oneshot::Receiver<bool>> = None;
     let mut stopping = false;
-    while !stopping {
+    loop {
         let mut batch = Vec::new();
         let (mut events, mut bytes) = (0, 0);
-        let first = tokio::select! {
-            _ = cancel.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        let message = Message::new(&ctx, delivery(first)?);
-        events += message.events();
-        bytes += message.delivery.data.len();
-        batch.push(message);
-        let deadline = tokio::time::Instant::now() + usage.batch_timeout;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut timed_out = false;
         // A batch closes on events, on bytes (bounding the memory one
-        // transaction holds), or on time.
-        while events < usage.batch_size && bytes < usage.batch_bytes {
+        // transaction holds), or on time after its first message; it goes
+        // to the database once fewer than IN_FLIGHT batches are, and fills
+        // on until then.
+        loop {
+            let full = events >= usage.batch_size || bytes >= usage.batch_bytes;
+            if settling.len() < IN_FLIGHT && (full || timed_out || stopping) {
+                break;
+            }
             tokio::select! {
                 biased;
-                next = consumer.next() => {
+                Some(done) = settling.next(), if !settling.is_empty() => {
+                    if !done? {
+                        // Shutdown came first: what was received since returns to the queue.
+                        stopping = true;
+                        batch.clear();
+                    }
+                }
+                next = consumer.next(), if !full && !stopping => {
                     let message = Message::new(&ctx, delivery(next)?);
                     events += message.events();
                     bytes += message.delivery.data.len();
                     batch.push(message);
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + usage.batch_timeout);
                 }
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = cancel.cancelled() => {
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if deadline.is_some() && !timed_out => {
+                    timed_out = true;
+                }
+                _ = cancel.cancelled(), if !stopping => {
                     stopping = true;
-                    break;
                 }
             }
         }
-        if !settle(&ctx, &session.publisher, batch, &cancel).await? {
+        if !batch.is_empty() {
+            let (settled, signal) = oneshot::channel();
+            let after = newest.replace(signal);
+            settling.push_back(Box::pin(settle_in_order(
+                &ctx,
+                &session.publisher,
+                batch,
+                &cancel,
+                after,
+                settled,
+            )));
+        }
+        if stopping {
+            while let Some(done) = settling.next().await {
+                done?;
+            }
             break;
         }
     }
+    drop(settling);
     // Anything not acked returns to the queue when the channel closes.
     session.close().await;
     Ok(())
 }
 
+/// [`settle`], then tells the next batch whether this one was acked.
+async fn settle_in_order(
+    ctx: &Context,
+    publisher: &Publisher,
+    batch: Vec<Message>,
+    cancel: &CancellationToken,
+    after: Option<oneshot::Receiver<bool>>,
+    settled: oneshot::Sender<bool>,
+) -> Result<bool, BrokerError> {
+    let outcome = settle(ctx, publisher, batch, cancel, after).await;
+    let _ = settled.send(matches!(outcome, Ok(true)));
+    outcome
+}
+
 /// Where a candidate event came from: its message and its text in the body.
 type Origin = (usize, std::ops::Range<usize>);
 
-/// Counts, dead-letters and acks one batch. `false` if shutdown came first
-/// (the batch stays unacked and is redelivered).
+/// Counts, dead-letters and acks one batch; its transaction may run while
+/// the batch before it is being settled, but nothing is acked, dead-lettered
+/// or shown in the metrics before `after` says that batch was acked. `false`
+/// if shutdown came first or the batch before was not acked (this batch
+/// stays unacked and is redelivered).
 async fn settle(
     ctx: &Context,
     publisher: &Publisher,
     batch: Vec<Message>,
     cancel: &CancellationToken,
+    after: Option<oneshot::Receiver<bool>>,
 ) -> Result<bool, BrokerError> {
     let metrics = &ctx.metrics;
     let mut candidates = Vec::new();
@@ -139,15 +198,25 @@ async fn settle(
             }
         }
     }
+    let outcome = if candidates.is_empty() {
+        None
+    } else {
+        match count_with_retry(ctx, &candidates, cancel).await {
+            Some(outcome) => Some(outcome),
+            None => return Ok(false),
+        }
+    };
+    if let Some(after) = after
+        && !after.await.unwrap_or(false)
+    {
+        return Ok(false);
+    }
     metrics
         .usage_events_received
         .inc_by((candidates.len() + dead.len()) as u64);
     metrics.usage_batch_size.observe(candidates.len() as f64);
 
-    if !candidates.is_empty() {
-        let Some(outcome) = count_with_retry(ctx, &candidates, cancel).await else {
-            return Ok(false);
-        };
+    if let Some(outcome) = outcome {
         match outcome {
             Ok(report) => {
                 for (i, rejection) in report.rejected {
@@ -190,7 +259,7 @@ async fn settle_one_by_one(
     cancel: &CancellationToken,
 ) -> Result<bool, BrokerError> {
     for message in batch {
-        if !Box::pin(settle(ctx, publisher, vec![message], cancel)).await? {
+        if !Box::pin(settle(ctx, publisher, vec![message], cancel, None)).await? {
             return Ok(false);
         }
     }

@@ -1439,7 +1439,7 @@ impl std::fmt::Display for MaxSize {
         let queued = phase.messages * self.body_bytes as u64;
         let prefetch = u64::from(self.prefetch);
         let (max, batch) = (self.max_message_bytes as u64, self.batch_bytes as u64);
-        let worst = prefetch * max + batch;
+        let worst = prefetch * max + 3 * batch;
         let pushed = prefetch.min(phase.messages);
         writeln!(
             f,
@@ -1470,7 +1470,7 @@ impl std::fmt::Display for MaxSize {
         )?;
         writeln!(
             f,
-            "    worst case = prefetch x max_message_bytes + batch_bytes = {prefetch} x {} + {} = {} bytes ({:.0} MiB)",
+            "    worst case = prefetch x max_message_bytes + 3 x batch_bytes = {prefetch} x {} + 3 x {} = {} bytes ({:.0} MiB)",
             thousands(max),
             thousands(batch),
             thousands(worst),

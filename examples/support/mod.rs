@@ -198,7 +198,7 @@ impl Sandbox {
 /// The admin URL with another database name; its parameters (`sslmode`, a
 /// socket `host`) are kept. Without an `sslmode` it gets `sslmode=disable`,
 /// as `config/default.toml` and the integration tests use for the local
-/// server: TLS on loopback protects nothing and adds latency to every statement.
+/// server: TLS on loopback protects nothing.
 pub fn database_url(admin_url: &str, name: &str) -> String {
     let (url, query) = match admin_url.split_once('?') {
         Some((url, query)) => (url, Some(query)),

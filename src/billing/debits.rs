@@ -170,7 +170,173 @@ pub(crate) async fn apply_result(
     Ok((outcome, roundtrip))
 }
 
-/// Refuses a result that does not come from the bill's merchant.
+/// Applies a batch of results in the caller's transaction, in effect as
+/// [`apply_result`] applies them one after another. The ordinary ones (a
+/// `SUCCESS` from the bill's merchant for the attempt its `PROCESSING` bill
+/// waits for, asking no more than the bill owes, the only result of the
+/// batch for its execution) are settled together, a few statements for all;
+/// the others go through [`apply_result`] one by one. The two sets touch
+/// different executions, so each execution's webhooks keep their order.
+pub(crate) async fn apply_results(
+    conn: &mut PgConnection,
+    results: &[(&DebitResult, Sender<'_>)],
+    retry: &RetrySettings,
+    now: DateTime<Utc>,
+) -> Result<Vec<(ResultOutcome, Option<Duration>)>, HandleError> {
+    let mut applied: Vec<Option<(ResultOutcome, Option<Duration>)>> = vec![None; results.len()];
+    if results.len() > 1 {
+        pay_ordinary(conn, results, now, &mut applied).await?;
+    }
+    let mut outcomes = Vec::with_capacity(results.len());
+    for ((result, sender), done) in results.iter().zip(applied) {
+        match done {
+            Some(outcome) => outcomes.push(outcome),
+            None => outcomes.push(apply_result(conn, result, *sender, retry, now).await?),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Settles the ordinary successes of a batch together (see
+/// [`apply_results`]) and fills in their outcomes.
+async fn pay_ordinary(
+    conn: &mut PgConnection,
+    results: &[(&DebitResult, Sender<'_>)],
+    now: DateTime<Utc>,
+    applied: &mut [Option<(ResultOutcome, Option<Duration>)>],
+) -> Result<(), HandleError> {
+    use std::collections::HashMap;
+
+    let request_ids: Vec<&str> = results
+        .iter()
+        .filter(|(r, _)| check_request_id(r).is_ok())
+        .map(|(r, _)| r.request_id.as_str())
+        .collect();
+    if request_ids.is_empty() {
+        return Ok(());
+    }
+    // Bills first, then attempts: the order the scheduler's sender takes.
+    let bills: HashMap<String, BillRow> = store::bills::lock_of_requests(conn, &request_ids)
+        .await?
+        .into_iter()
+        .map(|b| (b.id.clone(), b))
+        .collect();
+    let attempts: HashMap<String, store::bills::LockedAttempt> = store::bills::lock_attempts(conn, &request_ids)
+        .await?
+        .into_iter()
+        .map(|a| (a.request_id.clone(), a))
+        .collect();
+    // Whose results share an execution (or a bill without one) go one by one.
+    let key = |result: &DebitResult| {
+        let attempt = attempts.get(&result.request_id)?;
+        let bill = bills.get(&attempt.bill_id)?;
+        Some(bill.execution_id.clone().unwrap_or_else(|| bill.id.clone()))
+    };
+    let mut touching: HashMap<String, usize> = HashMap::new();
+    for (result, _) in results {
+        if let Some(k) = key(result) {
+            *touching.entry(k).or_default() += 1;
+        }
+    }
+    let ordinary: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, (result, sender))| {
+            let Some(attempt) = attempts.get(&result.request_id) else {
+                return false;
+            };
+            let Some(bill) = bills.get(&attempt.bill_id) else {
+                return false;
+            };
+            result.status == ResultStatus::Success
+                && check_request_id(result).is_ok()
+                && matches!(attempt.status, AttemptStatus::Requested | AttemptStatus::Pending)
+                && bill.status == BillStatus::Processing
+                && bill.request_id.as_deref() == Some(result.request_id.as_str())
+                && sender.is_ok_and(|m| m == bill.merchant_id)
+                && attempt.amount <= bill.amount_due
+                && key(result).and_then(|k| touching.get(&k).copied()) == Some(1)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if ordinary.is_empty() {
+        return Ok(());
+    }
+
+    let mut paid: Vec<(usize, BillRow, &store::bills::LockedAttempt)> = Vec::with_capacity(ordinary.len());
+    for &i in &ordinary {
+        let result = results[i].0;
+        let attempt = &attempts[&result.request_id];
+        let mut bill = bills[&attempt.bill_id].clone();
+        bill.status = transition(bill.status, BillEvent::Succeeded).map_err(|e| refused(&e))?;
+        bill.gateway_txn_id = result.gateway_txn_id.clone();
+        bill.settled_at = Some(now);
+        bill.next_attempt_at = None;
+        bill.lease_owner = None;
+        bill.lease_expires_at = None;
+        bill.updated_at = now;
+        paid.push((i, bill, attempt));
+    }
+    let mut execution_ids: Vec<&str> = paid.iter().filter_map(|(_, b, _)| b.execution_id.as_deref()).collect();
+    execution_ids.sort_unstable();
+    let executions: HashMap<String, ExecutionRow> = store::executions::lock_many_by_id(conn, &execution_ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.id.clone(), e))
+        .collect();
+    let bill_ids: Vec<&str> = paid.iter().map(|(_, b, _)| b.id.as_str()).collect();
+    let mut lines: HashMap<String, Vec<store::bills::LineRow>> = HashMap::new();
+    for row in store::bills::lines_of(conn, &bill_ids).await? {
+        lines.entry(row.bill_id).or_default().push(row.line);
+    }
+
+    let recorded: Vec<store::bills::RecordedSuccess<'_>> = paid
+        .iter()
+        .map(|(i, _, _)| {
+            let result = results[*i].0;
+            store::bills::RecordedSuccess {
+                request_id: result.request_id.as_str(),
+                error_code: result.error_code.as_deref(),
+                error_message: result.error_message.as_deref(),
+                gateway_txn_id: result.gateway_txn_id.as_deref(),
+            }
+        })
+        .collect();
+    store::bills::record_successes(conn, &recorded, now).await?;
+    let rows: Vec<&BillRow> = paid.iter().map(|(_, b, _)| b).collect();
+    store::bills::mark_paid_many(conn, &rows, now).await?;
+
+    let no_lines = Vec::new();
+    let webhooks: Vec<(Webhook, Option<String>)> = paid
+        .iter()
+        .map(|(_, bill, attempt)| {
+            let execution = bill.execution_id.as_ref().and_then(|id| executions.get(id));
+            let settlement = json!({
+                "credit_applied": num(bill.credit_applied),
+                "debited_amount": num(attempt.amount),
+                "gateway_txn_id": bill.gateway_txn_id,
+                "request_id": attempt.request_id,
+                "attempt": attempt.attempt,
+                "currency": bill.currency,
+            });
+            let extras = vec![("settlement", settlement), ("late", Value::Bool(false))];
+            let lines = lines.get(&bill.id).unwrap_or(&no_lines);
+            let webhook = with_extras(
+                bill_webhook(EventName::ExecutionDebitEvent, bill, lines, execution, now, None),
+                extras,
+            );
+            (webhook, bill.execution_id.clone())
+        })
+        .collect();
+    store::outbox::enqueue_many(conn, &webhooks).await?;
+
+    for (i, _, attempt) in &paid {
+        applied[*i] = Some((ResultOutcome::Paid, attempt.requested_at.map(|t| now - t)));
+    }
+    Ok(())
+}
+
+/// Refuses a result that does not come from the bill's merchant./// Refuses a result that does not come from the bill's merchant.
 fn check_sender(bill: &BillRow, sender: Sender<'_>) -> Result<(), Rejection> {
     match sender {
         Ok(merchant) if merchant == bill.merchant_id => Ok(()),
@@ -288,13 +454,20 @@ async fn bill_event(
     extras: Vec<(&str, Value)>,
 ) -> Result<Webhook, sqlx::Error> {
     let lines = store::bills::lines(conn, &bill.id).await?;
-    let mut webhook = bill_webhook(event, bill, &lines, execution, now, None);
+    Ok(with_extras(
+        bill_webhook(event, bill, &lines, execution, now, None),
+        extras,
+    ))
+}
+
+/// A webhook with extra content fields added.
+fn with_extras(mut webhook: Webhook, extras: Vec<(&str, Value)>) -> Webhook {
     if let Some(content) = webhook.payload.get_mut("content").and_then(Value::as_object_mut) {
         for (key, value) in extras {
             content.insert(key.to_string(), value);
         }
     }
-    Ok(webhook)
+    webhook
 }
 
 /// Marks a bill with nothing left to collect `PAID` (by the credit it

@@ -631,6 +631,130 @@ pub(crate) async fn lock_still_processing(
     .await
 }
 
+// ---------------------------------------------------------------- results in a batch
+
+/// The bills of these requests, locked in the order of their ids (the
+/// order the scheduler's sender locks them in, bills before attempts).
+pub(crate) async fn lock_of_requests(
+    conn: &mut PgConnection,
+    request_ids: &[&str],
+) -> Result<Vec<BillRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT b.* FROM bills b
+         WHERE b.id IN (SELECT bill_id FROM debit_attempts WHERE request_id = ANY($1))
+         ORDER BY b.id FOR UPDATE OF b",
+    )
+    .bind(request_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// A debit attempt with what it asked for.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct LockedAttempt {
+    pub request_id: String,
+    pub bill_id: String,
+    #[sqlx(try_from = "String")]
+    pub status: AttemptStatus,
+    pub requested_at: Option<DateTime<Utc>>,
+    pub attempt: i32,
+    pub amount: Decimal,
+}
+
+/// Locks the attempts of these requests, in the order of their ids.
+pub(crate) async fn lock_attempts(
+    conn: &mut PgConnection,
+    request_ids: &[&str],
+) -> Result<Vec<LockedAttempt>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT request_id, bill_id, status, requested_at, attempt, amount FROM debit_attempts
+         WHERE request_id = ANY($1) ORDER BY request_id FOR UPDATE",
+    )
+    .bind(request_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// A line with the bill it belongs to.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct BillLineRow {
+    pub bill_id: String,
+    #[sqlx(flatten)]
+    pub line: LineRow,
+}
+
+/// The lines of many bills, each bill's in order.
+pub(crate) async fn lines_of(conn: &mut PgConnection, bill_ids: &[&str]) -> Result<Vec<BillLineRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT bill_id, position, kind, metric_id, quantity, amount, description FROM bill_lines
+         WHERE bill_id = ANY($1) ORDER BY bill_id, position",
+    )
+    .bind(bill_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// A success as an attempt records it.
+pub(crate) struct RecordedSuccess<'a> {
+    pub request_id: &'a str,
+    pub error_code: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    pub gateway_txn_id: Option<&'a str>,
+}
+
+/// Records successes on many attempts in one statement, as
+/// [`record_result`] records one.
+pub(crate) async fn record_successes(
+    conn: &mut PgConnection,
+    results: &[RecordedSuccess<'_>],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE debit_attempts d SET status = $5, error_code = t.code, error_message = t.message, retryable = NULL,
+             gateway_txn_id = COALESCE(t.txn, d.gateway_txn_id), result_at = $6
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS t(request_id, code, message, txn)
+         WHERE d.request_id = t.request_id",
+    )
+    .bind(results.iter().map(|r| r.request_id).collect::<Vec<_>>())
+    .bind(results.iter().map(|r| r.error_code).collect::<Vec<_>>())
+    .bind(results.iter().map(|r| r.error_message).collect::<Vec<_>>())
+    .bind(results.iter().map(|r| r.gateway_txn_id).collect::<Vec<_>>())
+    .bind(AttemptStatus::Success.as_str())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes many bills settled by a success in one statement, as [`update`]
+/// writes one: status, gateway transaction, settled now, nothing more to
+/// attempt, lease released.
+pub(crate) async fn mark_paid_many(
+    conn: &mut PgConnection,
+    bills: &[&BillRow],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if bills.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE bills b SET status = t.status, gateway_txn_id = t.txn, settled_at = $4, next_attempt_at = NULL,
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = $4
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(id, status, txn)
+         WHERE b.id = t.id",
+    )
+    .bind(bills.iter().map(|b| b.id.as_str()).collect::<Vec<_>>())
+    .bind(bills.iter().map(|b| b.status.as_str()).collect::<Vec<_>>())
+    .bind(bills.iter().map(|b| b.gateway_txn_id.as_deref()).collect::<Vec<_>>())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::domain::bill::BillEvent;

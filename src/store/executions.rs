@@ -81,6 +81,14 @@ pub(crate) async fn lock_by_id(conn: &mut PgConnection, id: &str) -> Result<Opti
         .await
 }
 
+/// Locks executions, in the order of their ids.
+pub(crate) async fn lock_many_by_id(conn: &mut PgConnection, ids: &[&str]) -> Result<Vec<ExecutionRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM executions WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
 /// Saves what billing moves: the cursor, the plan, carried amounts, status.
 pub(crate) async fn save_billing_state(
     conn: &mut PgConnection,

@@ -15,7 +15,7 @@ use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{dead_letter, delivery, hold_through_outages, next_delivery, open_consumer, supervise};
-use crate::billing::debits::{DebitResult, ResultOutcome, apply_result};
+use crate::billing::debits::{DebitResult, ResultOutcome, Sender, apply_results};
 use crate::broker::{BrokerError, Publisher};
 use crate::context::Context;
 use crate::domain::bill::BillStatus;
@@ -140,11 +140,11 @@ async fn apply(ctx: &Context, results: &[&Received]) -> Result<Vec<(ResultOutcom
         .begin()
         .await
         .map_err(|e| HandleError::Transient(format!("database unavailable: {e}")))?;
-    let mut applied = Vec::with_capacity(results.len());
-    for received in results {
-        let sender = received.sender.as_deref();
-        applied.push(apply_result(&mut tx, &received.result, sender, &ctx.settings.retry, ctx.clock.now()).await?);
-    }
+    let batch: Vec<(&DebitResult, Sender<'_>)> = results
+        .iter()
+        .map(|received| (&received.result, received.sender.as_deref()))
+        .collect();
+    let applied = apply_results(&mut tx, &batch, &ctx.settings.retry, ctx.clock.now()).await?;
     tx.commit().await?;
     ctx.metrics
         .payment_result_seconds

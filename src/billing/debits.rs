@@ -157,6 +157,11 @@ pub(crate) async fn apply_result(
     now: DateTime<Utc>,
 ) -> Result<(ResultOutcome, Option<Duration>), HandleError> {
     check_request_id(result)?;
+    // The bill first, then its attempt: the order the scheduler's sender
+    // locks them in, so the two never wait on each other in a cycle.
+    if let Some(bill_id) = store::bills::bill_of_request(conn, &result.request_id).await? {
+        store::bills::lock(conn, &bill_id).await?;
+    }
     let attempt = store::bills::lock_attempt(conn, &result.request_id)
         .await?
         .ok_or_else(|| {

@@ -368,6 +368,14 @@ pub(crate) struct AttemptRow {
     pub requested_at: Option<DateTime<Utc>>,
 }
 
+/// The bill a debit request was for, read without a lock.
+pub(crate) async fn bill_of_request(conn: &mut PgConnection, request_id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT bill_id FROM debit_attempts WHERE request_id = $1")
+        .bind(request_id)
+        .fetch_optional(conn)
+        .await
+}
+
 /// Locks an attempt by its request id.
 pub(crate) async fn lock_attempt(conn: &mut PgConnection, request_id: &str) -> Result<Option<AttemptRow>, sqlx::Error> {
     sqlx::query_as("SELECT bill_id, status, requested_at FROM debit_attempts WHERE request_id = $1 FOR UPDATE")

@@ -4,7 +4,7 @@
 //! Postgres manages with a bare batched insert.
 //!
 //! ```text
-//! ./scripts/bench-usage [--events N] [--batch 100] [--queued 1000000] [--queue-type quorum]
+//! ./scripts/bench-usage [--events N] [--batched-events N] [--batch 100] [--queued 1000000] [--queue-type quorum]
 //!                        [--sslmodes disable,require] [--max-size 0]
 //!                        [--worker-env BILLING__SECTION__KEY=VALUE ...]
 //! ```
@@ -16,20 +16,25 @@
 //! that `sslmode`:
 //!
 //! 1. ceilings: a no-op consumer in this process on a queue of the worker's
-//!    type, same messages, same prefetch as the worker; and a bare batched
-//!    insert (`UNNEST`, the worker's batch size, autocommit) of as many rows
-//!    into a table shaped like `usage_events` (same primary key), over a
-//!    connection with the same `sslmode`;
+//!    type and arguments, same messages, same prefetch as the worker
+//!    (`--events`); and, run just before phase 3, a bare batched insert
+//!    (`UNNEST`, the worker's batch size, autocommit) of as many rows as the
+//!    batched phase has events into a table shaped like `usage_events`
+//!    (same primary key), over a connection with the same `sslmode`;
 //! 2. single-event messages through the worker, flat out, then again at
 //!    half the rate just measured, for latency;
-//! 3. batched messages (`{"events": [...]}`) through the worker, the same
-//!    way;
+//! 3. batched messages (`{"events": [...]}`, `--batched-events` in all)
+//!    through the worker, the same way;
 //! 4. a backlog published while no worker runs, drained by a fresh worker,
 //!    with that worker's peak resident memory;
 //! 5. (`--max-size N`) the same with N messages as large as the worker
 //!    accepts: 1000 events each, 100-character event ids, properties padded
 //!    to just below `amqp.max_message_bytes`; the fresh worker's peak
 //!    resident memory next to the worst case its settings allow.
+//!
+//! Before each timed phase of 1 to 3 the event tables are vacuumed and
+//! analyzed and the database checkpoints, so no phase pays for the one
+//! before.
 //!
 //! `--events 0` skips phases 1 to 3 and `--queued 0` phase 4, e.g.
 //! `--events 0 --queued 0 --max-size 600` runs phase 5 alone.
@@ -107,9 +112,13 @@ const OWN_SETTINGS: [&str; 6] = [
     about = "Usage pipeline benchmark: no-op ceiling, single-event and batched messages, backlog drain, max-size messages"
 )]
 struct Args {
-    /// Events of each of the ceiling, single-event and batched phases; 0 skips them.
-    #[arg(long, default_value_t = 100_000)]
+    /// Events of the no-op ceiling and the single-event phases; 0 skips phases 1 to 3.
+    #[arg(long, default_value_t = 200_000)]
     events: u64,
+    /// Events of the batched phases and rows of the raw insert ceiling. At 100,000 events/s a
+    /// phase of 100,000 lasts one second, too short to average out other work on the machine.
+    #[arg(long, default_value_t = 500_000)]
+    batched_events: u64,
     /// Events per message of the batched phase.
     #[arg(long, default_value_t = 100)]
     batch: u64,
@@ -663,32 +672,55 @@ async fn live_phases(rig: &Rig<'_>, worker: &mut Option<Worker>, sslmode: &str) 
     };
     let live = worker.insert(Worker::start(sandbox, &launch, &ROLES).await?);
 
+    quiesce(sandbox).await?;
     let ceiling = ceiling(rig, live.pid).await?;
-    let raw = raw_insert(rig, &url, live.pid, sslmode).await?;
     log(format_args!("single-event messages: {} events", thousands(args.events)));
-    let single = through_worker(rig, live, &format!("single-{sslmode}"), 1, None).await?;
+    quiesce(sandbox).await?;
+    let single = through_worker(rig, live, &format!("single-{sslmode}"), args.events, 1, None).await?;
     let half = single.events_per_second() / 2.0;
     log(format_args!(
         "single-event messages at half that rate: {} events/s",
         rate(half)
     ));
-    let single_half = through_worker(rig, live, &format!("single-half-{sslmode}"), 1, Some(half)).await?;
+    quiesce(sandbox).await?;
+    let single_half = through_worker(rig, live, &format!("single-half-{sslmode}"), args.events, 1, Some(half)).await?;
+    // Next to the batched phase it is the ceiling of, on a database as settled.
+    quiesce(sandbox).await?;
+    let raw = raw_insert(rig, &url, live.pid, sslmode).await?;
     log(format_args!(
         "batched messages: {} events, {} per message",
-        thousands(args.events),
+        thousands(args.batched_events),
         args.batch
     ));
+    quiesce(sandbox).await?;
     if let Some(times) = &times {
         times.clear();
     }
-    let batched = through_worker(rig, live, &format!("batch-{sslmode}"), args.batch, None).await?;
+    let batched = through_worker(
+        rig,
+        live,
+        &format!("batch-{sslmode}"),
+        args.batched_events,
+        args.batch,
+        None,
+    )
+    .await?;
     let statements = times.as_ref().map(StatementTimes::by_total).unwrap_or_default();
     let half = batched.events_per_second() / 2.0;
     log(format_args!(
         "batched messages at half that rate: {} events/s",
         rate(half)
     ));
-    let batched_half = through_worker(rig, live, &format!("batch-half-{sslmode}"), args.batch, Some(half)).await?;
+    quiesce(sandbox).await?;
+    let batched_half = through_worker(
+        rig,
+        live,
+        &format!("batch-half-{sslmode}"),
+        args.batched_events,
+        args.batch,
+        Some(half),
+    )
+    .await?;
     Ok(Live {
         sslmode: sslmode.to_string(),
         ceiling,
@@ -700,6 +732,23 @@ async fn live_phases(rig: &Rig<'_>, worker: &mut Option<Worker>, sslmode: &str) 
         rss_mb: live.peak_rss_mb()?,
         statements,
     })
+}
+
+/// Lets the database catch up before a timed phase: vacuums and analyzes
+/// the tables the worker writes, then checkpoints, so that the autovacuum
+/// and checkpoint of the phase before do not run inside the next one.
+async fn quiesce(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&sandbox.db_url)
+        .await
+        .with_context(|| format!("connect to {}", sandbox.db_name))?;
+    for statement in ["VACUUM (ANALYZE) usage_events, usage_aggregates", "CHECKPOINT"] {
+        sqlx::query(statement)
+            .execute(&mut db)
+            .await
+            .with_context(|| statement.to_string())?;
+    }
+    let _ = sqlx::Connection::close(db).await;
+    Ok(())
 }
 
 /// `url` with its `sslmode` parameter set to `sslmode`.
@@ -714,7 +763,7 @@ fn with_sslmode(url: &str, sslmode: &str) -> String {
     format!("{base}?{}", params.join("&"))
 }
 
-/// What Postgres manages without the worker: `args.events` rows shaped like
+/// What Postgres manages without the worker: `args.batched_events` rows shaped like
 /// the worker's events, inserted `usage.batch_size` at a time with one
 /// `UNNEST` statement each (autocommit, `synchronous_commit` as the server
 /// has it) into a table with the same columns, primary key and indexes as
@@ -725,7 +774,7 @@ async fn raw_insert(rig: &Rig<'_>, url: &str, worker_pid: u32, sslmode: &str) ->
     let batch = sandbox.settings.usage.batch_size.max(1);
     log(format_args!(
         "raw insert ceiling: {} rows, {batch} per statement",
-        thousands(args.events)
+        thousands(args.batched_events)
     ));
     let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(url)
         .await
@@ -740,7 +789,7 @@ async fn raw_insert(rig: &Rig<'_>, url: &str, worker_pid: u32, sslmode: &str) ->
             .with_context(|| statement.to_string())?;
     }
     let now = chrono::Utc::now();
-    let events = args.events as usize;
+    let events = args.batched_events as usize;
     let batches: Vec<RawRows> = (0..events)
         .step_by(batch)
         .map(|first| {
@@ -793,7 +842,7 @@ async fn raw_insert(rig: &Rig<'_>, url: &str, worker_pid: u32, sslmode: &str) ->
         .context("drop bench_raw_events")?;
     let _ = sqlx::Connection::close(db).await;
     Ok(Phase {
-        events: args.events,
+        events: args.batched_events,
         messages: batches.len() as u64,
         elapsed,
         publishing: Duration::ZERO,
@@ -823,7 +872,7 @@ async fn stop_worker(worker: &mut Option<Worker>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The broker alone: a durable queue of the worker's type on `billing.in`, a
+/// The broker alone: a durable queue of the worker's type and arguments on `billing.in`, a
 /// consumer that only acks, with the worker's prefetch. Timed from the first
 /// publish to the last ack.
 async fn ceiling(rig: &Rig<'_>, worker_pid: u32) -> anyhow::Result<Phase> {
@@ -837,11 +886,20 @@ async fn ceiling(rig: &Rig<'_>, worker_pid: u32) -> anyhow::Result<Phase> {
     let channel = consumer_connection.create_channel().await.context("open a channel")?;
     let queue = sandbox.queue(NOOP_QUEUE);
     let queue = queue.as_str();
+    // The arguments of the worker's usage queue, so the broker does the same
+    // work per message for both consumers.
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
         lapin::types::AMQPValue::LongString(queue_type.into()),
     );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        lapin::types::AMQPValue::LongString(sandbox.names.dlx.as_str().into()),
+    );
+    if sandbox.settings.amqp.queue_type == QueueType::Quorum {
+        arguments.insert("x-delivery-limit".into(), lapin::types::AMQPValue::LongInt(50));
+    }
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
@@ -930,7 +988,7 @@ async fn ack_up_to(acker: Option<Acker>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes `args.events` events, `per_message` to a message, to the
+/// Publishes `events` events, `per_message` to a message, to the
 /// worker, flat out or (`pace`, in events per second) at a steady rate;
 /// timed from the first publish until the counter shows them all and the
 /// usage queue is empty.
@@ -938,15 +996,14 @@ async fn through_worker(
     rig: &Rig<'_>,
     worker: &Worker,
     tag: &str,
+    events: u64,
     per_message: u64,
     pace: Option<f64>,
 ) -> anyhow::Result<Phase> {
-    let args = rig.args;
-    let messages: Vec<Vec<u8>> =
-        bodies(tag, &rig.execution, args.events, per_message).collect::<anyhow::Result<_>>()?;
+    let messages: Vec<Vec<u8>> = bodies(tag, &rig.execution, events, per_message).collect::<anyhow::Result<_>>()?;
     let base = counted(worker.http).await?;
     let stats_before = BatchStats::read(worker.http).await?;
-    let target = base + args.events;
+    let target = base + events;
     let watching = tokio::spawn(watch_counter(worker.http, worker.pid, target));
     let cpu_before = CpuTicks::now(&[worker.pid]);
     let sent = match pace {
@@ -969,10 +1026,10 @@ async fn through_worker(
     let per_event: Vec<Instant> = sent
         .iter()
         .flat_map(|at| std::iter::repeat_n(*at, per_message as usize))
-        .take(args.events as usize)
+        .take(events as usize)
         .collect();
     Ok(Phase {
-        events: args.events,
+        events,
         messages: sent.len() as u64,
         elapsed,
         publishing: published.saturating_duration_since(first),

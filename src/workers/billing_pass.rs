@@ -56,28 +56,10 @@ pub(crate) async fn run_once(
 ) -> Result<RunReport, RunError> {
     let mut report = RunReport::default();
     let now = ctx.clock.now();
-    // Debits are requested after each round of bills, not after them all:
-    // the gateway and the payments role work on the first round's debits
-    // while the next round is made.
-    for round in 0..MAX_ROUNDS {
-        let (issued, more) = issue_round(ctx, now, limit, merchant).await?;
-        let notices = send_notices(ctx, now, limit, merchant).await?;
-        let timed_out = if round == 0 {
-            recover(ctx, publisher, now, limit, merchant).await?
-        } else {
-            0
-        };
-        if issued + notices + timed_out > 0 {
-            ctx.outbox_wake.notify_one();
-        }
-        report.bills_issued += issued;
-        report.notices_sent += notices;
-        report.debits_timed_out += timed_out;
-        report.debits_requested += request_due(ctx, publisher, now, limit, merchant).await?;
-        if !more {
-            break;
-        }
-    }
+    report.bills_issued = issue_due(ctx, now, limit, merchant).await?;
+    report.notices_sent = send_notices(ctx, now, limit, merchant).await?;
+    report.debits_timed_out = recover(ctx, publisher, now, limit, merchant).await?;
+    report.debits_requested = request_due(ctx, publisher, now, limit, merchant).await?;
     if let Ok(mut conn) = ctx.pool.acquire().await
         && let Ok(age) = store::bills::oldest_due_age(&mut conn, ctx.clock.now()).await
     {
@@ -89,34 +71,34 @@ pub(crate) async fn run_once(
     Ok(report)
 }
 
-/// Most rounds of bills in one pass; what is left waits for the next tick.
+/// Most rounds of catch-up in one pass; what is left waits for the next tick.
 const MAX_ROUNDS: usize = 8;
 
-/// Closes due periods, one round of a pass: up to ten transactions' worth
-/// of due executions in merchant-fair order (see
+/// Closes due periods, in rounds: each round takes up to ten transactions'
+/// worth of due executions in merchant-fair order (see
 /// [`store::executions::due_for_billing`]), each execution catching up a
 /// bounded number of periods, so a merchant with a huge backlog never
-/// starves another. Returns the bills issued, and whether another round may
-/// find more.
-async fn issue_round(
-    ctx: &Context,
-    now: DateTime<Utc>,
-    limit: i64,
-    merchant: Option<&str>,
-) -> Result<(usize, bool), RunError> {
+/// starves another.
+async fn issue_due(ctx: &Context, now: DateTime<Utc>, limit: i64, merchant: Option<&str>) -> Result<usize, RunError> {
     let notice = duration(ctx.settings.scheduler.pre_debit_notice);
     let chunk = usize::try_from(limit).unwrap_or(1).max(1);
-    let ids = {
-        let mut conn = ctx.pool.acquire().await?;
-        store::executions::due_for_billing(&mut conn, now, merchant, limit.saturating_mul(10)).await?
-    };
-    let (mut issued, mut progress) = (0, false);
-    for ids in ids.chunks(chunk) {
-        let (bills, locked) = issue_chunk(ctx, ids, now, notice).await?;
-        issued += bills;
-        progress |= locked > 0;
+    let mut issued = 0;
+    for _ in 0..MAX_ROUNDS {
+        let ids = {
+            let mut conn = ctx.pool.acquire().await?;
+            store::executions::due_for_billing(&mut conn, now, merchant, limit.saturating_mul(10)).await?
+        };
+        let mut progress = false;
+        for ids in ids.chunks(chunk) {
+            let (bills, locked) = issue_chunk(ctx, ids, now, notice).await?;
+            issued += bills;
+            progress |= locked > 0;
+        }
+        if !progress {
+            break;
+        }
     }
-    Ok((issued, progress))
+    Ok(issued)
 }
 
 /// Bills a chunk of executions in one transaction; if the store refuses

@@ -274,12 +274,7 @@ async fn pay_ordinary(
         let attempt = &attempts[&result.request_id];
         let mut bill = bills[&attempt.bill_id].clone();
         bill.status = transition(bill.status, BillEvent::Succeeded).map_err(|e| refused(&e))?;
-        bill.gateway_txn_id = result.gateway_txn_id.clone();
-        bill.settled_at = Some(now);
-        bill.next_attempt_at = None;
-        bill.lease_owner = None;
-        bill.lease_expires_at = None;
-        bill.updated_at = now;
+        bill.record_debit(result.gateway_txn_id.clone(), now);
         paid.push((i, bill, attempt));
     }
     let mut execution_ids: Vec<&str> = paid.iter().filter_map(|(_, b, _)| b.execution_id.as_deref()).collect();
@@ -545,12 +540,7 @@ async fn success(
         bill.amount_due
     };
     let overpaid = minus(amount, owed, "comparing the debit with the bill")?.max(Decimal::ZERO);
-    bill.gateway_txn_id = result.gateway_txn_id.clone();
-    bill.settled_at = Some(now);
-    bill.next_attempt_at = None;
-    bill.lease_owner = None;
-    bill.lease_expires_at = None;
-    bill.updated_at = now;
+    bill.record_debit(result.gateway_txn_id.clone(), now);
     store::bills::update(conn, &bill).await?;
 
     let mut unwound = Unwound::default();

@@ -56,6 +56,19 @@ pub(crate) struct BillRow {
     pub updated_at: DateTime<Utc>,
 }
 
+impl BillRow {
+    /// Records a debit the gateway made at `now` (the caller sets the
+    /// status): its transaction id kept, no attempt to come, lease released.
+    pub(crate) fn record_debit(&mut self, gateway_txn_id: Option<String>, now: DateTime<Utc>) {
+        self.gateway_txn_id = gateway_txn_id;
+        self.settled_at = Some(now);
+        self.next_attempt_at = None;
+        self.lease_owner = None;
+        self.lease_expires_at = None;
+        self.updated_at = now;
+    }
+}
+
 /// A stored line.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub(crate) struct LineRow {

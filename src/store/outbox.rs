@@ -17,7 +17,8 @@ pub(crate) struct PendingRow {
     pub id: String,
     pub merchant_id: String,
     pub event_name: String,
-    pub payload: serde_json::Value,
+    /// The JSON text as written, published as it is.
+    pub payload: String,
 }
 
 /// Writes a webhook in the caller's transaction.
@@ -28,13 +29,13 @@ pub(crate) async fn enqueue(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO outbox (id, merchant_id, execution_id, event_name, payload, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         VALUES ($1, $2, $3, $4, $5::json, $6)",
     )
     .bind(&webhook.id)
     .bind(&webhook.merchant_id)
     .bind(execution_id)
     .bind(&webhook.event_name)
-    .bind(&webhook.payload)
+    .bind(webhook.payload.to_string())
     .bind(webhook.date_created)
     .execute(conn)
     .await?;
@@ -51,8 +52,8 @@ pub(crate) async fn enqueue_many(
     }
     sqlx::query(
         "INSERT INTO outbox (id, merchant_id, execution_id, event_name, payload, created_at)
-         SELECT id, merchant_id, execution_id, event_name, payload, created_at
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[]) WITH ORDINALITY
+         SELECT id, merchant_id, execution_id, event_name, payload::json, created_at
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY
               AS t(id, merchant_id, execution_id, event_name, payload, created_at, n)
          ORDER BY n",
     )
@@ -60,7 +61,7 @@ pub(crate) async fn enqueue_many(
     .bind(webhooks.iter().map(|(w, _)| w.merchant_id.as_str()).collect::<Vec<_>>())
     .bind(webhooks.iter().map(|(_, e)| e.as_deref()).collect::<Vec<_>>())
     .bind(webhooks.iter().map(|(w, _)| w.event_name.as_str()).collect::<Vec<_>>())
-    .bind(webhooks.iter().map(|(w, _)| w.payload.clone()).collect::<Vec<_>>())
+    .bind(webhooks.iter().map(|(w, _)| w.payload.to_string()).collect::<Vec<_>>())
     .bind(webhooks.iter().map(|(w, _)| w.date_created).collect::<Vec<_>>())
     .execute(conn)
     .await?;
@@ -78,7 +79,7 @@ pub(crate) async fn try_lock_relay(conn: &mut PgConnection) -> Result<bool, sqlx
 /// The oldest unpublished webhooks, in the order they were written.
 pub(crate) async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT seq, id, merchant_id, event_name, payload FROM outbox
+        "SELECT seq, id, merchant_id, event_name, payload::text AS payload FROM outbox
          WHERE published_at IS NULL ORDER BY seq LIMIT $1",
     )
     .bind(limit)

@@ -91,6 +91,32 @@ pub(crate) struct EventRows {
     pub ts: Vec<DateTime<Utc>>,
 }
 
+/// The event insert, static SQL with `$tail` appended (the conflict clause).
+macro_rules! insert_events_sql {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO usage_events (merchant_id, event_id, execution_id, metric_id, period_start, value, ts)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[],
+                 $7::timestamptz[])",
+            $tail
+        )
+    };
+}
+
+/// Binds the columns of [`EventRows`] to an [`insert_events_sql!`] query.
+macro_rules! bind_event_rows {
+    ($query:expr, $rows:expr) => {
+        $query
+            .bind(&$rows.merchant_id)
+            .bind(&$rows.event_id)
+            .bind(&$rows.execution_id)
+            .bind(&$rows.metric_id)
+            .bind(&$rows.period_start)
+            .bind(&$rows.value)
+            .bind(&$rows.ts)
+    };
+}
+
 /// Inserts events that are all new in one plain insert, which costs Postgres
 /// much less than the speculative insertion of `ON CONFLICT`; `true` once
 /// every row is in. When a key was taken already (counted before, or by a
@@ -99,19 +125,9 @@ pub(crate) struct EventRows {
 /// the new from the repeats. Keys must be unique within `rows`.
 pub(crate) async fn insert_new_events(conn: &mut PgConnection, rows: &EventRows) -> Result<bool, sqlx::Error> {
     sqlx::query("SAVEPOINT new_usage_events").execute(&mut *conn).await?;
-    let inserted = sqlx::query(
-        "INSERT INTO usage_events (merchant_id, event_id, execution_id, metric_id, period_start, value, ts)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[], $7::timestamptz[])",
-    )
-    .bind(&rows.merchant_id)
-    .bind(&rows.event_id)
-    .bind(&rows.execution_id)
-    .bind(&rows.metric_id)
-    .bind(&rows.period_start)
-    .bind(&rows.value)
-    .bind(&rows.ts)
-    .execute(&mut *conn)
-    .await;
+    let inserted = bind_event_rows!(sqlx::query(insert_events_sql!("")), rows)
+        .execute(&mut *conn)
+        .await;
     match inserted {
         Ok(_) => Ok(true),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
@@ -131,19 +147,12 @@ pub(crate) async fn insert_events(
     conn: &mut PgConnection,
     rows: &EventRows,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "INSERT INTO usage_events (merchant_id, event_id, execution_id, metric_id, period_start, value, ts)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[], $7::timestamptz[])
-         ON CONFLICT DO NOTHING
-         RETURNING merchant_id, event_id",
+    bind_event_rows!(
+        sqlx::query_as(insert_events_sql!(
+            " ON CONFLICT DO NOTHING RETURNING merchant_id, event_id"
+        )),
+        rows
     )
-    .bind(&rows.merchant_id)
-    .bind(&rows.event_id)
-    .bind(&rows.execution_id)
-    .bind(&rows.metric_id)
-    .bind(&rows.period_start)
-    .bind(&rows.value)
-    .bind(&rows.ts)
     .fetch_all(conn)
     .await
 }

@@ -117,7 +117,7 @@ async fn relay_batch(ctx: &Context, publisher: &Publisher) -> Result<usize, Rela
                 .with_headers(broker::headers([(MERCHANT_HEADER, row.merchant_id.as_str())]))
                 .with_timestamp(ctx.clock.now().timestamp().max(0) as u64)
                 .with_type(ShortString::from(row.event_name.as_str()));
-            let body = serde_json::to_vec(&row.payload).unwrap_or_default();
+            let body = row.payload.clone().into_bytes();
             (
                 ctx.names.webhooks.clone(),
                 row.event_name.clone(),

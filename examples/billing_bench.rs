@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! ./scripts/bench-billing [--bills 100000] [--batch-size 500] [--modes credit,gateway] [--workers 1,2]
+//!                         [--queue-type quorum] [--sslmodes disable,require]
 //! ```
 //!
+//! Every case runs once per `--sslmodes` entry, the workers' database URL
+//! carrying that `sslmode`, and the summary puts them side by side.
 //! Each case gets a fresh database and topology prefix (see `support`): the
 //! plan and the customer are created through the bus, then N executions whose
 //! first monthly period closed a minute ago are written in one statement, then
@@ -43,7 +46,8 @@ const PLAN: &str = "bench_monthly";
 const CUSTOMER: &str = "bench_customer";
 const PLAN_AMOUNT: i64 = 10;
 const CREDIT: i64 = 1000;
-/// Bills per second paid from credit that the worker is expected to reach.
+/// Bills per second that one worker is expected to reach, from credit or
+/// through a gateway peer that answers at once.
 const TARGET: f64 = 2000.0;
 /// How often the workers' counters are read while bills settle.
 const POLL_EVERY: Duration = Duration::from_millis(20);
@@ -82,8 +86,13 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     workers: Vec<usize>,
     /// Type of the worker's queues.
-    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    #[arg(long, default_value = "quorum", value_parser = ["classic", "quorum"])]
     queue_type: String,
+    /// The `sslmode` of the workers' database URL, one run of every case per entry, reported
+    /// side by side.
+    #[arg(long, value_delimiter = ',', default_value = "disable,require",
+          value_parser = ["disable", "prefer", "require", "verify-ca", "verify-full"])]
+    sslmodes: Vec<String>,
     /// Time every statement the workers run, from their own logs (adds
     /// logging work to the workers; for finding where the time goes).
     #[arg(long)]
@@ -118,9 +127,11 @@ async fn main() -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for &mode in &args.modes {
         for &workers in &args.workers {
-            let report = run_case(&args, mode, workers).await?;
-            print!("{report}");
-            reports.push(report);
+            for sslmode in &args.sslmodes {
+                let report = run_case(&args, mode, workers, sslmode).await?;
+                print!("{report}");
+                reports.push(report);
+            }
         }
     }
     print!("{}", Summary(&reports));
@@ -136,7 +147,7 @@ fn log(message: impl std::fmt::Display) {
 // ------------------------------------------------------------------- case
 
 /// One case on its own sandbox, removed whatever happens (Ctrl-C included).
-async fn run_case(args: &Args, mode: Mode, workers: usize) -> anyhow::Result<CaseReport> {
+async fn run_case(args: &Args, mode: Mode, workers: usize, sslmode: &str) -> anyhow::Result<CaseReport> {
     let mut settings = support::default_settings()?;
     settings.amqp.queue_type = match args.queue_type.as_str() {
         "quorum" => QueueType::Quorum,
@@ -144,14 +155,14 @@ async fn run_case(args: &Args, mode: Mode, workers: usize) -> anyhow::Result<Cas
     };
     let sandbox = Sandbox::create("billbench", settings, &[]).await?;
     log(format_args!(
-        "{}, {workers} worker(s): database {}, topology prefix {}",
+        "{}, {workers} worker(s), sslmode={sslmode}: database {}, topology prefix {}",
         mode.title(),
         sandbox.db_name,
         sandbox.prefix()
     ));
     let mut running = Vec::new();
     let outcome = tokio::select! {
-        outcome = measure(args, &sandbox, mode, workers, &mut running) => outcome,
+        outcome = measure(args, &sandbox, mode, workers, sslmode, &mut running) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     let cleaned = sandbox.remove(running).await;
@@ -186,9 +197,15 @@ async fn measure(
     sandbox: &Sandbox,
     mode: Mode,
     workers: usize,
+    sslmode: &str,
     running: &mut Vec<Worker>,
 ) -> anyhow::Result<CaseReport> {
     let mut launch = launch(args, mode);
+    // After the sandbox's own URL in the workers' environment, so this one wins.
+    launch.env.push((
+        "BILLING__DATABASE__URL".to_string(),
+        support::with_sslmode(&sandbox.db_url, sslmode),
+    ));
     provision(sandbox, &launch).await?;
     let mut db = sandbox.database().await?;
     log(format_args!("seeding {} due executions", thousands(args.bills)));
@@ -228,6 +245,7 @@ async fn measure(
     Ok(CaseReport {
         mode,
         workers,
+        sslmode: sslmode.to_string(),
         bills: args.bills,
         issued: count(&mut db, "SELECT count(*) FROM bills").await?,
         webhooks: count(&mut db, "SELECT count(*) FROM outbox").await? - outbox_before,
@@ -652,6 +670,7 @@ impl Activity {
 struct CaseReport {
     mode: Mode,
     workers: usize,
+    sslmode: String,
     bills: u64,
     /// Rows in `bills`: one per execution, or something billed twice.
     issued: i64,
@@ -669,6 +688,11 @@ impl CaseReport {
     }
 
     fn title(&self) -> String {
+        format!("{}, sslmode={}", self.case(), self.sslmode)
+    }
+
+    /// The case without its `sslmode`: what the summary puts on one row.
+    fn case(&self) -> String {
         let workers = if self.workers == 1 { "worker" } else { "workers" };
         format!("{}, {} {workers}", self.mode.title(), self.workers)
     }
@@ -723,7 +747,7 @@ impl std::fmt::Display for CaseReport {
         let w = &self.window;
         let bills_per_second = self.bills_per_second();
         write!(f, "{}: {} bills/s", self.title(), rate(bills_per_second))?;
-        if self.mode == Mode::Credit {
+        if self.workers == 1 {
             write!(
                 f,
                 " (target >= {}: {})",
@@ -831,15 +855,43 @@ struct Summary<'a>(&'a [CaseReport]);
 
 impl std::fmt::Display for Summary<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "summary:")?;
+        writeln!(
+            f,
+            "summary: bills/s (peak RSS of the largest worker), one column per sslmode"
+        )?;
+        let mut sslmodes: Vec<&str> = Vec::new();
+        let mut cases: Vec<String> = Vec::new();
         for report in self.0 {
-            writeln!(
-                f,
-                "  {:<40} {:>7} bills/s, outbox published after {:.1} s",
-                report.title(),
-                rate(report.bills_per_second()),
-                report.outbox_done.as_secs_f64()
-            )?;
+            if !sslmodes.contains(&report.sslmode.as_str()) {
+                sslmodes.push(&report.sslmode);
+            }
+            if !cases.contains(&report.case()) {
+                cases.push(report.case());
+            }
+        }
+        write!(f, "  {:<40}", "")?;
+        for sslmode in &sslmodes {
+            write!(f, " {:>22}", format!("sslmode={sslmode}"))?;
+        }
+        let ratio = sslmodes.contains(&"disable") && sslmodes.contains(&"require");
+        if ratio {
+            write!(f, " {:>16}", "require/disable")?;
+        }
+        writeln!(f)?;
+        for case in &cases {
+            let of = |sslmode: &str| self.0.iter().find(|r| &r.case() == case && r.sslmode == sslmode);
+            write!(f, "  {case:<40}")?;
+            for sslmode in &sslmodes {
+                let cell = of(sslmode).map_or(String::new(), |r| {
+                    let rss = r.rss_mb.iter().copied().fold(0.0, f64::max);
+                    format!("{} ({rss:.0} MB)", rate(r.bills_per_second()))
+                });
+                write!(f, " {cell:>22}")?;
+            }
+            if ratio && let (Some(tls), Some(plain)) = (of("require"), of("disable")) {
+                write!(f, " {:>15.2}x", tls.bills_per_second() / plain.bills_per_second())?;
+            }
+            writeln!(f)?;
         }
         writeln!(
             f,

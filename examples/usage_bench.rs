@@ -659,7 +659,7 @@ async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> any
 async fn live_phases(rig: &Rig<'_>, worker: &mut Option<Worker>, sslmode: &str) -> anyhow::Result<Live> {
     let (args, sandbox) = (rig.args, rig.sandbox);
     stop_worker(worker).await?;
-    let url = with_sslmode(&sandbox.db_url, sslmode);
+    let url = support::with_sslmode(&sandbox.db_url, sslmode);
     log(format_args!("sslmode={sslmode}: starting a fresh worker"));
     let mut env = args.worker_env.clone();
     // After the sandbox's own URL in the worker's environment, so this one wins.
@@ -749,18 +749,6 @@ async fn quiesce(sandbox: &Sandbox) -> anyhow::Result<()> {
     }
     let _ = sqlx::Connection::close(db).await;
     Ok(())
-}
-
-/// `url` with its `sslmode` parameter set to `sslmode`.
-fn with_sslmode(url: &str, sslmode: &str) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut params: Vec<String> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("sslmode="))
-        .map(str::to_string)
-        .collect();
-    params.push(format!("sslmode={sslmode}"));
-    format!("{base}?{}", params.join("&"))
 }
 
 /// What Postgres manages without the worker: `args.batched_events` rows shaped like

@@ -195,6 +195,18 @@ impl Sandbox {
     }
 }
 
+/// `url` with its `sslmode` parameter set to `sslmode`.
+pub fn with_sslmode(url: &str, sslmode: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("sslmode="))
+        .map(str::to_string)
+        .collect();
+    params.push(format!("sslmode={sslmode}"));
+    format!("{base}?{}", params.join("&"))
+}
+
 /// The admin URL with another database name; its parameters (`sslmode`, a
 /// socket `host`) are kept. Without an `sslmode` it gets `sslmode=disable`,
 /// as `config/default.toml` and the integration tests use for the local

@@ -1367,6 +1367,15 @@ fn write_live(f: &mut std::fmt::Formatter<'_>, live: &[Live], batch: u64) -> std
         }
         writeln!(f)
     };
+    // A rate, its ratio to its ceiling and whether that reaches the target.
+    let against = |measured: f64, ceiling: f64, ceiling_name: &str, target: f64| {
+        let ratio = measured / ceiling;
+        format!(
+            "{} = {ratio:.2}x {ceiling_name} ({})",
+            rate(measured),
+            verdict(ratio >= target)
+        )
+    };
     let half = |phase: &Phase| {
         format!(
             "{}: {}",
@@ -1387,11 +1396,11 @@ fn write_live(f: &mut std::fmt::Formatter<'_>, live: &[Live], batch: u64) -> std
         rate(l.ceiling.messages_per_second())
     })?;
     row(f, "single-event messages, events/s", &|l| {
-        let ratio = l.single.events_per_second() / l.ceiling.messages_per_second();
-        format!(
-            "{} = {ratio:.2}x ceiling ({})",
-            rate(l.single.events_per_second()),
-            verdict(ratio >= SINGLE_TARGET)
+        against(
+            l.single.events_per_second(),
+            l.ceiling.messages_per_second(),
+            "ceiling",
+            SINGLE_TARGET,
         )
     })?;
     row(f, "  at half load: events/s: latency p50 / p99", &|l| {
@@ -1401,11 +1410,11 @@ fn write_live(f: &mut std::fmt::Formatter<'_>, live: &[Live], batch: u64) -> std
         rate(l.raw.events_per_second())
     })?;
     row(f, &format!("batched ({batch}/message), events/s"), &|l| {
-        let ratio = l.batched.events_per_second() / l.raw.events_per_second();
-        format!(
-            "{} = {ratio:.2}x raw insert ({})",
-            rate(l.batched.events_per_second()),
-            verdict(ratio >= BATCHED_TARGET)
+        against(
+            l.batched.events_per_second(),
+            l.raw.events_per_second(),
+            "raw insert",
+            BATCHED_TARGET,
         )
     })?;
     row(f, "  at half load: events/s: latency p50 / p99", &|l| {

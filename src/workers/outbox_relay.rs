@@ -104,20 +104,21 @@ async fn relay_batch(ctx: &Context, publisher: &Publisher) -> Result<usize, Rela
         // Another process is relaying; it keeps the order.
         return Ok(0);
     }
-    let rows = store::outbox::pending(&mut tx, ctx.settings.outbox.batch_size).await?;
+    let mut rows = store::outbox::pending(&mut tx, ctx.settings.outbox.batch_size).await?;
     if rows.is_empty() {
         return Ok(0);
     }
     let started = Instant::now();
     let messages = rows
-        .iter()
+        .iter_mut()
         .map(|row| {
             let props = broker::json_properties()
                 .with_message_id(ShortString::from(row.id.as_str()))
                 .with_headers(broker::headers([(MERCHANT_HEADER, row.merchant_id.as_str())]))
                 .with_timestamp(ctx.clock.now().timestamp().max(0) as u64)
                 .with_type(ShortString::from(row.event_name.as_str()));
-            let body = row.payload.clone().into_bytes();
+            // The text as stored is the body; the row keeps the rest.
+            let body = std::mem::take(&mut row.payload).into_bytes();
             (
                 ctx.names.webhooks.clone(),
                 row.event_name.clone(),

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
 use super::{bill_webhook, bills_on_present};
-use crate::domain::bill::{BillKind, BillStatus, Charge, Line, LineKind, compute};
+use crate::domain::bill::{BillKind, BillStatus, Charge, Line, LineKind, compute, minimum_commitment};
 use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanSpec, PlanType};
 use crate::domain::execution::ExecutionStatus;
 use crate::domain::ids::new_execution_id;
@@ -23,7 +23,7 @@ use crate::store::bills::{BillRow, LineRow};
 use crate::store::catalog::plan_metrics;
 use crate::store::executions::ExecutionRow;
 use crate::store::ledger::LedgerEntry;
-use crate::usage::{aggregate_of, effective_metrics, usage_of};
+use crate::usage::{PeriodRef, effective_metrics, period_usage};
 
 /// Most periods one pass bills for one execution; the next pass goes on.
 const MAX_CATCH_UP: usize = 64;
@@ -118,28 +118,55 @@ fn plan_amount_charge(
     })
 }
 
-/// One usage line per metric of the plan, priced on the period's aggregate.
+/// The `MINIMUM_COMMITMENT` line of a period `[from, to)` whose usage
+/// lines are `usage` and whose plan amount (billed now or in advance) is
+/// `plan_amount`, when the plan has a commitment they fall short of.
+fn commitment(
+    plan: &PlanSpec,
+    usage: &[Charge],
+    plan_amount: Option<&Charge>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Option<Charge> {
+    let minimum = plan.minimum_commitment?;
+    let counted: Vec<Decimal> = usage.iter().chain(plan_amount).map(|c| c.amount).collect();
+    minimum_commitment(
+        &plan.plan_currency,
+        minimum,
+        &counted,
+        format!(
+            "minimum commitment of {minimum} {}, {} to {}",
+            plan.plan_currency,
+            timestamp(from),
+            timestamp(to)
+        ),
+    )
+}
+
+/// One usage line per metric of the plan, priced on the period
+/// `[period_start, period_end)`.
 async fn usage_charges(
     conn: &mut PgConnection,
     execution: &ExecutionRow,
     plan: &PlanView,
     period_start: DateTime<Utc>,
+    period_end: DateTime<Utc>,
 ) -> Result<Vec<Charge>, HandleError> {
     if !plan.spec.plan_model.has_usage() {
         return Ok(Vec::new());
     }
-    let rows = store::usage::aggregates(conn, std::slice::from_ref(&execution.id), &[period_start]).await?;
+    let period = PeriodRef {
+        execution_id: &execution.id,
+        start: period_start,
+        end: period_end,
+    };
+    let usage = period_usage(conn, period, &plan.metrics).await?;
     let mut charges = Vec::with_capacity(plan.order.len());
     for metric_id in &plan.order {
         let Some(spec) = plan.metrics.get(metric_id) else {
             continue;
         };
-        let (used, amount) = rows
-            .iter()
-            .find(|r| &r.metric_id == metric_id)
-            .map(|r| usage_of(spec, &aggregate_of(r)))
-            .transpose()?
-            .unwrap_or((Decimal::ZERO, Decimal::ZERO));
+        let (used, amount) = usage.get(metric_id).copied().unwrap_or((Decimal::ZERO, Decimal::ZERO));
         charges.push(Charge {
             kind: LineKind::Usage,
             metric_id: Some(metric_id.clone()),
@@ -196,9 +223,11 @@ pub(crate) async fn bill_due_execution(
             }
         } else {
             let from = execution.billed_until.unwrap_or(schedule.start);
-            let mut charges = usage_charges(conn, execution, &plan, from).await?;
+            let mut charges = usage_charges(conn, execution, &plan, from, at).await?;
+            let period_amount = plan_amount_charge(execution, &plan, from, Some(at), "in arrears");
+            charges.extend(commitment(&plan.spec, &charges, period_amount.as_ref(), from, at));
             if plan.spec.plan_type == PlanType::PostDebit
-                && let Some(c) = plan_amount_charge(execution, &plan, from, Some(at), "in arrears")
+                && let Some(c) = period_amount
             {
                 charges.insert(0, c);
             }
@@ -255,7 +284,7 @@ async fn close_inactive(
     let from = execution
         .billed_until
         .unwrap_or(basis(execution, &plan.row).schedule().start);
-    let charges = usage_charges(conn, execution, &plan, from).await?;
+    let charges = usage_charges(conn, execution, &plan, from, at).await?;
     execution.billed_until = Some(at);
     execution.next_bill_at = None;
     if charges.iter().any(|c| c.amount > Decimal::ZERO) || execution.carried_amount > Decimal::ZERO {
@@ -300,8 +329,13 @@ pub(crate) async fn present(
         .into());
     }
     let from = basis(&execution, &plan.row).schedule().start;
-    let mut charges = usage_charges(conn, &execution, &plan, from).await?;
-    if let Some(c) = plan_amount_charge(&execution, &plan, from, Some(now), "as presented") {
+    let mut charges = usage_charges(conn, &execution, &plan, from, now).await?;
+    let presented = plan_amount_charge(&execution, &plan, from, Some(now), "as presented");
+    // A presented bill with no usage is not topped up to the commitment.
+    if charges.iter().any(|c| c.quantity.is_some_and(|q| !q.is_zero())) {
+        charges.extend(commitment(&plan.spec, &charges, presented.as_ref(), from, now));
+    }
+    if let Some(c) = presented {
         charges.insert(0, c);
     }
     execution.billed_until = Some(now);

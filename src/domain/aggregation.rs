@@ -21,7 +21,8 @@ use thiserror::Error;
 
 /// How a metric's events combine into its quantity.
 ///
-/// Serializes as `"SUM"`, `"COUNT"`, `"MAX"`, `"UNIQUE_COUNT"` and `"LATEST"`.
+/// Serializes as `"SUM"`, `"COUNT"`, `"MAX"`, `"UNIQUE_COUNT"`, `"LATEST"`
+/// and `"WEIGHTED_SUM"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub(crate) enum AggregationType {
@@ -35,16 +36,20 @@ pub(crate) enum AggregationType {
     UniqueCount,
     /// Value of the event with the greatest `(timestamp, event_id)`.
     Latest,
+    /// Time-weighted average of a level that each event moves by its value
+    /// and that carries over from period to period.
+    WeightedSum,
 }
 
 impl AggregationType {
     /// Every aggregation type, in wire order.
-    pub(crate) const ALL: [AggregationType; 5] = [
+    pub(crate) const ALL: [AggregationType; 6] = [
         AggregationType::Sum,
         AggregationType::Count,
         AggregationType::Max,
         AggregationType::UniqueCount,
         AggregationType::Latest,
+        AggregationType::WeightedSum,
     ];
 
     /// The wire name, identical to the serde representation.
@@ -55,14 +60,16 @@ impl AggregationType {
             AggregationType::Max => "MAX",
             AggregationType::UniqueCount => "UNIQUE_COUNT",
             AggregationType::Latest => "LATEST",
+            AggregationType::WeightedSum => "WEIGHTED_SUM",
         }
     }
 
     /// Whether events of this metric may carry negative values: only for SUM
-    /// (usage can be given back). Checking values is the caller's job;
-    /// [`Delta::add`] folds whatever it is handed.
+    /// (usage can be given back) and WEIGHTED_SUM (a level goes down).
+    /// Checking values is the caller's job; [`Delta::add`] folds whatever it
+    /// is handed.
     pub(crate) fn allows_negative(self) -> bool {
-        matches!(self, AggregationType::Sum)
+        matches!(self, AggregationType::Sum | AggregationType::WeightedSum)
     }
 }
 
@@ -74,7 +81,7 @@ impl fmt::Display for AggregationType {
 
 /// A name that is not an aggregation type; Display names the allowed values.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("aggregation_type must be one of SUM, COUNT, MAX, UNIQUE_COUNT, LATEST, got {value:?}")]
+#[error("aggregation_type must be one of SUM, COUNT, MAX, UNIQUE_COUNT, LATEST, WEIGHTED_SUM, got {value:?}")]
 pub(crate) struct ParseAggregationTypeError {
     /// The rejected text.
     pub value: String,
@@ -103,6 +110,31 @@ pub(crate) struct UsageEvent {
     pub event_id: String,
     /// What UNIQUE_COUNT counts distinct occurrences of, if the event has one.
     pub unique_value: Option<String>,
+    /// WEIGHTED_SUM: `value × seconds` from its period's start to the event
+    /// ([`weight`]); zero for other types.
+    pub weighted: Decimal,
+    /// PERCENTAGE pricing: the event's own fee; zero otherwise.
+    pub fee: Decimal,
+}
+
+/// An increment's weight in its period: `value × seconds` from the
+/// period's start to `timestamp` (microsecond precision), none below zero,
+/// so that an increment counted late in a later period moves the level
+/// from that period's start. `None` when the product cannot be held.
+pub(crate) fn weight(value: Decimal, timestamp: DateTime<Utc>, period_start: DateTime<Utc>) -> Option<Decimal> {
+    let micros = timestamp.signed_duration_since(period_start).num_microseconds()?.max(0);
+    value.checked_mul(Decimal::new(micros, 6))
+}
+
+/// What a time-weighted quantity needs beyond its period's own events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// WEIGHTED_SUM: the level when the period starts (the sum of every
+    /// earlier period's increments).
+    pub carried: Decimal,
+    /// Length of the period in seconds: to its end, or to the instant it
+    /// is billed for a period billed as presented.
+    pub seconds: Decimal,
 }
 
 /// The latest event seen: `(timestamp, event_id, value)`.
@@ -157,6 +189,10 @@ pub(crate) struct Delta {
     pub latest: Option<Latest>,
     /// UNIQUE_COUNT: the distinct unique values seen; empty for other types.
     pub unique_values: BTreeSet<String>,
+    /// WEIGHTED_SUM: sum of the events' weights; zero for other types.
+    pub weighted: Decimal,
+    /// PERCENTAGE pricing: sum of the events' own fees.
+    pub fee: Decimal,
 }
 
 impl Delta {
@@ -179,8 +215,13 @@ impl Delta {
     /// adds its unique value when it has one; COUNT ignores the value.
     pub(crate) fn add(&mut self, aggregation: AggregationType, event: &UsageEvent) {
         self.count = self.count.saturating_add(1);
+        self.fee = self.fee.saturating_add(event.fee);
         match aggregation {
             AggregationType::Sum => self.sum = self.sum.saturating_add(event.value),
+            AggregationType::WeightedSum => {
+                self.sum = self.sum.saturating_add(event.value);
+                self.weighted = self.weighted.saturating_add(event.weighted);
+            }
             AggregationType::Count => {}
             AggregationType::Max => self.max = greater(self.max, Some(event.value)),
             AggregationType::UniqueCount => {
@@ -204,6 +245,8 @@ impl Delta {
     pub(crate) fn merge(&mut self, other: Delta) {
         self.sum = self.sum.saturating_add(other.sum);
         self.count = self.count.saturating_add(other.count);
+        self.weighted = self.weighted.saturating_add(other.weighted);
+        self.fee = self.fee.saturating_add(other.fee);
         self.max = greater(self.max, other.max);
         self.latest = later(self.latest.take(), other.latest);
         let mut unique_values = other.unique_values;
@@ -232,6 +275,10 @@ pub(crate) struct Aggregate {
     pub latest: Option<Latest>,
     /// Number of distinct unique values so far (UNIQUE_COUNT).
     pub unique_count: i64,
+    /// Sum of the events' weights (WEIGHTED_SUM).
+    pub weighted: Decimal,
+    /// Sum of the events' own fees (PERCENTAGE pricing).
+    pub fee: Decimal,
 }
 
 impl Aggregate {
@@ -244,22 +291,44 @@ impl Aggregate {
     pub(crate) fn apply(&mut self, delta: &Delta, new_unique: i64) {
         self.sum = self.sum.saturating_add(delta.sum);
         self.count = self.count.saturating_add(delta.count);
+        self.weighted = self.weighted.saturating_add(delta.weighted);
+        self.fee = self.fee.saturating_add(delta.fee);
         self.max = greater(self.max, delta.max);
         self.latest = later(self.latest.take(), delta.latest.clone());
         self.unique_count = self.unique_count.saturating_add(new_unique.max(0));
     }
 
+    /// [`Aggregate::quantity`] of a period that needs no [`Window`].
+    #[cfg(test)]
+    pub(crate) fn used_till_now(&self, aggregation: AggregationType) -> Decimal {
+        self.quantity(aggregation, Window::default())
+            .expect("quantity in range")
+    }
+
     /// The metric quantity so far: SUM the sum, COUNT the number of events,
     /// MAX the greatest value, UNIQUE_COUNT the number of distinct values,
     /// LATEST the latest event's value; zero when there were no events.
-    pub(crate) fn used_till_now(&self, aggregation: AggregationType) -> Decimal {
-        match aggregation {
+    /// WEIGHTED_SUM the time-weighted average level over the whole window:
+    /// `(carried + sum) − weighted / seconds`, which is Σ(level × seconds
+    /// it held) / seconds, the last level holding to the window's end (a
+    /// window of no length gives that last level). `None` when it cannot
+    /// be held.
+    pub(crate) fn quantity(&self, aggregation: AggregationType, window: Window) -> Option<Decimal> {
+        Some(match aggregation {
             AggregationType::Sum => self.sum,
             AggregationType::Count => Decimal::from(self.count),
             AggregationType::Max => self.max.unwrap_or(Decimal::ZERO),
             AggregationType::UniqueCount => Decimal::from(self.unique_count),
             AggregationType::Latest => self.latest.as_ref().map_or(Decimal::ZERO, |(_, _, value)| *value),
-        }
+            AggregationType::WeightedSum => {
+                let level = window.carried.checked_add(self.sum)?;
+                if window.seconds <= Decimal::ZERO {
+                    level
+                } else {
+                    level.checked_sub(self.weighted.checked_div(window.seconds)?)?
+                }
+            }
+        })
     }
 }
 
@@ -284,6 +353,8 @@ mod tests {
             timestamp: at(seconds),
             event_id: event_id.to_owned(),
             unique_value: unique.map(str::to_owned),
+            weighted: Decimal::ZERO,
+            fee: Decimal::ZERO,
         }
     }
 
@@ -308,17 +379,17 @@ mod tests {
         let error = "AVG".parse::<AggregationType>().expect_err("unknown");
         assert_eq!(
             error.to_string(),
-            "aggregation_type must be one of SUM, COUNT, MAX, UNIQUE_COUNT, LATEST, got \"AVG\""
+            "aggregation_type must be one of SUM, COUNT, MAX, UNIQUE_COUNT, LATEST, WEIGHTED_SUM, got \"AVG\""
         );
     }
 
     #[test]
-    fn only_sum_allows_negative_values() {
+    fn only_sums_allow_negative_values() {
         let allowed: Vec<_> = AggregationType::ALL
             .into_iter()
             .filter(|a| a.allows_negative())
             .collect();
-        assert_eq!(allowed, vec![AggregationType::Sum]);
+        assert_eq!(allowed, vec![AggregationType::Sum, AggregationType::WeightedSum]);
     }
 
     fn out_of_order() -> Vec<UsageEvent> {
@@ -500,6 +571,8 @@ mod tests {
                 timestamp: at(seconds),
                 event_id: id.to_owned(),
                 unique_value: unique.map(str::to_owned),
+                weighted: Decimal::new(mantissa, scale) * Decimal::from(seconds),
+                fee: Decimal::new(mantissa, scale).abs(),
             })
     }
 
@@ -520,6 +593,7 @@ mod tests {
                 let distinct: BTreeSet<_> = events.iter().filter_map(|e| e.unique_value.as_ref()).collect();
                 Decimal::from(distinct.len())
             }
+            AggregationType::WeightedSum => events.iter().map(|e| e.value).sum::<Decimal>(),
             AggregationType::Latest => events
                 .iter()
                 .max_by(|a, b| (a.timestamp, &a.event_id, a.value).cmp(&(b.timestamp, &b.event_id, b.value)))
@@ -591,6 +665,117 @@ mod tests {
             }
             prop_assert_eq!(aggregate.used_till_now(aggregation), naive(aggregation, &events));
             prop_assert_eq!(aggregate.count, events.len() as i64);
+        }
+    }
+
+    /// An increment of `value` at `seconds` into a period starting at 0.
+    fn increment(value: &str, seconds: i64, id: &str) -> UsageEvent {
+        let value = d(value);
+        UsageEvent {
+            weighted: weight(value, at(seconds), at(0)).expect("weight"),
+            ..event(&value.to_string(), seconds, id, None)
+        }
+    }
+
+    fn weighted(events: &[UsageEvent], window: Window) -> Decimal {
+        let delta = Delta::from_events(AggregationType::WeightedSum, events);
+        let mut aggregate = Aggregate::default();
+        aggregate.apply(&delta, 0);
+        aggregate
+            .quantity(AggregationType::WeightedSum, window)
+            .expect("quantity")
+    }
+
+    const DAY: i64 = 86_400;
+
+    #[test]
+    fn weighted_sum_is_the_time_weighted_average_of_the_level() {
+        // A 31-day period; increments in the first day; 59400 / 2678400.
+        let events = [
+            increment("2", 0, "a"),
+            increment("3", 3_600, "b"),
+            increment("1", 5_400, "c"),
+            increment("-4", 7_200, "d"),
+            increment("-2", 14_400, "e"),
+            increment("10", 18_000, "f"),
+            increment("-10", 19_800, "g"),
+        ];
+        let window = Window {
+            carried: Decimal::ZERO,
+            seconds: Decimal::from(31 * DAY),
+        };
+        assert_eq!(weighted(&events, window), d("59400") / d("2678400"));
+        let mut reversed = events.to_vec();
+        reversed.reverse();
+        assert_eq!(weighted(&reversed, window), d("59400") / d("2678400"));
+    }
+
+    #[test]
+    fn weighted_sum_carries_the_level_into_the_next_period() {
+        // Level 10 since before the period, +5 half way through a 10-second period.
+        let window = Window {
+            carried: d("10"),
+            seconds: d("10"),
+        };
+        assert_eq!(weighted(&[increment("5", 5, "a")], window), d("12.5"));
+        // No event at all: the carried level held the whole period.
+        assert_eq!(weighted(&[], window), d("10"));
+        // A period of no length: the last level.
+        let instant = Window {
+            carried: d("10"),
+            seconds: Decimal::ZERO,
+        };
+        assert_eq!(weighted(&[increment("5", 5, "a")], instant), d("15"));
+    }
+
+    #[test]
+    fn a_late_increment_weighs_from_the_period_start() {
+        assert_eq!(weight(d("3"), at(-50), at(0)), Some(Decimal::ZERO));
+        assert_eq!(weight(d("3"), at(2), at(0)), Some(d("6")));
+        assert_eq!(
+            weight(d("2"), at(0) + chrono::Duration::microseconds(1_500_000), at(0)),
+            Some(d("3"))
+        );
+        assert_eq!(weight(Decimal::MAX, at(1_000), at(0)), None);
+    }
+
+    proptest! {
+        #[test]
+        fn weighted_sum_equals_the_integral_step_by_step(
+            steps in prop::collection::vec((-1_000i64..1_000, 0i64..1_000), 0..20),
+            carried in -1_000i64..1_000,
+            split in 0usize..20,
+        ) {
+            let period = 1_000i64;
+            let events: Vec<UsageEvent> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, (value, t))| increment(&value.to_string(), *t, &format!("e{i}")))
+                .collect();
+            // Integrate the level second by second, events sorted by time.
+            let mut sorted = steps.clone();
+            sorted.sort_by_key(|(_, t)| *t);
+            let mut area = Decimal::ZERO;
+            let mut level = Decimal::from(carried);
+            let mut from = 0i64;
+            for (value, t) in &sorted {
+                area += level * Decimal::from(t - from);
+                level += Decimal::from(*value);
+                from = *t;
+            }
+            area += level * Decimal::from(period - from);
+            let window = Window { carried: Decimal::from(carried), seconds: Decimal::from(period) };
+            prop_assert_eq!(weighted(&events, window), area / Decimal::from(period));
+            // Two batches in either order give the same.
+            let split = split.min(events.len());
+            let (left, right) = events.split_at(split);
+            let mut aggregate = Aggregate::default();
+            aggregate.apply(&Delta::from_events(AggregationType::WeightedSum, right), 0);
+            aggregate.apply(&Delta::from_events(AggregationType::WeightedSum, left), 0);
+            prop_assert_eq!(
+                aggregate.quantity(AggregationType::WeightedSum, window),
+                Some(area / Decimal::from(period))
+            );
         }
     }
 }

@@ -22,6 +22,7 @@ wire_enum!(
         Usage = "USAGE",
         Carried = "CARRIED",
         ScheduledAmount = "SCHEDULED_AMOUNT",
+        MinimumCommitment = "MINIMUM_COMMITMENT",
     }
 );
 
@@ -210,6 +211,29 @@ pub(crate) fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance:
         total,
         credit_applied,
         amount_due,
+    })
+}
+
+/// The line that tops a period's bill up to the plan's `minimum`: the
+/// difference between it and `counted` (the period's plan amount and usage,
+/// each rounded as its line is), when that is above zero. Rounded amounts
+/// make the lines add up to the minimum to the last minor unit.
+pub(crate) fn minimum_commitment(
+    currency: &Currency,
+    minimum: Decimal,
+    counted: &[Decimal],
+    description: String,
+) -> Option<Charge> {
+    let counted = counted.iter().try_fold(Decimal::ZERO, |sum, amount| {
+        sum.checked_add(currency.round(*amount).max(Decimal::ZERO))
+    })?;
+    let short = minimum.checked_sub(counted)?;
+    (short > Decimal::ZERO).then(|| Charge {
+        kind: LineKind::MinimumCommitment,
+        metric_id: None,
+        quantity: None,
+        amount: short,
+        description,
     })
 }
 

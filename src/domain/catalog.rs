@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use super::aggregation::AggregationType;
 use super::ids::check_id;
 use super::money::Currency;
-use super::pricing::Pricing;
+use super::pricing::{Pricing, PricingType};
 use crate::error::Rejection;
 
 macro_rules! wire_enum {
@@ -145,8 +145,20 @@ impl MetricSpec {
             (_, Some(field)) => check_text("aggregation_field", field, true)?,
             _ => {}
         }
-        Ok(())
+        check_pricing_fits(self.aggregation_type, &self.pricing).map_err(|m| Rejection::field("pricing_type", m))
     }
+}
+
+/// Whether a pricing can price a metric of this aggregation: PERCENTAGE
+/// takes a share of each event's value, so only SUM metrics (whose events
+/// are amounts) may have it. The error completes "pricing_type ...".
+pub(crate) fn check_pricing_fits(aggregation: AggregationType, pricing: &Pricing) -> Result<(), String> {
+    if pricing.pricing_type == PricingType::Percentage && aggregation != AggregationType::Sum {
+        return Err(format!(
+            "PERCENTAGE needs aggregation_type SUM (each event's value is an amount), got {aggregation}"
+        ));
+    }
+    Ok(())
 }
 
 /// A plan as defined by `create_plan` (or the result of `update_plan`), validated.
@@ -163,6 +175,8 @@ pub(crate) struct PlanSpec {
     pub plan_amount: Decimal,
     pub plan_currency: Currency,
     pub max_amount: Option<Decimal>,
+    /// The least a period's bill (plan amount and usage) may come to.
+    pub minimum_commitment: Option<Decimal>,
     pub max_retry: u32,
     pub plan_action_on_failure: ActionOnFailure,
     pub metric_ids: Vec<String>,
@@ -197,6 +211,21 @@ impl PlanSpec {
             && max <= Decimal::ZERO
         {
             return Err(Rejection::field("max_amount", "must be greater than zero"));
+        }
+        if let Some(minimum) = self.minimum_commitment {
+            if minimum.is_sign_negative() && !minimum.is_zero() {
+                return Err(Rejection::field("minimum_commitment", "must not be negative"));
+            }
+            if !self.plan_currency.fits_minor_units(minimum) {
+                return Err(Rejection::field(
+                    "minimum_commitment",
+                    format_args!(
+                        "has more decimals than {} allows ({})",
+                        self.plan_currency,
+                        self.plan_currency.minor_units()
+                    ),
+                ));
+            }
         }
         if let Some(max) = self.max_amount
             && !self.plan_currency.fits_minor_units(max)
@@ -317,6 +346,7 @@ mod tests {
             plan_amount: Decimal::new(49900, 2),
             plan_currency: Currency::parse("INR").expect("ok"),
             max_amount: None,
+            minimum_commitment: None,
             max_retry: 3,
             plan_action_on_failure: ActionOnFailure::Retry,
             metric_ids: vec!["api_calls".into()],
@@ -334,13 +364,10 @@ mod tests {
             aggregation_field: None,
             pricing: Pricing {
                 pricing_type: PricingType::Fixed,
-                tiers: vec![Tier {
-                    unit_amount: Decimal::ONE,
-                    up_to: UpTo::Infinity,
-                    flat_fee: Decimal::ZERO,
-                }],
+                tiers: vec![Tier::unit(Decimal::ONE, UpTo::Infinity, Decimal::ZERO)],
                 package_size: None,
                 free_units: Decimal::ZERO,
+                percentage: None,
             },
             currency: Currency::parse(currency).expect("ok"),
         }
@@ -369,6 +396,14 @@ mod tests {
             (|p| p.plan_amount = Decimal::new(1001, 3), "plan_amount"),
             (|p| p.max_amount = Some(Decimal::ZERO), "max_amount"),
             (|p| p.max_amount = Some(Decimal::new(1001, 3)), "max_amount"),
+            (
+                |p| p.minimum_commitment = Some(Decimal::new(-1, 0)),
+                "minimum_commitment",
+            ),
+            (
+                |p| p.minimum_commitment = Some(Decimal::new(1001, 3)),
+                "minimum_commitment",
+            ),
             (|p| p.max_retry = 21, "max_retry"),
             (|p| p.metric_ids.clear(), "metric_ids"),
             (|p| p.metric_ids = vec!["a".into(), "a".into()], "metric_ids[1]"),

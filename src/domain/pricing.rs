@@ -13,6 +13,12 @@
 //!   plus that tier's `flat_fee`.
 //! * PACKAGE: `ceil((units - free_units) / package_size)` packages, none below
 //!   zero, each at the single tier's `unit_amount`.
+//! * GRADUATED_PERCENTAGE: TIERED with each tier's `rate` percent of a unit
+//!   in place of `unit_amount`.
+//! * PERCENTAGE: each event's own fee, `value × rate / 100 + fixed_amount`
+//!   held within `per_transaction_min_amount` and `per_transaction_max_amount`,
+//!   summed over the period, less what the free allowances give back (see
+//!   [`Percentage`]); it prices events, not a quantity.
 //! * Amounts are exact decimals until a bill rounds them.
 
 // Money and quantities: every operation is checked; an overflow is an
@@ -30,8 +36,8 @@ use thiserror::Error;
 
 /// How a metric's quantity turns into an amount.
 ///
-/// Serializes as the wire names `"FIXED"`, `"TIERED"`, `"VOLUME"` and
-/// `"PACKAGE"`.
+/// Serializes as the wire names `"FIXED"`, `"TIERED"`, `"VOLUME"`,
+/// `"PACKAGE"`, `"PERCENTAGE"` and `"GRADUATED_PERCENTAGE"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub(crate) enum PricingType {
@@ -43,15 +49,21 @@ pub(crate) enum PricingType {
     Volume,
     /// Units are sold in whole packages of `package_size`.
     Package,
+    /// A percentage of each event's value plus a fixed fee per event.
+    Percentage,
+    /// Graduated: each tier takes `rate` percent of the units inside it, plus its flat fee.
+    GraduatedPercentage,
 }
 
 impl PricingType {
     /// Every pricing type, in wire order.
-    pub(crate) const ALL: [PricingType; 4] = [
+    pub(crate) const ALL: [PricingType; 6] = [
         PricingType::Fixed,
         PricingType::Tiered,
         PricingType::Volume,
         PricingType::Package,
+        PricingType::Percentage,
+        PricingType::GraduatedPercentage,
     ];
 
     /// The wire name, identical to the serde representation.
@@ -61,7 +73,15 @@ impl PricingType {
             PricingType::Tiered => "TIERED",
             PricingType::Volume => "VOLUME",
             PricingType::Package => "PACKAGE",
+            PricingType::Percentage => "PERCENTAGE",
+            PricingType::GraduatedPercentage => "GRADUATED_PERCENTAGE",
         }
+    }
+
+    /// Whether the price list is a list of tiers (`pricing_model`); only
+    /// PERCENTAGE has none.
+    pub(crate) fn has_tiers(self) -> bool {
+        self != PricingType::Percentage
     }
 }
 
@@ -222,12 +242,24 @@ fn decimal_or_zero<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal
 ///
 /// Amounts deserialize exactly from JSON numbers or numeric strings and
 /// serialize as JSON numbers; `up_to` defaults to [`UpTo::Infinity`] and
-/// `flat_fee` to zero when missing or `null`.
+/// `flat_fee` to zero when missing or `null`. A tier has `unit_amount`, or
+/// `rate` for GRADUATED_PERCENTAGE; validation says which.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Tier {
     /// Price of one unit inside this tier (of one package for PACKAGE).
-    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
-    pub unit_amount: Decimal,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::arbitrary_precision_option"
+    )]
+    pub unit_amount: Option<Decimal>,
+    /// GRADUATED_PERCENTAGE: percent of each unit inside this tier.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::arbitrary_precision_option"
+    )]
+    pub rate: Option<Decimal>,
     /// Inclusive upper bound of cumulative units covered by this tier.
     #[serde(default = "infinity")]
     pub up_to: UpTo,
@@ -238,6 +270,206 @@ pub(crate) struct Tier {
         deserialize_with = "decimal_or_zero"
     )]
     pub flat_fee: Decimal,
+}
+
+impl Tier {
+    /// A tier priced per unit.
+    #[cfg(test)]
+    pub(crate) fn unit(unit_amount: Decimal, up_to: UpTo, flat_fee: Decimal) -> Tier {
+        Tier {
+            unit_amount: Some(unit_amount),
+            rate: None,
+            up_to,
+            flat_fee,
+        }
+    }
+
+    /// The price of one unit inside this tier: `unit_amount`, or `rate`
+    /// percent of a unit; `None` only when `rate / 100` cannot be held.
+    fn per_unit(&self) -> Option<Decimal> {
+        match (self.unit_amount, self.rate) {
+            (Some(amount), _) => Some(amount),
+            (None, Some(rate)) => percent(Decimal::ONE, rate),
+            (None, None) => Some(Decimal::ZERO),
+        }
+    }
+}
+
+/// `rate` percent of `value`.
+fn percent(value: Decimal, rate: Decimal) -> Option<Decimal> {
+    value.checked_mul(rate)?.checked_div(Decimal::ONE_HUNDRED)
+}
+
+/// Most events a `free_units_per_events` allowance may give away: the
+/// allowance is applied by reading those first events of a period.
+pub(crate) const MAX_FREE_EVENTS: u32 = 10_000;
+
+/// The metric fields of PERCENTAGE pricing as they arrive, each optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub(crate) struct PercentageTerms {
+    /// `rate`: percent of each event's value.
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    pub rate: Option<Decimal>,
+    /// `fixed_amount`: added to each event's fee.
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    pub fixed_amount: Option<Decimal>,
+    /// `free_units_per_events`: the first N events of a period are free.
+    #[serde(default)]
+    pub free_units_per_events: Option<u32>,
+    /// `free_units_per_total_aggregation`: the first units of a period are free.
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    pub free_units_per_total_aggregation: Option<Decimal>,
+    /// `per_transaction_min_amount`: the least one event's fee may be.
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    pub per_transaction_min_amount: Option<Decimal>,
+    /// `per_transaction_max_amount`: the most one event's fee may be.
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    pub per_transaction_max_amount: Option<Decimal>,
+}
+
+impl PercentageTerms {
+    /// The wire names of the fields that are set.
+    fn present(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("rate", self.rate.is_some()),
+            ("fixed_amount", self.fixed_amount.is_some()),
+            ("free_units_per_events", self.free_units_per_events.is_some()),
+            (
+                "free_units_per_total_aggregation",
+                self.free_units_per_total_aggregation.is_some(),
+            ),
+            ("per_transaction_min_amount", self.per_transaction_min_amount.is_some()),
+            ("per_transaction_max_amount", self.per_transaction_max_amount.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+    }
+}
+
+/// PERCENTAGE pricing, validated.
+///
+/// Each event has its own fee: `value × rate / 100 + fixed_amount`, raised to
+/// `per_transaction_min_amount` and lowered to `per_transaction_max_amount`
+/// when set ([`Percentage::event_fee`]). A period's amount is the sum of its
+/// events' fees less what the free allowances give back, taking events in
+/// `(timestamp, event_id)` order ([`Percentage::amount`]):
+///
+/// * `free_units_per_events` = N alone: the first N events cost nothing.
+/// * `free_units_per_total_aggregation` = M alone: the first M units cost
+///   nothing; every event still pays its `fixed_amount` (within the bounds),
+///   and the event in which the M units run out pays the rate on its units
+///   beyond them.
+/// * both: an event is free while it is among the first N and the units so
+///   far stay within M; whichever allowance runs out first ends it, and the
+///   event in which the units run out pays the rate on its units beyond M
+///   plus its `fixed_amount`.
+///
+/// A free event pays nothing, not even the minimum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Percentage {
+    /// Percent of each event's value.
+    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    pub rate: Decimal,
+    /// Added to each event's fee.
+    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    pub fixed_amount: Decimal,
+    /// The first N events of a period are free.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_units_per_events: Option<u32>,
+    /// The first units of a period are free.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::arbitrary_precision_option"
+    )]
+    pub free_units_per_total_aggregation: Option<Decimal>,
+    /// The least one event's fee may be.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::arbitrary_precision_option"
+    )]
+    pub per_transaction_min_amount: Option<Decimal>,
+    /// The most one event's fee may be.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::arbitrary_precision_option"
+    )]
+    pub per_transaction_max_amount: Option<Decimal>,
+}
+
+impl Percentage {
+    /// Holds a fee within the per-transaction bounds.
+    fn bounded(&self, fee: Decimal) -> Decimal {
+        let fee = self.per_transaction_min_amount.map_or(fee, |min| fee.max(min));
+        self.per_transaction_max_amount.map_or(fee, |max| fee.min(max))
+    }
+
+    /// The fee of an event of `value`, alone: `value × rate / 100 +
+    /// fixed_amount` within the bounds; `None` when it cannot be held.
+    pub(crate) fn event_fee(&self, value: Decimal) -> Option<Decimal> {
+        Some(self.bounded(percent(value, self.rate)?.checked_add(self.fixed_amount)?))
+    }
+
+    /// Whether a free allowance is set, so that the period's first events
+    /// must be read to price it.
+    pub(crate) fn has_allowance(&self) -> bool {
+        self.free_events().is_some() || self.free_units().is_some()
+    }
+
+    fn free_events(&self) -> Option<u32> {
+        self.free_units_per_events.filter(|n| *n > 0)
+    }
+
+    fn free_units(&self) -> Option<Decimal> {
+        self.free_units_per_total_aggregation.filter(|m| *m > Decimal::ZERO)
+    }
+
+    /// How many of a period's first events the allowance can reach at most,
+    /// when that is bounded (a free-events allowance is set).
+    pub(crate) fn head_limit(&self) -> Option<u32> {
+        self.free_events()
+    }
+
+    /// What the allowance gives back from the first events of a period,
+    /// `head` (their values in `(timestamp, event_id)` order), and whether
+    /// it ran out within them (`false`: more events may be needed).
+    pub(crate) fn give_back(&self, head: &[Decimal]) -> Option<(Decimal, bool)> {
+        let (events, units) = (self.free_events(), self.free_units());
+        if events.is_none() && units.is_none() {
+            return Some((Decimal::ZERO, true));
+        }
+        let mut back = Decimal::ZERO;
+        let mut running = Decimal::ZERO;
+        for (index, value) in head.iter().enumerate() {
+            if events.is_some_and(|n| u32::try_from(index).map_or(true, |i| i >= n)) {
+                return Some((back, true));
+            }
+            let full = self.event_fee(*value)?;
+            let before = running;
+            running = running.checked_add(*value)?;
+            match units {
+                Some(m) if running > m => {
+                    // The units run out inside this event: the rest of it pays.
+                    let free = m.checked_sub(before)?.max(Decimal::ZERO);
+                    let charged = self.event_fee(value.checked_sub(free)?)?;
+                    back = back.checked_add(full.checked_sub(charged)?)?;
+                    return Some((back, true));
+                }
+                _ if events.is_some() => back = back.checked_add(full)?,
+                // Free units alone: the units cost nothing, the fixed fee stays.
+                _ => back = back.checked_add(full.checked_sub(self.bounded(self.fixed_amount))?)?,
+            }
+        }
+        let done = events.is_some_and(|n| u32::try_from(head.len()).is_ok_and(|len| len >= n));
+        Some((back, done))
+    }
+
+    /// A period's amount: `fees` (the sum of its events' own fees) less what
+    /// the allowance gives back of `head`, its first events in order
+    /// (enough of them that [`Percentage::give_back`] ran out, or all).
+    pub(crate) fn amount(&self, fees: Decimal, head: &[Decimal]) -> Option<Decimal> {
+        let (back, _) = self.give_back(head)?;
+        fees.checked_sub(back)
+    }
 }
 
 /// A metric's validated price list.
@@ -259,32 +491,70 @@ pub(crate) struct Pricing {
         with = "rust_decimal::serde::arbitrary_precision_option"
     )]
     pub package_size: Option<Decimal>,
-    /// Units given away before anything is charged, for every pricing type.
+    /// Units given away before anything is charged, for every pricing type
+    /// but PERCENTAGE (which has its own allowances).
     #[serde(with = "rust_decimal::serde::arbitrary_precision")]
     pub free_units: Decimal,
+    /// PERCENTAGE: its terms, flattened into the metric's fields.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percentage>,
 }
 
 #[derive(Deserialize)]
 struct PricingWire {
     pricing_type: PricingType,
+    #[serde(default)]
     pricing_model: Vec<Tier>,
     #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
     package_size: Option<Decimal>,
     #[serde(default, deserialize_with = "decimal_or_zero")]
     free_units: Decimal,
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    rate: Option<Decimal>,
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    fixed_amount: Option<Decimal>,
+    #[serde(default)]
+    free_units_per_events: Option<u32>,
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    free_units_per_total_aggregation: Option<Decimal>,
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    per_transaction_min_amount: Option<Decimal>,
+    #[serde(default, with = "rust_decimal::serde::arbitrary_precision_option")]
+    per_transaction_max_amount: Option<Decimal>,
 }
 
 impl<'de> Deserialize<'de> for Pricing {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = PricingWire::deserialize(deserializer)?;
-        Pricing::new(
+        let terms = PercentageTerms {
+            rate: wire.rate,
+            fixed_amount: wire.fixed_amount,
+            free_units_per_events: wire.free_units_per_events,
+            free_units_per_total_aggregation: wire.free_units_per_total_aggregation,
+            per_transaction_min_amount: wire.per_transaction_min_amount,
+            per_transaction_max_amount: wire.per_transaction_max_amount,
+        };
+        Pricing::build(
             wire.pricing_type,
             wire.pricing_model,
             wire.package_size,
             wire.free_units,
+            terms,
         )
         .map_err(de::Error::custom)
     }
+}
+
+/// What a period of one metric has, for pricing it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Metered<'a> {
+    /// The metric quantity (`used_till_now`).
+    pub units: Decimal,
+    /// PERCENTAGE: the sum of the period's events' own fees.
+    pub fees: Decimal,
+    /// PERCENTAGE with an allowance: the period's first event values in
+    /// `(timestamp, event_id)` order, as many as the allowance reaches.
+    pub head: &'a [Decimal],
 }
 
 /// Why a price list was rejected.
@@ -295,7 +565,9 @@ impl<'de> Deserialize<'de> for Pricing {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub(crate) enum PricingError {
     /// `pricing_type` is not one of the four wire names.
-    #[error("pricing_type must be one of FIXED, TIERED, VOLUME, PACKAGE, got {value:?}")]
+    #[error(
+        "pricing_type must be one of FIXED, TIERED, VOLUME, PACKAGE, PERCENTAGE, GRADUATED_PERCENTAGE, got {value:?}"
+    )]
     UnknownPricingType {
         /// The rejected text.
         value: String,
@@ -364,6 +636,34 @@ pub(crate) enum PricingError {
         /// The field's wire path.
         field: String,
     },
+    /// A field this pricing type has no use for.
+    #[error("{field} is not used by {pricing_type} pricing")]
+    NotUsed {
+        /// The field's wire path.
+        field: String,
+        /// The pricing type given.
+        pricing_type: PricingType,
+    },
+    /// A field this pricing type needs.
+    #[error("{field} is required for {pricing_type} pricing")]
+    Required {
+        /// The field's wire path.
+        field: String,
+        /// The pricing type given.
+        pricing_type: PricingType,
+    },
+    /// A rate, fee or allowance below zero.
+    #[error("{field} must not be negative")]
+    Negative {
+        /// The field's wire path.
+        field: String,
+    },
+    /// `per_transaction_min_amount` above `per_transaction_max_amount`.
+    #[error("per_transaction_min_amount must not be greater than per_transaction_max_amount")]
+    MinAboveMax,
+    /// `free_units_per_events` above [`MAX_FREE_EVENTS`].
+    #[error("free_units_per_events must be at most {MAX_FREE_EVENTS}")]
+    TooManyFreeEvents,
 }
 
 impl PricingError {
@@ -386,23 +686,59 @@ impl PricingError {
             }
             PricingError::MissingPackageSize | PricingError::NonPositivePackageSize => "package_size".to_owned(),
             PricingError::NegativeFreeUnits => "free_units".to_owned(),
+            PricingError::NotUsed { field, .. }
+            | PricingError::Required { field, .. }
+            | PricingError::Negative { field } => field.clone(),
+            PricingError::MinAboveMax => "per_transaction_min_amount".to_owned(),
+            PricingError::TooManyFreeEvents => "free_units_per_events".to_owned(),
         }
     }
 }
 
 impl Pricing {
     /// Builds a price list, returning the first rule it breaks (see [`Pricing::validate`]).
+    #[cfg(test)]
     pub(crate) fn new(
         pricing_type: PricingType,
         tiers: Vec<Tier>,
         package_size: Option<Decimal>,
         free_units: Decimal,
     ) -> Result<Pricing, PricingError> {
+        Pricing::build(
+            pricing_type,
+            tiers,
+            package_size,
+            free_units,
+            PercentageTerms::default(),
+        )
+    }
+
+    /// [`Pricing::new`] with the metric fields of PERCENTAGE pricing, which
+    /// are refused on every other pricing type.
+    pub(crate) fn build(
+        pricing_type: PricingType,
+        tiers: Vec<Tier>,
+        package_size: Option<Decimal>,
+        free_units: Decimal,
+        terms: PercentageTerms,
+    ) -> Result<Pricing, PricingError> {
+        let percentage = if pricing_type == PricingType::Percentage {
+            Some(percentage_of(terms)?)
+        } else {
+            if let Some(field) = terms.present().next() {
+                return Err(PricingError::NotUsed {
+                    field: field.to_owned(),
+                    pricing_type,
+                });
+            }
+            None
+        };
         let pricing = Pricing {
             pricing_type,
             tiers,
             package_size,
             free_units,
+            percentage,
         };
         pricing.validate()?;
         Ok(pricing)
@@ -419,6 +755,21 @@ impl Pricing {
     /// accepted but take no part in the price, and `package_size` is not
     /// checked for types other than PACKAGE.
     pub(crate) fn validate(&self) -> Result<(), PricingError> {
+        if !self.pricing_type.has_tiers() {
+            if !self.tiers.is_empty() {
+                return Err(self.not_used("pricing_model"));
+            }
+            if !self.free_units.is_zero() {
+                return Err(self.not_used("free_units"));
+            }
+            return match &self.percentage {
+                Some(p) => check_percentage(p),
+                None => Err(PricingError::Required {
+                    field: "rate".to_owned(),
+                    pricing_type: self.pricing_type,
+                }),
+            };
+        }
         if self.tiers.is_empty() {
             return Err(PricingError::NoTiers);
         }
@@ -435,13 +786,33 @@ impl Pricing {
             Ok(_) => Ok(()),
             Err(_) => Err(PricingError::OutOfBounds { field }),
         };
+        let by_rate = self.pricing_type == PricingType::GraduatedPercentage;
         for (index, tier) in self.tiers.iter().enumerate() {
-            bounded(tier.unit_amount, format!("pricing_model[{index}].unit_amount"))?;
+            let (needed, unused, value) = if by_rate {
+                ("rate", tier.unit_amount.map(|_| "unit_amount"), tier.rate)
+            } else {
+                ("unit_amount", tier.rate.map(|_| "rate"), tier.unit_amount)
+            };
+            if let Some(unused) = unused {
+                return Err(self.not_used(&format!("pricing_model[{index}].{unused}")));
+            }
+            let Some(value) = value else {
+                return Err(PricingError::Required {
+                    field: format!("pricing_model[{index}].{needed}"),
+                    pricing_type: self.pricing_type,
+                });
+            };
+            bounded(value, format!("pricing_model[{index}].{needed}"))?;
             bounded(tier.flat_fee, format!("pricing_model[{index}].flat_fee"))?;
             if let UpTo::Finite(bound) = tier.up_to {
                 bounded(bound, format!("pricing_model[{index}].up_to"))?;
             }
-            if tier.unit_amount < Decimal::ZERO {
+            if value < Decimal::ZERO {
+                if by_rate {
+                    return Err(PricingError::Negative {
+                        field: format!("pricing_model[{index}].rate"),
+                    });
+                }
                 return Err(PricingError::NegativeUnitAmount { index });
             }
             if tier.flat_fee < Decimal::ZERO {
@@ -521,19 +892,43 @@ impl Pricing {
     }
 
     /// [`Pricing::price`], or `None` when the amount exceeds `Decimal`'s range.
+    /// PERCENTAGE prices events, not a quantity: here it prices none (see
+    /// [`Pricing::checked_amount`]).
+    #[cfg(test)]
     pub(crate) fn checked_price(&self, units: Decimal) -> Option<Decimal> {
-        let billable = self.billable_units(units);
+        self.checked_amount(&Metered {
+            units,
+            ..Metered::default()
+        })
+    }
+
+    /// The exact amount of a period: PERCENTAGE from its events' fees and
+    /// first events, every other type from its quantity ([`Pricing::price`]);
+    /// `None` when the amount exceeds `Decimal`'s range.
+    pub(crate) fn checked_amount(&self, metered: &Metered<'_>) -> Option<Decimal> {
+        if let Some(percentage) = &self.percentage {
+            return percentage.amount(metered.fees, metered.head);
+        }
+        let billable = self.billable_units(metered.units);
         match self.pricing_type {
             PricingType::Fixed => self.fixed(billable),
-            PricingType::Tiered => self.graduated(billable),
+            PricingType::Tiered | PricingType::GraduatedPercentage => self.graduated(billable),
             PricingType::Volume => self.volume(billable),
             PricingType::Package => self.package(billable),
+            PricingType::Percentage => Some(Decimal::ZERO),
+        }
+    }
+
+    fn not_used(&self, field: &str) -> PricingError {
+        PricingError::NotUsed {
+            field: field.to_owned(),
+            pricing_type: self.pricing_type,
         }
     }
 
     fn fixed(&self, billable: Decimal) -> Option<Decimal> {
         match self.tiers.first() {
-            Some(tier) => billable.checked_mul(tier.unit_amount),
+            Some(tier) => billable.checked_mul(tier.per_unit()?),
             None => Some(Decimal::ZERO),
         }
     }
@@ -548,7 +943,7 @@ impl Pricing {
             let top = upper.map_or(billable, |bound| billable.min(bound));
             let inside = top.checked_sub(lower)?.max(Decimal::ZERO);
             if index == 0 || !inside.is_zero() {
-                let charge = inside.checked_mul(tier.unit_amount)?.checked_add(tier.flat_fee)?;
+                let charge = inside.checked_mul(tier.per_unit()?)?.checked_add(tier.flat_fee)?;
                 total = total.checked_add(charge)?;
             }
             match upper {
@@ -566,7 +961,7 @@ impl Pricing {
             .find(|tier| tier.up_to.covers(billable))
             .or_else(|| self.tiers.last());
         match tier {
-            Some(tier) => billable.checked_mul(tier.unit_amount)?.checked_add(tier.flat_fee),
+            Some(tier) => billable.checked_mul(tier.per_unit()?)?.checked_add(tier.flat_fee),
             None => Some(Decimal::ZERO),
         }
     }
@@ -587,8 +982,59 @@ impl Pricing {
         } else {
             whole.checked_add(Decimal::ONE)?
         };
-        packages.checked_mul(tier.unit_amount)
+        packages.checked_mul(tier.per_unit()?)
     }
+}
+
+/// Validated PERCENTAGE terms from the wire's fields.
+fn percentage_of(terms: PercentageTerms) -> Result<Percentage, PricingError> {
+    let percentage = Percentage {
+        rate: terms.rate.ok_or_else(|| PricingError::Required {
+            field: "rate".to_owned(),
+            pricing_type: PricingType::Percentage,
+        })?,
+        fixed_amount: terms.fixed_amount.unwrap_or(Decimal::ZERO),
+        free_units_per_events: terms.free_units_per_events,
+        free_units_per_total_aggregation: terms.free_units_per_total_aggregation,
+        per_transaction_min_amount: terms.per_transaction_min_amount,
+        per_transaction_max_amount: terms.per_transaction_max_amount,
+    };
+    check_percentage(&percentage)?;
+    Ok(percentage)
+}
+
+/// Every PERCENTAGE amount within the wire bounds and not negative; the
+/// minimum not above the maximum; the free events bounded.
+fn check_percentage(p: &Percentage) -> Result<(), PricingError> {
+    let amounts = [
+        ("rate", Some(p.rate)),
+        ("fixed_amount", Some(p.fixed_amount)),
+        ("free_units_per_total_aggregation", p.free_units_per_total_aggregation),
+        ("per_transaction_min_amount", p.per_transaction_min_amount),
+        ("per_transaction_max_amount", p.per_transaction_max_amount),
+    ];
+    for (field, value) in amounts {
+        let Some(value) = value else { continue };
+        if check_amount(value).is_err() {
+            return Err(PricingError::OutOfBounds {
+                field: field.to_owned(),
+            });
+        }
+        if value < Decimal::ZERO {
+            return Err(PricingError::Negative {
+                field: field.to_owned(),
+            });
+        }
+    }
+    if let (Some(min), Some(max)) = (p.per_transaction_min_amount, p.per_transaction_max_amount)
+        && min > max
+    {
+        return Err(PricingError::MinAboveMax);
+    }
+    if p.free_units_per_events.is_some_and(|n| n > MAX_FREE_EVENTS) {
+        return Err(PricingError::TooManyFreeEvents);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -603,11 +1049,11 @@ mod tests {
     }
 
     fn tier(unit_amount: &str, up_to: Option<&str>, flat_fee: &str) -> Tier {
-        Tier {
-            unit_amount: d(unit_amount),
-            up_to: up_to.map_or(UpTo::Infinity, |bound| UpTo::Finite(d(bound))),
-            flat_fee: d(flat_fee),
-        }
+        Tier::unit(
+            d(unit_amount),
+            up_to.map_or(UpTo::Infinity, |bound| UpTo::Finite(d(bound))),
+            d(flat_fee),
+        )
     }
 
     fn graduated_tiers() -> Vec<Tier> {
@@ -892,7 +1338,7 @@ mod tests {
         assert_eq!(error.field(), "pricing_type");
         assert_eq!(
             error.to_string(),
-            "pricing_type must be one of FIXED, TIERED, VOLUME, PACKAGE, got \"GRADUATED\""
+            "pricing_type must be one of FIXED, TIERED, VOLUME, PACKAGE, PERCENTAGE, GRADUATED_PERCENTAGE, got \"GRADUATED\""
         );
     }
 
@@ -904,15 +1350,22 @@ mod tests {
             r#"{"unit_amount": 0.1, "up_to": 100, "flat_fee": null}"#,
         ] {
             let parsed: Tier = serde_json::from_str(text).expect("tier");
-            assert_eq!(parsed.unit_amount, d("0.1"), "{text}");
-            assert_eq!(parsed.unit_amount.to_string(), "0.1", "{text}");
+            assert_eq!(parsed.unit_amount, Some(d("0.1")), "{text}");
+            assert_eq!(
+                parsed.unit_amount.map(|u| u.to_string()).as_deref(),
+                Some("0.1"),
+                "{text}"
+            );
             assert_eq!(parsed.up_to, UpTo::Finite(d("100")), "{text}");
             assert_eq!(parsed.flat_fee, Decimal::ZERO, "{text}");
         }
         let precise: Tier =
             serde_json::from_str(r#"{"unit_amount": 0.123456789012345678901234567, "flat_fee": "2.50"}"#)
                 .expect("tier");
-        assert_eq!(precise.unit_amount.to_string(), "0.123456789012345678901234567");
+        assert_eq!(
+            precise.unit_amount.map(|u| u.to_string()).as_deref(),
+            Some("0.123456789012345678901234567")
+        );
         assert_eq!(precise.flat_fee.to_string(), "2.50");
         assert_eq!(precise.up_to, UpTo::Infinity);
     }
@@ -1029,6 +1482,7 @@ mod tests {
             tiers: vec![],
             package_size: None,
             free_units: Decimal::ZERO,
+            percentage: None,
         };
         for pricing_type in PricingType::ALL {
             let pricing = Pricing {
@@ -1042,6 +1496,7 @@ mod tests {
             tiers: vec![tier("1", Some("10"), "0"), tier("2", Some("20"), "0")],
             package_size: None,
             free_units: Decimal::ZERO,
+            percentage: None,
         };
         assert_eq!(bounded_last.price(d("30")), d("50"));
         let no_size = Pricing {
@@ -1049,6 +1504,7 @@ mod tests {
             tiers: vec![tier("3", None, "0")],
             package_size: Some(Decimal::ZERO),
             free_units: Decimal::ZERO,
+            percentage: None,
         };
         assert_eq!(no_size.price(d("2.5")), d("9"));
     }
@@ -1097,11 +1553,7 @@ mod tests {
                     } else {
                         UpTo::Finite(bound)
                     };
-                    Tier {
-                        unit_amount,
-                        up_to,
-                        flat_fee,
-                    }
+                    Tier::unit(unit_amount, up_to, flat_fee)
                 })
                 .collect()
         })
@@ -1109,11 +1561,11 @@ mod tests {
 
     fn single_tier() -> impl Strategy<Value = Vec<Tier>> {
         (amount(), amount(), prop::option::of(positive())).prop_map(|(unit_amount, flat_fee, bound)| {
-            vec![Tier {
+            vec![Tier::unit(
                 unit_amount,
-                up_to: bound.map_or(UpTo::Infinity, UpTo::Finite),
+                bound.map_or(UpTo::Infinity, UpTo::Finite),
                 flat_fee,
-            }]
+            )]
         })
     }
 
@@ -1125,24 +1577,28 @@ mod tests {
                 tiers,
                 package_size: None,
                 free_units,
+                percentage: None,
             }),
             (tier_list(true), free.clone()).prop_map(|(tiers, free_units)| Pricing {
                 pricing_type: PricingType::Tiered,
                 tiers,
                 package_size: None,
                 free_units,
+                percentage: None,
             }),
             (tier_list(true), free.clone()).prop_map(|(tiers, free_units)| Pricing {
                 pricing_type: PricingType::Volume,
                 tiers,
                 package_size: None,
                 free_units,
+                percentage: None,
             }),
             (single_tier(), positive(), free).prop_map(|(tiers, size, free_units)| Pricing {
                 pricing_type: PricingType::Package,
                 tiers,
                 package_size: Some(size),
                 free_units,
+                percentage: None,
             }),
         ]
     }
@@ -1161,11 +1617,12 @@ mod tests {
                 let pricing = Pricing {
                     pricing_type,
                     tiers: vec![
-                        Tier { unit_amount, up_to: UpTo::Finite(up_to.abs()), flat_fee },
-                        Tier { unit_amount: flat_fee, up_to: UpTo::Infinity, flat_fee: unit_amount },
+                        Tier::unit(unit_amount, UpTo::Finite(up_to.abs()), flat_fee),
+                        Tier::unit(flat_fee, UpTo::Infinity, unit_amount),
                     ],
                     package_size: Some(size),
                     free_units,
+                    percentage: None,
                 };
                 // A value or an overflow reported as None; never a panic.
                 let _ = pricing.checked_price(units);
@@ -1208,7 +1665,7 @@ mod tests {
         fn fixed_price_is_additive(unit_amount in amount(), a in amount(), b in amount()) {
             let fixed = Pricing::new(
                 PricingType::Fixed,
-                vec![Tier { unit_amount, up_to: UpTo::Infinity, flat_fee: Decimal::ZERO }],
+                vec![Tier::unit(unit_amount, UpTo::Infinity, Decimal::ZERO)],
                 None,
                 Decimal::ZERO,
             ).expect("valid");
@@ -1218,7 +1675,7 @@ mod tests {
 
         #[test]
         fn one_unbounded_tier_prices_like_fixed(unit_amount in amount(), free_units in amount(), units in units()) {
-            let tiers = vec![Tier { unit_amount, up_to: UpTo::Infinity, flat_fee: Decimal::ZERO }];
+            let tiers = vec![Tier::unit(unit_amount, UpTo::Infinity, Decimal::ZERO)];
             let fixed = Pricing::new(PricingType::Fixed, tiers.clone(), None, free_units).expect("valid");
             let tiered = Pricing::new(PricingType::Tiered, tiers.clone(), None, free_units).expect("valid");
             let volume = Pricing::new(PricingType::Volume, tiers.clone(), None, free_units).expect("valid");
@@ -1241,7 +1698,7 @@ mod tests {
                 let upper = tier.up_to.finite().unwrap_or(Decimal::MAX);
                 let inside = (billable.min(upper) - lower).max(Decimal::ZERO);
                 if index == 0 || inside > Decimal::ZERO {
-                    expected += inside * tier.unit_amount + tier.flat_fee;
+                    expected += inside * tier.unit_amount.expect("unit tier") + tier.flat_fee;
                 }
                 lower = upper;
             }
@@ -1252,7 +1709,7 @@ mod tests {
         fn package_is_the_ceiling_of_packages(size in positive(), unit_amount in amount(), free_units in amount(), units in units()) {
             let package = Pricing::new(
                 PricingType::Package,
-                vec![Tier { unit_amount, up_to: UpTo::Infinity, flat_fee: Decimal::ZERO }],
+                vec![Tier::unit(unit_amount, UpTo::Infinity, Decimal::ZERO)],
                 Some(size),
                 free_units,
             ).expect("valid");
@@ -1263,6 +1720,284 @@ mod tests {
                 prop_assert!(packages * size >= billable);
                 prop_assert!(packages.is_zero() || (packages - Decimal::ONE) * size < billable);
             }
+        }
+    }
+
+    fn percentage(terms: PercentageTerms) -> Pricing {
+        Pricing::build(PricingType::Percentage, vec![], None, Decimal::ZERO, terms).expect("valid percentage")
+    }
+
+    fn terms(rate: &str) -> PercentageTerms {
+        PercentageTerms {
+            rate: Some(d(rate)),
+            ..PercentageTerms::default()
+        }
+    }
+
+    /// The period amount of events (in timestamp order) under PERCENTAGE pricing.
+    fn percentage_amount(pricing: &Pricing, events: &[&str]) -> Decimal {
+        let p = pricing.percentage.as_ref().expect("percentage terms");
+        let values: Vec<Decimal> = events.iter().map(|v| d(v)).collect();
+        let fees = values.iter().map(|v| p.event_fee(*v).expect("fee")).sum();
+        pricing
+            .checked_amount(&Metered {
+                units: values.iter().sum(),
+                fees,
+                head: &values,
+            })
+            .expect("amount")
+    }
+
+    #[test]
+    fn percentage_reproduces_the_published_examples() {
+        let events = ["50", "100", "250", "400"];
+        let both = percentage(PercentageTerms {
+            fixed_amount: Some(d("2")),
+            free_units_per_events: Some(3),
+            free_units_per_total_aggregation: Some(d("250")),
+            ..terms("1.3")
+        });
+        assert_eq!(percentage_amount(&both, &events), d("11.15"));
+        let free_events = percentage(PercentageTerms {
+            fixed_amount: Some(d("2")),
+            free_units_per_events: Some(3),
+            ..terms("1.3")
+        });
+        assert_eq!(percentage_amount(&free_events, &events), d("7.2"));
+        let no_allowance = percentage(PercentageTerms {
+            fixed_amount: Some(d("2")),
+            ..terms("1.3")
+        });
+        assert_eq!(percentage_amount(&no_allowance, &events), d("18.4"));
+        let bounded = percentage(PercentageTerms {
+            per_transaction_min_amount: Some(d("1.75")),
+            per_transaction_max_amount: Some(d("12")),
+            ..terms("2.99")
+        });
+        assert_eq!(percentage_amount(&bounded, &["10", "80", "10000"]), d("16.142"));
+        assert_eq!(
+            percentage_amount(&percentage(terms("2.99")), &["10", "80", "10000"]),
+            d("301.691")
+        );
+    }
+
+    #[test]
+    fn percentage_free_units_alone_keep_the_fixed_fee() {
+        let free_units = percentage(PercentageTerms {
+            fixed_amount: Some(d("2")),
+            free_units_per_total_aggregation: Some(d("250")),
+            ..terms("1.3")
+        });
+        // (800 - 250) x 1.3% + 4 x 2.
+        assert_eq!(percentage_amount(&free_units, &["50", "100", "250", "400"]), d("15.15"));
+        // The allowance is larger than the usage: the fixed fees alone.
+        assert_eq!(percentage_amount(&free_units, &["50", "100"]), d("4"));
+        assert_eq!(percentage_amount(&free_units, &[]), d("0"));
+    }
+
+    #[test]
+    fn percentage_free_events_pay_nothing_not_even_the_minimum() {
+        let pricing = percentage(PercentageTerms {
+            free_units_per_events: Some(2),
+            per_transaction_min_amount: Some(d("1")),
+            ..terms("10")
+        });
+        assert_eq!(percentage_amount(&pricing, &["1", "1", "1", "50"]), d("6"));
+        let p = pricing.percentage.as_ref().expect("terms");
+        // Two free events reached: the allowance has run out.
+        assert_eq!(p.give_back(&[d("1"), d("1")]), Some((d("2"), true)));
+        assert_eq!(p.give_back(&[d("1")]), Some((d("1"), false)));
+        assert_eq!(p.head_limit(), Some(2));
+    }
+
+    #[test]
+    fn graduated_percentage_reproduces_the_published_examples() {
+        let tier = |up_to: Option<&str>, rate: &str, flat_fee: &str| Tier {
+            unit_amount: None,
+            rate: Some(d(rate)),
+            up_to: up_to.map_or(UpTo::Infinity, |bound| UpTo::Finite(d(bound))),
+            flat_fee: d(flat_fee),
+        };
+        let pricing = pricing(
+            PricingType::GraduatedPercentage,
+            vec![
+                tier(Some("10"), "1", "200"),
+                tier(Some("20"), "2", "300"),
+                tier(None, "3", "400"),
+            ],
+            None,
+            "0",
+        );
+        check_table(
+            &pricing,
+            &[("0", "200"), ("1", "200.01"), ("11", "500.12"), ("21", "900.33")],
+        );
+    }
+
+    #[test]
+    fn percentage_and_rate_fields_are_refused_where_they_do_not_belong() {
+        let build = |pricing_type, tiers: Vec<Tier>, free: &str, terms: PercentageTerms| {
+            Pricing::build(pricing_type, tiers, None, d(free), terms).expect_err("refused")
+        };
+        let cases = [
+            (
+                build(PricingType::Tiered, graduated_tiers(), "0", terms("1")),
+                "rate is not used by TIERED pricing",
+            ),
+            (
+                build(PricingType::Percentage, vec![], "0", PercentageTerms::default()),
+                "rate is required for PERCENTAGE pricing",
+            ),
+            (
+                build(PricingType::Percentage, graduated_tiers(), "0", terms("1")),
+                "pricing_model is not used by PERCENTAGE pricing",
+            ),
+            (
+                build(PricingType::Percentage, vec![], "5", terms("1")),
+                "free_units is not used by PERCENTAGE pricing",
+            ),
+            (
+                build(PricingType::Percentage, vec![], "0", terms("-1")),
+                "rate must not be negative",
+            ),
+            (
+                build(
+                    PricingType::Percentage,
+                    vec![],
+                    "0",
+                    PercentageTerms {
+                        per_transaction_min_amount: Some(d("5")),
+                        per_transaction_max_amount: Some(d("1")),
+                        ..terms("1")
+                    },
+                ),
+                "per_transaction_min_amount must not be greater than per_transaction_max_amount",
+            ),
+            (
+                build(
+                    PricingType::Percentage,
+                    vec![],
+                    "0",
+                    PercentageTerms {
+                        free_units_per_events: Some(MAX_FREE_EVENTS + 1),
+                        ..terms("1")
+                    },
+                ),
+                "free_units_per_events must be at most 10000",
+            ),
+            (
+                build(
+                    PricingType::GraduatedPercentage,
+                    graduated_tiers(),
+                    "0",
+                    PercentageTerms::default(),
+                ),
+                "pricing_model[0].unit_amount is not used by GRADUATED_PERCENTAGE pricing",
+            ),
+            (
+                build(
+                    PricingType::Fixed,
+                    vec![Tier {
+                        unit_amount: None,
+                        rate: Some(d("1")),
+                        up_to: UpTo::Infinity,
+                        flat_fee: Decimal::ZERO,
+                    }],
+                    "0",
+                    PercentageTerms::default(),
+                ),
+                "pricing_model[0].rate is not used by FIXED pricing",
+            ),
+            (
+                build(
+                    PricingType::GraduatedPercentage,
+                    vec![Tier {
+                        unit_amount: None,
+                        rate: None,
+                        up_to: UpTo::Infinity,
+                        flat_fee: Decimal::ZERO,
+                    }],
+                    "0",
+                    PercentageTerms::default(),
+                ),
+                "pricing_model[0].rate is required for GRADUATED_PERCENTAGE pricing",
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+            assert!(message.starts_with(&error.field()), "{message}");
+        }
+    }
+
+    #[test]
+    fn percentage_terms_round_trip_through_json() {
+        let text = r#"{"pricing_type":"PERCENTAGE","rate":"1.3","fixed_amount":2,"free_units_per_events":3,"free_units_per_total_aggregation":250}"#;
+        let parsed: Pricing = serde_json::from_str(text).expect("pricing");
+        let p = parsed.percentage.as_ref().expect("terms");
+        assert_eq!(
+            (p.rate, p.fixed_amount, p.free_units_per_events),
+            (d("1.3"), d("2"), Some(3))
+        );
+        let json = serde_json::to_string(&parsed).expect("json");
+        assert_eq!(
+            json,
+            r#"{"pricing_type":"PERCENTAGE","pricing_model":[],"free_units":0,"rate":1.3,"fixed_amount":2,"free_units_per_events":3,"free_units_per_total_aggregation":250}"#
+        );
+        let back: Pricing = serde_json::from_str(&json).expect("pricing");
+        assert_eq!(back, parsed);
+    }
+
+    fn percentage_pricing() -> impl Strategy<Value = Pricing> {
+        (
+            0i64..500,
+            0i64..300,
+            prop::option::of(0u32..6),
+            prop::option::of(0i64..2_000),
+            prop::option::of((0i64..300, 0i64..3_000)),
+        )
+            .prop_map(|(rate, fixed, events, units, bounds)| {
+                let (min, max) = match bounds {
+                    Some((a, b)) => (Some(Decimal::new(a.min(b), 2)), Some(Decimal::new(a.max(b), 2))),
+                    None => (None, None),
+                };
+                percentage(PercentageTerms {
+                    rate: Some(Decimal::new(rate, 2)),
+                    fixed_amount: Some(Decimal::new(fixed, 2)),
+                    free_units_per_events: events,
+                    free_units_per_total_aggregation: units.map(Decimal::from),
+                    per_transaction_min_amount: min,
+                    per_transaction_max_amount: max,
+                })
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn percentage_fees_add_up_whatever_the_batches_and_arrival(
+            pricing in percentage_pricing(),
+            values in prop::collection::vec(0i64..100_000, 0..30),
+            split in 0usize..30,
+        ) {
+            let p = pricing.percentage.as_ref().expect("terms");
+            let values: Vec<Decimal> = values.into_iter().map(|v| Decimal::new(v, 2)).collect();
+            // Fees summed per batch, in any order, equal the fees of all.
+            let split = split.min(values.len());
+            let (left, right) = values.split_at(split);
+            let fee = |vs: &[Decimal]| vs.iter().map(|v| p.event_fee(*v).expect("fee")).sum::<Decimal>();
+            let mut reversed = values.clone();
+            reversed.reverse();
+            prop_assert_eq!(fee(right) + fee(left), fee(&reversed));
+            // Reading just the head the allowance reaches gives the same as reading all.
+            let (back_all, _) = p.give_back(&values).expect("give back");
+            let mut head = Vec::new();
+            for v in &values {
+                head.push(*v);
+                let (_, ran_out) = p.give_back(&head).expect("give back");
+                if ran_out { break; }
+            }
+            prop_assert_eq!(p.give_back(&head).expect("give back").0, back_all);
+            let amount = p.amount(fee(&values), &values).expect("amount");
+            prop_assert!(amount >= Decimal::ZERO);
         }
     }
 }

@@ -44,6 +44,20 @@ pub(crate) fn failure(rejection: &Rejection) -> Value {
 /// Live usage of one metric in the open period: (`used_till_now`, `used_amount`).
 pub(crate) type Usage = HashMap<String, (Decimal, Decimal)>;
 
+/// The fields of a metric that a customer's own prices (`metric_info`) replace.
+const PRICING_FIELDS: [&str; 10] = [
+    "pricing_type",
+    "pricing_model",
+    "package_size",
+    "free_units",
+    "rate",
+    "fixed_amount",
+    "free_units_per_events",
+    "free_units_per_total_aggregation",
+    "per_transaction_min_amount",
+    "per_transaction_max_amount",
+];
+
 /// A metric, with live usage when shown inside an execution. `pricing`
 /// replaces the metric's own pricing for per-customer (`VARIABLE`) prices.
 pub(crate) fn metric(row: &MetricRow, pricing: Option<&Value>, usage: Option<(Decimal, Decimal)>) -> Value {
@@ -66,8 +80,11 @@ pub(crate) fn metric(row: &MetricRow, pricing: Option<&Value>, usage: Option<(De
         "created_at": timestamp(row.created_at),
         "updated_at": timestamp(row.updated_at),
     });
+    if let (Some(Value::Object(terms)), Some(obj)) = (&row.percentage, doc.as_object_mut()) {
+        obj.extend(terms.clone());
+    }
     if let (Some(over), Some(obj)) = (pricing, doc.as_object_mut()) {
-        for key in ["pricing_type", "pricing_model", "package_size", "free_units"] {
+        for key in PRICING_FIELDS {
             if let Some(v) = over.get(key) {
                 obj.insert(key.to_string(), v.clone());
             }
@@ -102,6 +119,7 @@ pub(crate) fn plan(row: &PlanRow, metrics: &[MetricRow], overrides: &Value, usag
         "plan_amount": num(row.plan_amount),
         "plan_currency": row.plan_currency.as_str(),
         "max_amount": opt_num(row.max_amount),
+        "minimum_commitment": opt_num(row.minimum_commitment),
         "max_retry": row.max_retry,
         "plan_action_on_failure": row.plan_action_on_failure,
         "plan_status": row.plan_status,

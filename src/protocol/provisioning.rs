@@ -7,7 +7,7 @@ use super::de::{amount, decode, decode_value, id, lenient_opt_u32, opt_amount, o
 use crate::domain::aggregation::AggregationType;
 use crate::domain::catalog::{ActionOnFailure, PlanInterval, PlanModel, PlanRuleType, PlanType};
 use crate::domain::execution::ExecutionStatus;
-use crate::domain::pricing::{PricingType, Tier};
+use crate::domain::pricing::{PercentageTerms, PricingType, Tier};
 use crate::error::{ErrorCode, Rejection};
 
 /// Every command the provisioning queue understands.
@@ -117,15 +117,48 @@ pub(crate) struct CreateMetric {
     #[serde(default, deserialize_with = "opt_text")]
     pub aggregation_field: Option<String>,
     pub pricing_type: PricingType,
-    #[serde(deserialize_with = "tiers")]
+    #[serde(default, deserialize_with = "tiers")]
     pub pricing_model: Vec<Tier>,
     #[serde(default, deserialize_with = "opt_amount")]
     pub package_size: Option<Decimal>,
     #[serde(default, deserialize_with = "opt_amount")]
     pub free_units: Option<Decimal>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub rate: Option<Decimal>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub fixed_amount: Option<Decimal>,
+    #[serde(default, deserialize_with = "lenient_opt_u32")]
+    pub free_units_per_events: Option<u32>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub free_units_per_total_aggregation: Option<Decimal>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub per_transaction_min_amount: Option<Decimal>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub per_transaction_max_amount: Option<Decimal>,
     #[serde(deserialize_with = "text")]
     pub currency: String,
 }
+
+/// The PERCENTAGE fields of a metric or of a customer's price for one.
+macro_rules! percentage_terms {
+    ($($kind:ty),+) => {$(
+        impl $kind {
+            /// The PERCENTAGE fields as given.
+            pub(crate) fn terms(&self) -> PercentageTerms {
+                PercentageTerms {
+                    rate: self.rate,
+                    fixed_amount: self.fixed_amount,
+                    free_units_per_events: self.free_units_per_events,
+                    free_units_per_total_aggregation: self.free_units_per_total_aggregation,
+                    per_transaction_min_amount: self.per_transaction_min_amount,
+                    per_transaction_max_amount: self.per_transaction_max_amount,
+                }
+            }
+        }
+    )+};
+}
+
+percentage_terms!(CreateMetric, MetricOverride);
 
 /// Most tiers of one pricing model.
 pub(crate) const MAX_TIERS: usize = 100;
@@ -169,6 +202,8 @@ pub(crate) struct PlanFields {
     pub plan_currency: Option<String>,
     #[serde(default, deserialize_with = "opt_amount")]
     pub max_amount: Option<Decimal>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub minimum_commitment: Option<Decimal>,
     #[serde(default, deserialize_with = "lenient_opt_u32")]
     pub max_retry: Option<u32>,
     #[serde(default)]
@@ -201,12 +236,24 @@ pub(crate) struct MetricOverride {
     #[serde(deserialize_with = "id")]
     pub metric_id: String,
     pub pricing_type: PricingType,
-    #[serde(deserialize_with = "tiers")]
+    #[serde(default, deserialize_with = "tiers")]
     pub pricing_model: Vec<Tier>,
     #[serde(default, deserialize_with = "opt_amount")]
     pub package_size: Option<Decimal>,
     #[serde(default, deserialize_with = "opt_amount")]
     pub free_units: Option<Decimal>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub rate: Option<Decimal>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub fixed_amount: Option<Decimal>,
+    #[serde(default, deserialize_with = "lenient_opt_u32")]
+    pub free_units_per_events: Option<u32>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub free_units_per_total_aggregation: Option<Decimal>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub per_transaction_min_amount: Option<Decimal>,
+    #[serde(default, deserialize_with = "opt_amount")]
+    pub per_transaction_max_amount: Option<Decimal>,
     /// Display fields of a metric as `get` shows them, so that an answer's
     /// `metric_info` can be sent back as it is; accepted and not used (the
     /// metric's own definition stands).

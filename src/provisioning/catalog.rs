@@ -9,7 +9,7 @@ use crate::domain::catalog::DEFAULT_MAX_RETRY;
 use crate::domain::catalog::{ActionOnFailure, MetricSpec, PlanRuleType, PlanSpec, check_text};
 use crate::domain::ids::check_id;
 use crate::domain::money::Currency;
-use crate::domain::pricing::{Pricing, PricingType, Tier};
+use crate::domain::pricing::Pricing;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents;
 use crate::protocol::provisioning::{CreateCustomer, CreateMetric, PlanFields};
@@ -18,16 +18,17 @@ use crate::store::catalog::MetricRow;
 use crate::store::catalog::metric_spec;
 use crate::store::customers::CustomerRow;
 
-/// Builds a validated price list, naming the field under `prefix`.
-pub(super) fn pricing(
-    prefix: &str,
-    pricing_type: PricingType,
-    tiers: Vec<Tier>,
-    package_size: Option<Decimal>,
-    free_units: Option<Decimal>,
-) -> Result<Pricing, Rejection> {
-    Pricing::new(pricing_type, tiers, package_size, free_units.unwrap_or(Decimal::ZERO))
-        .map_err(|e| Rejection::new(ErrorCode::InvalidField, format!("{prefix}{e}")))
+/// Builds a validated price list.
+fn pricing(c: &mut CreateMetric) -> Result<Pricing, Rejection> {
+    let terms = c.terms();
+    Pricing::build(
+        c.pricing_type,
+        std::mem::take(&mut c.pricing_model),
+        c.package_size,
+        c.free_units.unwrap_or(Decimal::ZERO),
+        terms,
+    )
+    .map_err(|e| Rejection::new(ErrorCode::InvalidField, e.to_string()))
 }
 
 pub(super) fn currency(field: &str, code: &str) -> Result<Currency, Rejection> {
@@ -38,10 +39,10 @@ pub(super) async fn create_metric(
     conn: &mut PgConnection,
     merchant_id: &str,
     now: DateTime<Utc>,
-    c: CreateMetric,
+    mut c: CreateMetric,
 ) -> Result<Outcome, HandleError> {
     let spec = MetricSpec {
-        pricing: pricing("", c.pricing_type, c.pricing_model, c.package_size, c.free_units)?,
+        pricing: pricing(&mut c)?,
         currency: currency("currency", &c.currency)?,
         metric_id: c.metric_id,
         name: c.name,
@@ -87,6 +88,7 @@ fn new_plan_spec(f: PlanFields) -> Result<PlanSpec, Rejection> {
         plan_amount: f.plan_amount.unwrap_or(Decimal::ZERO),
         plan_currency: currency("plan_currency", &required("plan_currency", f.plan_currency)?)?,
         max_amount: f.max_amount,
+        minimum_commitment: f.minimum_commitment,
         max_retry: f.max_retry.unwrap_or(DEFAULT_MAX_RETRY),
         plan_action_on_failure: f.plan_action_on_failure.unwrap_or(ActionOnFailure::Retry),
         metric_ids: f.metric_ids.unwrap_or_default(),
@@ -125,6 +127,9 @@ fn merged_plan_spec(mut spec: PlanSpec, f: PlanFields) -> Result<PlanSpec, Rejec
     }
     if f.max_amount.is_some() {
         spec.max_amount = f.max_amount;
+    }
+    if f.minimum_commitment.is_some() {
+        spec.minimum_commitment = f.minimum_commitment;
     }
     if let Some(v) = f.max_retry {
         spec.max_retry = v;

@@ -5,13 +5,13 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
-use super::catalog::pricing;
 use super::outcome::{Outcome, already_exists, not_found};
 use crate::domain::catalog::PlanModel;
 use crate::domain::execution::{ExecutionStatus, StatusEvent};
 use crate::domain::ids::{check_id, new_execution_id};
 use crate::domain::ledger::{EntryKind, check_grant};
 use crate::domain::period::check_date_window;
+use crate::domain::pricing::Pricing;
 use crate::domain::webhook::{EventName, Webhook};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents;
@@ -118,14 +118,25 @@ async fn metric_overrides(
             )
             .into());
         }
-        let price = pricing(
-            &format!("{field}."),
+        let spec = metric_spec(&metric)?;
+        let terms = over.terms();
+        // Free units the customer's prices do not name stay the metric's
+        // (only for the types that have them).
+        let free_units = over.free_units.unwrap_or(if over.pricing_type.has_tiers() {
+            metric.free_units
+        } else {
+            Decimal::ZERO
+        });
+        let price = Pricing::build(
             over.pricing_type,
             over.pricing_model,
             over.package_size,
-            // Free units the customer's prices do not name stay the metric's.
-            over.free_units.or(Some(metric.free_units)),
-        )?;
+            free_units,
+            terms,
+        )
+        .map_err(|e| Rejection::new(ErrorCode::InvalidField, format!("{field}.{e}")))?;
+        crate::domain::catalog::check_pricing_fits(spec.aggregation_type, &price)
+            .map_err(|message| Rejection::field(&format!("{field}.pricing_type"), message))?;
         let mut doc = serde_json::to_value(&price)
             .map_err(|e| HandleError::Rejected(Rejection::new(ErrorCode::InternalError, e.to_string())))?;
         if let Some(obj) = doc.as_object_mut() {

@@ -10,7 +10,7 @@ use crate::domain::catalog::{
 };
 use crate::domain::money::Currency;
 use crate::domain::period::PlanCalendar;
-use crate::domain::pricing::{Pricing, PricingType, Tier};
+use crate::domain::pricing::{PercentageTerms, Pricing, PricingType, Tier};
 use crate::error::{HandleError, corrupt};
 use crate::store::executions::ExecutionRow;
 
@@ -30,6 +30,7 @@ pub(crate) struct MetricRow {
     pub pricing_model: serde_json::Value,
     pub package_size: Option<Decimal>,
     pub free_units: Decimal,
+    pub percentage: Option<serde_json::Value>,
     pub currency: String,
     pub status: String,
     pub created_at: DateTime<Utc>,
@@ -56,6 +57,7 @@ pub(crate) struct PlanRow {
     #[sqlx(try_from = "String")]
     pub plan_currency: Currency,
     pub max_amount: Option<Decimal>,
+    pub minimum_commitment: Option<Decimal>,
     pub max_retry: i32,
     #[sqlx(try_from = "String")]
     pub plan_action_on_failure: ActionOnFailure,
@@ -102,11 +104,20 @@ pub(crate) async fn insert_metric(
     spec: &MetricSpec,
     now: DateTime<Utc>,
 ) -> Result<Option<MetricRow>, sqlx::Error> {
-    let model = serde_json::to_value(&spec.pricing.tiers).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    let model = serde_json::to_value(&spec.pricing.tiers).map_err(encode)?;
+    let percentage = spec
+        .pricing
+        .percentage
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(encode)?;
     sqlx::query_as(
         "INSERT INTO metrics (merchant_id, metric_id, name, description, unit, event_type, aggregation_type,
-             aggregation_field, pricing_type, pricing_model, package_size, free_units, currency, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
+             aggregation_field, pricing_type, pricing_model, package_size, free_units, currency, created_at, updated_at,
+             percentage)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)
          ON CONFLICT DO NOTHING RETURNING *",
     )
     .bind(merchant_id)
@@ -123,6 +134,7 @@ pub(crate) async fn insert_metric(
     .bind(spec.pricing.free_units)
     .bind(spec.currency.as_str())
     .bind(now)
+    .bind(percentage)
     .fetch_optional(conn)
     .await
 }
@@ -165,8 +177,8 @@ pub(crate) async fn upsert_plan(
     let created: bool = sqlx::query_scalar(
         "INSERT INTO plans (merchant_id, plan_id, plan_name, plan_description, plan_type, plan_model, plan_interval,
              plan_rule_type, plan_rule_value, plan_amount, plan_currency, max_amount, max_retry, plan_action_on_failure,
-             created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
+             created_at, updated_at, minimum_commitment)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16)
          ON CONFLICT (merchant_id, plan_id) DO UPDATE SET
              plan_name = EXCLUDED.plan_name, plan_description = EXCLUDED.plan_description,
              plan_type = EXCLUDED.plan_type, plan_model = EXCLUDED.plan_model,
@@ -174,7 +186,7 @@ pub(crate) async fn upsert_plan(
              plan_rule_value = EXCLUDED.plan_rule_value, plan_amount = EXCLUDED.plan_amount,
              plan_currency = EXCLUDED.plan_currency, max_amount = EXCLUDED.max_amount,
              max_retry = EXCLUDED.max_retry, plan_action_on_failure = EXCLUDED.plan_action_on_failure,
-             updated_at = EXCLUDED.updated_at
+             updated_at = EXCLUDED.updated_at, minimum_commitment = EXCLUDED.minimum_commitment
          RETURNING (xmax = 0)",
     )
     .bind(merchant_id)
@@ -192,6 +204,7 @@ pub(crate) async fn upsert_plan(
     .bind(spec.max_retry as i32)
     .bind(spec.plan_action_on_failure.as_str())
     .bind(now)
+    .bind(spec.minimum_commitment)
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query("DELETE FROM plan_metrics WHERE merchant_id = $1 AND plan_id = $2")
@@ -218,6 +231,10 @@ pub(crate) fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
         .pricing_type
         .parse::<PricingType>()
         .map_err(|e| corrupt("pricing_type", e))?;
+    let terms: PercentageTerms = match &row.percentage {
+        Some(value) => serde_json::from_value(value.clone()).map_err(|e| corrupt("percentage", e))?,
+        None => PercentageTerms::default(),
+    };
     Ok(MetricSpec {
         metric_id: row.metric_id.clone(),
         name: row.name.clone(),
@@ -229,7 +246,7 @@ pub(crate) fn metric_spec(row: &MetricRow) -> Result<MetricSpec, HandleError> {
             .parse::<AggregationType>()
             .map_err(|e| corrupt("aggregation_type", e))?,
         aggregation_field: row.aggregation_field.clone(),
-        pricing: Pricing::new(pricing_type, tiers, row.package_size, row.free_units)
+        pricing: Pricing::build(pricing_type, tiers, row.package_size, row.free_units, terms)
             .map_err(|e| corrupt("pricing", e))?,
         currency: Currency::parse(&row.currency).map_err(|e| corrupt("currency", e))?,
     })
@@ -251,6 +268,7 @@ impl PlanRow {
             plan_amount: self.plan_amount,
             plan_currency: self.plan_currency.clone(),
             max_amount: self.max_amount,
+            minimum_commitment: self.minimum_commitment,
             max_retry: self.max_retry.max(0) as u32,
             plan_action_on_failure: self.plan_action_on_failure,
             metric_ids: self.metric_ids.clone(),

@@ -210,17 +210,21 @@ pub(crate) struct AggregateDeltas {
     pub latest_event_id: Vec<Option<String>>,
     pub latest_value: Vec<Option<Decimal>>,
     pub unique_count: Vec<i64>,
+    pub weighted: Vec<Decimal>,
+    pub fee: Vec<Decimal>,
 }
 
 /// Adds deltas to the running aggregates in one statement.
 pub(crate) async fn add_aggregates(conn: &mut PgConnection, d: &AggregateDeltas) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO usage_aggregates AS a (execution_id, metric_id, period_start, sum, count, max,
-             latest_ts, latest_event_id, latest_value, unique_count)
+             latest_ts, latest_event_id, latest_value, unique_count, weighted, fee)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::numeric[], $5::int8[], $6::numeric[],
-             $7::timestamptz[], $8::text[], $9::numeric[], $10::int8[])
+             $7::timestamptz[], $8::text[], $9::numeric[], $10::int8[], $11::numeric[], $12::numeric[])
          ON CONFLICT (execution_id, metric_id, period_start) DO UPDATE SET
              sum = a.sum + EXCLUDED.sum,
+             weighted = a.weighted + EXCLUDED.weighted,
+             fee = a.fee + EXCLUDED.fee,
              count = a.count + EXCLUDED.count,
              max = GREATEST(a.max, EXCLUDED.max),
              unique_count = a.unique_count + EXCLUDED.unique_count,
@@ -244,6 +248,8 @@ pub(crate) async fn add_aggregates(conn: &mut PgConnection, d: &AggregateDeltas)
     .bind(&d.latest_event_id)
     .bind(&d.latest_value)
     .bind(&d.unique_count)
+    .bind(&d.weighted)
+    .bind(&d.fee)
     .execute(conn)
     .await?;
     Ok(())
@@ -262,6 +268,8 @@ pub(crate) struct AggregateRow {
     pub latest_event_id: Option<String>,
     pub latest_value: Option<Decimal>,
     pub unique_count: i64,
+    pub weighted: Decimal,
+    pub fee: Decimal,
 }
 
 /// Aggregates of the given (execution, period) pairs.
@@ -276,6 +284,82 @@ pub(crate) async fn aggregates(
     )
     .bind(execution_id)
     .bind(period_start)
+    .fetch_all(conn)
+    .await
+}
+
+/// The level each WEIGHTED_SUM metric had when a period started: the sum
+/// of its increments in every earlier period of the execution.
+pub(crate) async fn levels_before(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    metric_ids: &[String],
+    period_start: DateTime<Utc>,
+) -> Result<Vec<(String, Decimal)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT metric_id, SUM(sum) FROM usage_aggregates
+         WHERE execution_id = $1 AND metric_id = ANY($2) AND period_start < $3
+         GROUP BY metric_id",
+    )
+    .bind(execution_id)
+    .bind(metric_ids)
+    .bind(period_start)
+    .fetch_all(conn)
+    .await
+}
+
+/// Column arrays of events that a free allowance may take.
+#[derive(Debug, Default)]
+pub(crate) struct AllowanceRows {
+    pub execution_id: Vec<String>,
+    pub metric_id: Vec<String>,
+    pub period_start: Vec<DateTime<Utc>>,
+    pub ts: Vec<DateTime<Utc>>,
+    pub event_id: Vec<String>,
+    pub value: Vec<Decimal>,
+}
+
+/// Keeps events of metrics with a free allowance in the order it takes them.
+pub(crate) async fn insert_allowance_events(conn: &mut PgConnection, rows: &AllowanceRows) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO usage_allowance_events (execution_id, metric_id, period_start, ts, event_id, value)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::numeric[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&rows.execution_id)
+    .bind(&rows.metric_id)
+    .bind(&rows.period_start)
+    .bind(&rows.ts)
+    .bind(&rows.event_id)
+    .bind(&rows.value)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Up to `limit` of a period's allowance events after `after` (a
+/// `(timestamp, event_id)` position), in that order.
+pub(crate) async fn allowance_events(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    metric_id: &str,
+    period_start: DateTime<Utc>,
+    after: Option<&(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<Vec<(DateTime<Utc>, String, Decimal)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT ts, event_id, value FROM usage_allowance_events
+         WHERE execution_id = $1 AND metric_id = $2 AND period_start = $3
+           AND ($4::timestamptz IS NULL OR (ts, event_id) > ($4, $5))
+         ORDER BY ts, event_id
+         LIMIT $6",
+    )
+    .bind(execution_id)
+    .bind(metric_id)
+    .bind(period_start)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1.as_str()))
+    .bind(limit)
     .fetch_all(conn)
     .await
 }

@@ -9,17 +9,18 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{aggregate_of, effective_metrics};
-use crate::domain::aggregation::{AggregationType, Delta, UsageEvent};
+use super::{PeriodRef, effective_metrics};
+use crate::domain::aggregation::{AggregationType, Delta, UsageEvent, weight};
 use crate::domain::catalog::{MetricSpec, customer_prices};
 use crate::domain::execution::ExecutionStatus;
 use crate::domain::period::Schedule;
 use crate::domain::webhook::{EventName, Webhook};
+use crate::error::short;
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents::{num, timestamp};
 use crate::protocol::usage::{MAX_PROPERTY_LEN, UsageEventIn};
 use crate::store;
-use crate::store::usage::{AggregateDeltas, EventRows, ExecutionContext};
+use crate::store::usage::{AggregateDeltas, AggregateRow, AllowanceRows, EventRows, ExecutionContext};
 
 /// An event of the batch, decoded, with its tenant and arrival time.
 #[derive(Debug, Clone)]
@@ -61,6 +62,8 @@ struct Accepted {
     metric_id: String,
     period_start: DateTime<Utc>,
     aggregation: AggregationType,
+    /// Kept in order for a PERCENTAGE free allowance.
+    allowance: bool,
     event: UsageEvent,
 }
 
@@ -148,8 +151,11 @@ pub(crate) async fn ingest(
         columns.latest_value.push(delta.latest.as_ref().map(|l| l.2));
         let key = (execution_id.clone(), metric_id.clone(), *period_start);
         columns.unique_count.push(new_unique.get(&key).copied().unwrap_or(0));
+        columns.weighted.push(delta.weighted);
+        columns.fee.push(delta.fee);
     }
     store::usage::add_aggregates(conn, &columns).await?;
+    keep_allowance_events(conn, &fresh).await?;
 
     report.announced = check_thresholds(conn, &executions, &deltas, now).await?;
     Ok(report)
@@ -284,10 +290,17 @@ fn check(execution: Option<&Execution>, c: &Candidate, limits: Limits) -> Result
         ));
     }
     let value = e.value.unwrap_or(Decimal::ONE);
-    if value.is_sign_negative() && !value.is_zero() && !metric.aggregation_type.allows_negative() {
+    let negative = value.is_sign_negative() && !value.is_zero();
+    if negative && !metric.aggregation_type.allows_negative() {
         return Err(Rejection::field(
             "value",
             format_args!("must not be negative for a {} metric", metric.aggregation_type.as_str()),
+        ));
+    }
+    if negative && metric.pricing.percentage.is_some() {
+        return Err(Rejection::field(
+            "value",
+            "must not be negative for a metric priced by PERCENTAGE",
         ));
     }
     let unique_value = match (&metric.aggregation_type, &metric.aggregation_field) {
@@ -313,19 +326,47 @@ fn check(execution: Option<&Execution>, c: &Candidate, limits: Limits) -> Result
         ));
     }
     let period_start = execution.ctx.period_basis().period_for(&execution.schedule, ts);
+    let overflow = |what: &str| Rejection::overflow(format_args!("the {what} of event '{}'", short(&e.event_id)));
+    let weighted = match metric.aggregation_type {
+        AggregationType::WeightedSum => weight(value, ts, period_start).ok_or_else(|| overflow("weight"))?,
+        _ => Decimal::ZERO,
+    };
+    let (fee, allowance) = match &metric.pricing.percentage {
+        Some(p) => (p.event_fee(value).ok_or_else(|| overflow("fee"))?, p.has_allowance()),
+        None => (Decimal::ZERO, false),
+    };
     Ok(Accepted {
         merchant_id: c.merchant_id.clone(),
         execution_id: execution.ctx.id.clone(),
         metric_id: e.metric_id.clone(),
         period_start,
         aggregation: metric.aggregation_type,
+        allowance,
         event: UsageEvent {
             value,
             timestamp: ts,
             event_id: e.event_id.clone(),
             unique_value,
+            weighted,
+            fee,
         },
     })
+}
+
+async fn keep_allowance_events(conn: &mut PgConnection, fresh: &[&Accepted]) -> Result<(), HandleError> {
+    let mut rows = AllowanceRows::default();
+    for a in fresh.iter().filter(|a| a.allowance) {
+        rows.execution_id.push(a.execution_id.clone());
+        rows.metric_id.push(a.metric_id.clone());
+        rows.period_start.push(a.period_start);
+        rows.ts.push(a.event.timestamp);
+        rows.event_id.push(a.event.event_id.clone());
+        rows.value.push(a.event.value);
+    }
+    if !rows.event_id.is_empty() {
+        store::usage::insert_allowance_events(conn, &rows).await?;
+    }
+    Ok(())
 }
 
 async fn insert_unique_values(
@@ -376,26 +417,37 @@ async fn check_thresholds(
     }
     let (ids, periods): (Vec<String>, Vec<DateTime<Utc>>) = watched.keys().cloned().unzip();
     let rows = store::usage::aggregates(conn, &ids, &periods).await?;
+    let mut by_period: HashMap<(&str, DateTime<Utc>), Vec<&AggregateRow>> = HashMap::new();
+    for row in &rows {
+        by_period
+            .entry((row.execution_id.as_str(), row.period_start))
+            .or_default()
+            .push(row);
+    }
     let mut amounts: HashMap<(String, DateTime<Utc>), Decimal> = HashMap::new();
     let mut overflowed: HashSet<(String, DateTime<Utc>)> = HashSet::new();
-    for row in &rows {
-        let Some(e) = by_id.get(row.execution_id.as_str()) else {
-            continue;
+    for ((execution_id, start), e) in &watched {
+        let rows = by_period.remove(&(execution_id.as_str(), *start)).unwrap_or_default();
+        let period = PeriodRef {
+            execution_id,
+            start: *start,
+            end: e.schedule.period_containing(*start).end.unwrap_or(now),
         };
-        if let Some(spec) = e.metrics.get(&row.metric_id) {
-            let key = (row.execution_id.clone(), row.period_start);
-            // An amount beyond range is no threshold crossing to announce:
-            // that execution's bill reports it, and this batch goes on.
-            let sum = super::usage_of(spec, &aggregate_of(row))
-                .ok()
-                .and_then(|(_, amount)| amounts.get(&key).copied().unwrap_or_default().checked_add(amount));
-            match sum {
-                Some(sum) => {
-                    amounts.insert(key, sum);
-                }
-                None => {
-                    overflowed.insert(key);
-                }
+        // An amount beyond range is no threshold crossing to announce:
+        // that execution's bill reports it, and this batch goes on.
+        let total = match super::price_period(conn, period, &e.metrics, &rows).await {
+            Ok(usage) => usage
+                .values()
+                .try_fold(Decimal::ZERO, |sum, (_, amount)| sum.checked_add(*amount)),
+            Err(HandleError::Rejected(_)) => None,
+            Err(other) => return Err(other),
+        };
+        match total {
+            Some(total) => {
+                amounts.insert((execution_id.clone(), *start), total);
+            }
+            None => {
+                overflowed.insert((execution_id.clone(), *start));
             }
         }
     }

@@ -12,6 +12,7 @@ mod hostile;
 mod late_results;
 mod operations;
 mod outbox;
+mod pricing;
 mod provisioning;
 mod seed;
 mod usage;

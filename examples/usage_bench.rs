@@ -24,7 +24,11 @@
 //! 2. single-event messages through the worker, flat out, then again at
 //!    half the rate just measured, for latency;
 //! 3. batched messages (`{"events": [...]}`, `--batched-events` in all)
-//!    through the worker, the same way;
+//!    through the worker, the same way; then the same flat out with the
+//!    events spread over eight metrics of every aggregation and the new
+//!    pricing types (`SUM`, `COUNT`, `MAX`, `UNIQUE_COUNT`, `LATEST`,
+//!    `WEIGHTED_SUM`, `PERCENTAGE` with a free allowance, `GRADUATED_PERCENTAGE`),
+//!    next to the plain `SUM` figure;
 //! 4. a backlog published while no worker runs, drained by a fresh worker,
 //!    with that worker's peak resident memory;
 //! 5. (`--max-size N`) the same with N messages as large as the worker
@@ -71,6 +75,7 @@ use support::{
 const MERCHANT: &str = "bench_merchant";
 const METRIC: &str = "bench_units";
 const PLAN: &str = "bench_plan";
+const MIXED_PLAN: &str = "bench_mixed_plan";
 const CUSTOMER: &str = "bench_customer";
 /// Matches the worker's `usage.#` binding on `billing.in`.
 const USAGE_KEY: &str = "usage.bench";
@@ -264,8 +269,59 @@ impl BatchStats {
 
 // ----------------------------------------------------------- provisioning
 
-/// Creates the metric, plan, customer and execution; returns the execution id.
-async fn provision(settings: &Settings) -> anyhow::Result<String> {
+/// The metrics of the mixed phase: id, aggregation, pricing fields.
+fn mixed_metrics() -> Vec<(&'static str, &'static str, Value)> {
+    vec![
+        (
+            "mix_sum",
+            "SUM",
+            json!({"pricing_type": "FIXED", "pricing_model": [{"unit_amount": "0.01"}]}),
+        ),
+        (
+            "mix_count",
+            "COUNT",
+            json!({"pricing_type": "TIERED", "pricing_model": [
+                {"unit_amount": 1, "up_to": 1000}, {"unit_amount": "0.5", "up_to": "INFINITY"}]}),
+        ),
+        (
+            "mix_max",
+            "MAX",
+            json!({"pricing_type": "VOLUME", "pricing_model": [
+                {"unit_amount": 2, "up_to": 10}, {"unit_amount": 1, "up_to": "INFINITY"}]}),
+        ),
+        (
+            "mix_unique",
+            "UNIQUE_COUNT",
+            json!({"pricing_type": "PACKAGE", "pricing_model": [{"unit_amount": 5}], "package_size": 10}),
+        ),
+        (
+            "mix_latest",
+            "LATEST",
+            json!({"pricing_type": "FIXED", "pricing_model": [{"unit_amount": 3}]}),
+        ),
+        (
+            "mix_weighted",
+            "WEIGHTED_SUM",
+            json!({"pricing_type": "FIXED", "pricing_model": [{"unit_amount": "0.1"}]}),
+        ),
+        (
+            "mix_percentage",
+            "SUM",
+            json!({"pricing_type": "PERCENTAGE", "rate": "2.9", "fixed_amount": "0.3", "free_units_per_events": 100,
+                   "per_transaction_min_amount": "0.5", "per_transaction_max_amount": 20}),
+        ),
+        (
+            "mix_graduated",
+            "SUM",
+            json!({"pricing_type": "GRADUATED_PERCENTAGE", "pricing_model": [
+                {"rate": 1, "up_to": 1000, "flat_fee": 10}, {"rate": "0.5", "up_to": "INFINITY"}]}),
+        ),
+    ]
+}
+
+/// Creates the metrics, plans, customer and executions; returns the ids of
+/// the plain execution (one SUM metric) and of the mixed one.
+async fn provision(settings: &Settings) -> anyhow::Result<(String, String)> {
     let commands = [
         json!({"command": "create_metric", "metric_id": METRIC, "name": "Bench units", "unit": "unit",
                "event_type": "BENCH", "aggregation_type": "SUM", "pricing_type": "FIXED",
@@ -278,6 +334,38 @@ async fn provision(settings: &Settings) -> anyhow::Result<String> {
     for command in commands {
         command_ok(settings, MERCHANT, command).await?;
     }
+    let mixed = mixed_metrics();
+    for (id, aggregation, pricing) in &mixed {
+        let mut command = json!({"command": "create_metric", "metric_id": id, "name": id, "aggregation_type": aggregation,
+                                 "aggregation_field": "user", "currency": "INR"});
+        if *aggregation != "UNIQUE_COUNT" {
+            command["aggregation_field"] = Value::Null;
+        }
+        for (k, v) in pricing.as_object().context("pricing fields")? {
+            command[k] = v.clone();
+        }
+        command_ok(settings, MERCHANT, command).await?;
+    }
+    let ids: Vec<&str> = mixed.iter().map(|(id, _, _)| *id).collect();
+    command_ok(
+        settings,
+        MERCHANT,
+        json!({"command": "create_plan", "plan_id": MIXED_PLAN, "plan_name": "Bench mixed",
+               "plan_type": "POST_DEBIT", "plan_model": "USAGE_BASED", "plan_interval": "MONTHLY",
+               "plan_currency": "INR", "plan_action_on_failure": "SKIP", "metric_ids": ids}),
+    )
+    .await?;
+    let created = command_ok(
+        settings,
+        MERCHANT,
+        json!({"command": "create", "plan_id": MIXED_PLAN, "customer_id": CUSTOMER, "amount": "0",
+               "merchant_ref_id": "bench-mixed"}),
+    )
+    .await?;
+    let mixed_execution = created["billing_execution_info_id"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no billing_execution_info_id in {created}"))?;
     // No credit and no max_amount: the benchmark measures counting, not threshold webhooks.
     let created = command_ok(
         settings,
@@ -287,10 +375,11 @@ async fn provision(settings: &Settings) -> anyhow::Result<String> {
                "merchant_ref_id": "bench"}),
     )
     .await?;
-    created["billing_execution_info_id"]
+    let plain = created["billing_execution_info_id"]
         .as_str()
         .map(str::to_string)
-        .with_context(|| format!("no billing_execution_info_id in {created}"))
+        .with_context(|| format!("no billing_execution_info_id in {created}"))?;
+    Ok((plain, mixed_execution))
 }
 
 // ---------------------------------------------------------------- messages
@@ -299,6 +388,34 @@ async fn provision(settings: &Settings) -> anyhow::Result<String> {
 fn event(id: &str, execution: &str, timestamp: &str) -> Value {
     json!({"event_id": id, "billing_execution_info_id": execution, "metric_id": METRIC,
            "value": 1, "timestamp": timestamp})
+}
+
+/// Event `i` of the mixed phase: metric `i` mod 8, values that move every
+/// aggregation (a WEIGHTED_SUM level going up and down, 1,000 distinct
+/// users carried in the UNIQUE_COUNT events' properties).
+fn mixed_event(id: &str, execution: &str, timestamp: &str, i: u64) -> Value {
+    const METRICS: [&str; 8] = [
+        "mix_sum",
+        "mix_count",
+        "mix_max",
+        "mix_unique",
+        "mix_latest",
+        "mix_weighted",
+        "mix_percentage",
+        "mix_graduated",
+    ];
+    let metric = METRICS[(i % 8) as usize];
+    let value = match metric {
+        "mix_weighted" if (i / 8) % 2 == 1 => json!(-1),
+        "mix_percentage" | "mix_graduated" => json!(format!("{}.{:02}", 10 + i % 90, i % 100)),
+        _ => json!(1 + i % 50),
+    };
+    let mut event = json!({"event_id": id, "billing_execution_info_id": execution, "metric_id": metric,
+                           "value": value, "timestamp": timestamp});
+    if metric == "mix_unique" {
+        event["properties"] = json!({"user": format!("u{}", i % 1000)});
+    }
+    event
 }
 
 fn now_rfc3339() -> String {
@@ -313,15 +430,32 @@ fn bodies<'a>(
     events: u64,
     per_message: u64,
 ) -> impl Iterator<Item = anyhow::Result<Vec<u8>>> + 'a {
+    load_bodies(tag, execution, events, per_message, false)
+}
+
+/// [`bodies`], or with `mixed` the events of the mixed phase ([`mixed_event`]).
+fn load_bodies<'a>(
+    tag: &'a str,
+    execution: &'a str,
+    events: u64,
+    per_message: u64,
+    mixed: bool,
+) -> impl Iterator<Item = anyhow::Result<Vec<u8>>> + 'a {
+    let one = move |i: u64, timestamp: &str| {
+        let id = format!("{tag}-{i}");
+        if mixed {
+            mixed_event(&id, execution, timestamp, i)
+        } else {
+            event(&id, execution, timestamp)
+        }
+    };
     (0..events).step_by(per_message as usize).map(move |first| {
         let last = (first + per_message).min(events);
         let timestamp = now_rfc3339();
         let body = if per_message == 1 {
-            event(&format!("{tag}-{first}"), execution, &timestamp)
+            one(first, &timestamp)
         } else {
-            let list: Vec<Value> = (first..last)
-                .map(|i| event(&format!("{tag}-{i}"), execution, &timestamp))
-                .collect();
+            let list: Vec<Value> = (first..last).map(|i| one(i, &timestamp)).collect();
             json!({ "events": list })
         };
         serde_json::to_vec(&body).context("encode usage message")
@@ -570,6 +704,8 @@ struct Live {
     single_half: Phase,
     batched: Phase,
     batched_half: Phase,
+    /// Batched, flat out, over eight metrics of every aggregation and pricing.
+    mixed: Phase,
     /// That worker's peak RSS over the single-event and batched phases, in MiB.
     rss_mb: f64,
     /// With `--statements`: the worker's statements in the flat-out batched phase, by total time.
@@ -600,6 +736,8 @@ struct Rig<'a> {
     args: &'a Args,
     sandbox: &'a Sandbox,
     execution: String,
+    /// The execution on the plan of eight mixed metrics.
+    mixed_execution: String,
     connection: Connection,
     publisher: Publisher,
     inspect: Channel,
@@ -610,12 +748,13 @@ async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> any
     log("starting the worker");
     *worker = Some(start_worker(sandbox, args).await?);
     log("provisioning metric, plan, customer and execution");
-    let execution = provision(&sandbox.settings).await?;
+    let (execution, mixed_execution) = provision(&sandbox.settings).await?;
     let connection = sandbox.connect("usage_bench", "publisher").await?;
     let rig = Rig {
         args,
         sandbox,
         execution,
+        mixed_execution,
         inspect: connection.create_channel().await.context("open a channel")?,
         publisher: Publisher::open(&connection, &sandbox.names.inbound, args.confirm_window).await?,
         connection,
@@ -721,6 +860,22 @@ async fn live_phases(rig: &Rig<'_>, worker: &mut Option<Worker>, sslmode: &str) 
         Some(half),
     )
     .await?;
+    log(format_args!(
+        "mixed aggregations and pricing: {} events, {} per message",
+        thousands(args.batched_events),
+        args.batch
+    ));
+    quiesce(sandbox).await?;
+    let mixed = through_worker_with(
+        rig,
+        live,
+        &format!("mixed-{sslmode}"),
+        args.batched_events,
+        args.batch,
+        None,
+        true,
+    )
+    .await?;
     Ok(Live {
         sslmode: sslmode.to_string(),
         ceiling,
@@ -729,6 +884,7 @@ async fn live_phases(rig: &Rig<'_>, worker: &mut Option<Worker>, sslmode: &str) 
         single_half,
         batched,
         batched_half,
+        mixed,
         rss_mb: live.peak_rss_mb()?,
         statements,
     })
@@ -741,7 +897,10 @@ async fn quiesce(sandbox: &Sandbox) -> anyhow::Result<()> {
     let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&sandbox.db_url)
         .await
         .with_context(|| format!("connect to {}", sandbox.db_name))?;
-    for statement in ["VACUUM (ANALYZE) usage_events, usage_aggregates", "CHECKPOINT"] {
+    for statement in [
+        "VACUUM (ANALYZE) usage_events, usage_aggregates, usage_unique_values, usage_allowance_events",
+        "CHECKPOINT",
+    ] {
         sqlx::query(statement)
             .execute(&mut db)
             .await
@@ -988,7 +1147,22 @@ async fn through_worker(
     per_message: u64,
     pace: Option<f64>,
 ) -> anyhow::Result<Phase> {
-    let messages: Vec<Vec<u8>> = bodies(tag, &rig.execution, events, per_message).collect::<anyhow::Result<_>>()?;
+    through_worker_with(rig, worker, tag, events, per_message, pace, false).await
+}
+
+/// [`through_worker`], with `mixed` on the mixed execution and its events.
+async fn through_worker_with(
+    rig: &Rig<'_>,
+    worker: &Worker,
+    tag: &str,
+    events: u64,
+    per_message: u64,
+    pace: Option<f64>,
+    mixed: bool,
+) -> anyhow::Result<Phase> {
+    let execution = if mixed { &rig.mixed_execution } else { &rig.execution };
+    let messages: Vec<Vec<u8>> =
+        load_bodies(tag, execution, events, per_message, mixed).collect::<anyhow::Result<_>>()?;
     let base = counted(worker.http).await?;
     let stats_before = BatchStats::read(worker.http).await?;
     let target = base + events;
@@ -1351,6 +1525,7 @@ impl std::fmt::Display for Report {
 const SINGLE_TARGET: f64 = 0.85;
 const BATCHED_TARGET: f64 = 0.6;
 const TLS_TARGET: f64 = 0.85;
+const MIXED_TARGET: f64 = 0.8;
 /// Widths of the side-by-side table.
 const LABEL_WIDTH: usize = 50;
 const COLUMN_WIDTH: usize = 36;
@@ -1420,6 +1595,14 @@ fn write_live(f: &mut std::fmt::Formatter<'_>, live: &[Live], batch: u64) -> std
     row(f, "  at half load: events/s: latency p50 / p99", &|l| {
         half(&l.batched_half)
     })?;
+    row(f, &format!("mixed, 8 metrics ({batch}/message), events/s"), &|l| {
+        against(
+            l.mixed.events_per_second(),
+            l.batched.events_per_second(),
+            "batched SUM",
+            MIXED_TARGET,
+        )
+    })?;
     row(f, "worker peak RSS", &|l| format!("{:.0} MB", l.rss_mb))?;
     if let Some(plain) = live.iter().find(|l| l.sslmode == "disable") {
         for tls in live.iter().filter(|l| l.sslmode != "disable") {
@@ -1434,7 +1617,8 @@ fn write_live(f: &mut std::fmt::Formatter<'_>, live: &[Live], batch: u64) -> std
     }
     writeln!(
         f,
-        "targets: single-event >= {SINGLE_TARGET}x the no-op consumer, batched >= {BATCHED_TARGET}x the raw insert"
+        "targets: single-event >= {SINGLE_TARGET}x the no-op consumer, batched >= {BATCHED_TARGET}x the raw insert, \
+         mixed >= {MIXED_TARGET}x batched SUM"
     )?;
     for l in live {
         writeln!(f, "details, sslmode={}:", l.sslmode)?;
@@ -1453,6 +1637,7 @@ fn write_live(f: &mut std::fmt::Formatter<'_>, live: &[Live], batch: u64) -> std
             ("single-event, half load", &l.single_half),
             ("batched, flat out", &l.batched),
             ("batched, half load", &l.batched_half),
+            ("mixed, flat out", &l.mixed),
         ] {
             writeln!(
                 f,

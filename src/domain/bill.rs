@@ -228,7 +228,7 @@ pub(crate) fn minimum_commitment(
         sum.checked_add(currency.round(*amount).max(Decimal::ZERO))
     })?;
     let short = minimum.checked_sub(counted)?;
-    (short > Decimal::ZERO).then(|| Charge {
+    (short > Decimal::ZERO).then_some(Charge {
         kind: LineKind::MinimumCommitment,
         metric_id: None,
         quantity: None,

@@ -355,31 +355,26 @@ async fn provision(settings: &Settings) -> anyhow::Result<(String, String)> {
                "plan_currency": "INR", "plan_action_on_failure": "SKIP", "metric_ids": ids}),
     )
     .await?;
-    let created = command_ok(
-        settings,
-        MERCHANT,
-        json!({"command": "create", "plan_id": MIXED_PLAN, "customer_id": CUSTOMER, "amount": "0",
-               "merchant_ref_id": "bench-mixed"}),
-    )
-    .await?;
-    let mixed_execution = created["billing_execution_info_id"]
-        .as_str()
-        .map(str::to_string)
-        .with_context(|| format!("no billing_execution_info_id in {created}"))?;
+    let mixed_execution = create_execution(settings, MIXED_PLAN, "bench-mixed").await?;
     // No credit and no max_amount: the benchmark measures counting, not threshold webhooks.
+    let plain = create_execution(settings, PLAN, "bench").await?;
+    Ok((plain, mixed_execution))
+}
+
+/// An execution of the customer on `plan` with no credit; its id. A
+/// merchant_ref_id keys the command (create needs it, or a message_id).
+async fn create_execution(settings: &Settings, plan: &str, merchant_ref_id: &str) -> anyhow::Result<String> {
     let created = command_ok(
         settings,
         MERCHANT,
-        // A merchant_ref_id keys the command (create needs it, or a message_id).
-        json!({"command": "create", "plan_id": PLAN, "customer_id": CUSTOMER, "amount": "0",
-               "merchant_ref_id": "bench"}),
+        json!({"command": "create", "plan_id": plan, "customer_id": CUSTOMER, "amount": "0",
+               "merchant_ref_id": merchant_ref_id}),
     )
     .await?;
-    let plain = created["billing_execution_info_id"]
+    created["billing_execution_info_id"]
         .as_str()
         .map(str::to_string)
-        .with_context(|| format!("no billing_execution_info_id in {created}"))?;
-    Ok((plain, mixed_execution))
+        .with_context(|| format!("no billing_execution_info_id in {created}"))
 }
 
 // ---------------------------------------------------------------- messages

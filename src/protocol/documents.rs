@@ -84,6 +84,11 @@ pub(crate) fn metric(row: &MetricRow, pricing: Option<&Value>, usage: Option<(De
         obj.extend(terms.clone());
     }
     if let (Some(over), Some(obj)) = (pricing, doc.as_object_mut()) {
+        // The customer's price replaces the metric's: none of the metric's
+        // own PERCENTAGE fields stays beside it.
+        for key in &PRICING_FIELDS[4..] {
+            obj.remove(*key);
+        }
         for key in PRICING_FIELDS {
             if let Some(v) = over.get(key) {
                 obj.insert(key.to_string(), v.clone());

@@ -122,8 +122,14 @@ pub(crate) struct UsageEvent {
 /// so that an increment counted late in a later period moves the level
 /// from that period's start. `None` when the product cannot be held.
 pub(crate) fn weight(value: Decimal, timestamp: DateTime<Utc>, period_start: DateTime<Utc>) -> Option<Decimal> {
-    let micros = timestamp.signed_duration_since(period_start).num_microseconds()?.max(0);
-    value.checked_mul(Decimal::new(micros, 6))
+    value.checked_mul(seconds_between(period_start, timestamp)?)
+}
+
+/// Seconds from `from` to `to` at microsecond precision, none below zero;
+/// `None` beyond about 292,000 years.
+pub(crate) fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> Option<Decimal> {
+    let micros = to.signed_duration_since(from).num_microseconds()?;
+    Some(Decimal::new(micros.max(0), 6))
 }
 
 /// What a time-weighted quantity needs beyond its period's own events.

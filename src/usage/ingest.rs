@@ -424,42 +424,26 @@ async fn check_thresholds(
             .or_default()
             .push(row);
     }
-    let mut amounts: HashMap<(String, DateTime<Utc>), Decimal> = HashMap::new();
-    let mut overflowed: HashSet<(String, DateTime<Utc>)> = HashSet::new();
-    for ((execution_id, start), e) in &watched {
-        let rows = by_period.remove(&(execution_id.as_str(), *start)).unwrap_or_default();
-        let period = PeriodRef {
+    let mut crossings = Vec::new();
+    for ((execution_id, period), e) in &watched {
+        let rows = by_period.remove(&(execution_id.as_str(), *period)).unwrap_or_default();
+        let open = PeriodRef {
             execution_id,
-            start: *start,
-            end: e.schedule.period_containing(*start).end.unwrap_or(now),
+            start: *period,
+            end: e.schedule.period_containing(*period).end.unwrap_or(now),
         };
         // An amount beyond range is no threshold crossing to announce:
         // that execution's bill reports it, and this batch goes on.
-        let total = match super::price_period(conn, period, &e.metrics, &rows).await {
+        let amount = match super::price_period(conn, open, &e.metrics, &rows).await {
             Ok(usage) => usage
                 .values()
                 .try_fold(Decimal::ZERO, |sum, (_, amount)| sum.checked_add(*amount)),
             Err(HandleError::Rejected(_)) => None,
             Err(other) => return Err(other),
         };
-        match total {
-            Some(total) => {
-                amounts.insert((execution_id.clone(), *start), total);
-            }
-            None => {
-                overflowed.insert((execution_id.clone(), *start));
-            }
-        }
-    }
-    let mut crossings = Vec::new();
-    for ((execution_id, period), e) in &watched {
-        if overflowed.contains(&(execution_id.clone(), *period)) {
+        let Some(amount) = amount else {
             continue;
-        }
-        let amount = amounts
-            .get(&(execution_id.clone(), *period))
-            .copied()
-            .unwrap_or(Decimal::ZERO);
+        };
         if e.ctx.credit_balance > Decimal::ZERO && amount > e.ctx.credit_balance {
             crossings.push((
                 *e,

@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use crate::domain::aggregation::{Aggregate, AggregationType, Window};
+use crate::domain::aggregation::{Aggregate, AggregationType, Window, seconds_between};
 use crate::domain::catalog::MetricSpec;
 use crate::domain::period::PeriodBasis;
 use crate::domain::pricing::{Metered, Percentage, Pricing};
@@ -63,13 +63,6 @@ pub(crate) struct PeriodRef<'a> {
     /// Where the period ends, or the instant it is billed (or read) for a
     /// period billed as presented: a WEIGHTED_SUM level holds until then.
     pub end: DateTime<Utc>,
-}
-
-/// Seconds from `start` to `end`, none below zero.
-fn seconds(start: DateTime<Utc>, end: DateTime<Utc>) -> Decimal {
-    end.signed_duration_since(start)
-        .num_microseconds()
-        .map_or(Decimal::ZERO, |micros| Decimal::new(micros.max(0), 6))
 }
 
 /// Events read per query while a free-units allowance is walked.
@@ -126,7 +119,7 @@ pub(crate) async fn price_period(
             .into_iter()
             .collect()
     };
-    let span = seconds(period.start, period.end);
+    let span = seconds_between(period.start, period.end).unwrap_or(Decimal::ZERO);
     let mut usage = Usage::new();
     for spec in metrics.values() {
         let row = rows.iter().find(|r| r.metric_id == spec.metric_id);

@@ -41,6 +41,7 @@ impl Application {
             metrics: Metrics::new(),
             health: Health::default(),
             outbox_wake: Notify::new(),
+            billing_wake: Notify::new(),
             instance: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         });
         Ok(Application { ctx, listener })

@@ -28,6 +28,8 @@ pub struct Context {
     pub health: Health,
     /// Wakes the outbox relay after a commit that wrote webhooks.
     pub outbox_wake: Notify,
+    /// Wakes the scheduler for a pass at once (an interim bill is due).
+    pub billing_wake: Notify,
     /// This process among its peers: owner of the leases it takes.
     pub instance: String,
 }

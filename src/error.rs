@@ -29,6 +29,8 @@ pub enum ErrorCode {
     ExecutionNotFound,
     /// `EXECUTION_NOT_ACTIVE`: a usage event for an execution that is not `ACTIVE`.
     ExecutionNotActive,
+    /// `BILL_NOT_FOUND`: `get_bill` names a bill the merchant does not have.
+    BillNotFound,
     /// `METRIC_NOT_IN_PLAN`: a usage event for a metric its execution does not bill.
     MetricNotInPlan,
     /// `TIMESTAMP_IN_FUTURE`: a usage event stamped too far after its arrival.
@@ -58,6 +60,7 @@ impl ErrorCode {
             ErrorCode::CustomerNotFound => "CUSTOMER_NOT_FOUND",
             ErrorCode::ExecutionNotFound => "EXECUTION_NOT_FOUND",
             ErrorCode::ExecutionNotActive => "EXECUTION_NOT_ACTIVE",
+            ErrorCode::BillNotFound => "BILL_NOT_FOUND",
             ErrorCode::MetricNotInPlan => "METRIC_NOT_IN_PLAN",
             ErrorCode::TimestampInFuture => "TIMESTAMP_IN_FUTURE",
             ErrorCode::AlreadyExists => "ALREADY_EXISTS",

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub execution_errors: IntCounterVec,
     /// Successful debits for bills another attempt had already paid.
     pub double_charges: IntCounter,
+    /// Credit grants whose remainder expired.
+    pub credit_grants_expired: IntCounter,
+    /// Interim bills made when usage reached a progressive threshold.
+    pub interim_bills: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -264,6 +268,14 @@ impl Metrics {
             double_charges: int_counter(
                 "billing_double_charges_total",
                 "Successful debits for bills already paid by another attempt",
+            ),
+            credit_grants_expired: int_counter(
+                "billing_credit_grants_expired_total",
+                "Credit grants whose remainder expired",
+            ),
+            interim_bills: int_counter(
+                "billing_interim_bills_total",
+                "Interim bills made when usage reached a progressive threshold",
             ),
             registry,
         }

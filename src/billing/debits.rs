@@ -13,11 +13,11 @@ use serde_json::Value;
 use super::{announce_bill, bill_webhook, bills_on_present};
 use crate::backoff_policy::retry_delay;
 use crate::domain::bill::{
-    AfterFailure, AttemptStatus, BillEvent, BillStatus, RefusedTransition, after_failure, format_amount, transition,
+    AfterFailure, AttemptStatus, BillEvent, BillKind, BillStatus, RefusedTransition, after_failure, format_amount,
+    transition,
 };
 use crate::domain::catalog::{ActionOnFailure, PlanInterval};
 use crate::domain::execution::ExecutionStatus;
-use crate::domain::ledger::EntryKind;
 use crate::domain::money::Currency;
 use crate::domain::webhook::{EventName, Webhook};
 use crate::error::{ErrorCode, HandleError, Rejection};
@@ -257,6 +257,7 @@ async fn pay_ordinary(
                 && check_request_id(result).is_ok()
                 && matches!(attempt.status, AttemptStatus::Requested | AttemptStatus::Pending)
                 && bill.status == BillStatus::Processing
+                && bill.kind != BillKind::Proration
                 && bill.request_id.as_deref() == Some(result.request_id.as_str())
                 && sender.is_ok_and(|m| m == bill.merchant_id)
                 && attempt.amount <= bill.amount_due
@@ -545,6 +546,22 @@ async fn success(
 
     let mut unwound = Unwound::default();
     if let Some(e) = execution.as_mut() {
+        if bill.kind == BillKind::Proration {
+            match super::proration::on_paid(conn, &bill, e, now).await? {
+                super::proration::PaidChange::Applied(webhook) => unwound.followups.push(webhook),
+                super::proration::PaidChange::Nothing => {}
+                super::proration::PaidChange::TooLate => {
+                    let taken = minus(amount, overpaid, "giving back a plan change's payment")?;
+                    if taken > Decimal::ZERO {
+                        let reference = format!("late_debit:{}:plan_change", bill.id);
+                        credit_back(conn, e, taken, &reference, &bill, now, &mut unwound).await?;
+                        unwound
+                            .adjustments
+                            .push(json!({"kind": "PLAN_CHANGE_NOT_MADE_CREDITED", "amount": num(taken)}));
+                    }
+                }
+            }
+        }
         if late && previous == BillStatus::CarriedOver {
             take_back_carried(conn, &bill, e, now, &mut unwound).await?;
         }
@@ -660,18 +677,7 @@ async fn credit_back(
     now: DateTime<Utc>,
     unwound: &mut Unwound,
 ) -> Result<(), HandleError> {
-    let entry = store::ledger::append(
-        conn,
-        &execution.merchant_id,
-        &execution.id,
-        EntryKind::Grant,
-        amount,
-        reference,
-        now,
-    )
-    .await?;
-    execution.credit_balance = entry.balance_after;
-    execution.updated_at = now;
+    let entry = super::credit::grant(conn, execution, amount, reference, Default::default(), now).await?;
     let content = json!({
         "billing_execution_info": execution_summary(execution),
         "credit": {
@@ -901,6 +907,9 @@ pub(crate) async fn fail(
         _ => {
             announce_bill(conn, EventName::TxnSkipped, &bill, execution.as_ref(), now, None).await?;
         }
+    }
+    if bill.kind == BillKind::Proration {
+        super::proration::on_failed(conn, &bill, now).await?;
     }
     Ok(status)
 }

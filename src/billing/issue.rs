@@ -29,18 +29,44 @@ use crate::usage::{PeriodRef, effective_metrics, period_usage};
 const MAX_CATCH_UP: usize = 64;
 
 /// A bill about to be issued.
-struct NewBill {
-    kind: BillKind,
-    key: String,
-    period_start: Option<DateTime<Utc>>,
-    period_end: Option<DateTime<Utc>>,
-    charges: Vec<Charge>,
+pub(super) struct NewBill {
+    pub kind: BillKind,
+    pub key: String,
+    pub period_start: Option<DateTime<Utc>>,
+    pub period_end: Option<DateTime<Utc>>,
+    pub charges: Vec<Charge>,
+    /// Whether an unpaid amount carried over goes into this bill (not into
+    /// a plan change's bill, which is written off if it fails).
+    pub carries: bool,
+    /// Given back as credit before the bill takes its own: what interim
+    /// bills billed beyond the period's closing charges.
+    pub credit_back: Decimal,
+}
+
+impl NewBill {
+    fn new(
+        kind: BillKind,
+        key: String,
+        period_start: DateTime<Utc>,
+        period_end: Option<DateTime<Utc>>,
+        charges: Vec<Charge>,
+    ) -> NewBill {
+        NewBill {
+            kind,
+            key,
+            period_start: Some(period_start),
+            period_end,
+            charges,
+            carries: true,
+            credit_back: Decimal::ZERO,
+        }
+    }
 }
 
 /// The plan an execution is on, with everything billing needs of it.
 pub(crate) struct PlanView {
-    spec: PlanSpec,
-    row: store::catalog::PlanRow,
+    pub(super) spec: PlanSpec,
+    pub(super) row: store::catalog::PlanRow,
     metrics: HashMap<String, MetricSpec>,
     /// Metric ids in the plan's order (then the customer's extra ones).
     order: Vec<String>,
@@ -52,7 +78,7 @@ pub(crate) struct PlanView {
 pub(crate) struct PlanCache(HashMap<(String, String, String), std::sync::Arc<PlanView>>);
 
 impl PlanCache {
-    async fn get(
+    pub(super) async fn get(
         &mut self,
         conn: &mut PgConnection,
         execution: &ExecutionRow,
@@ -90,7 +116,7 @@ pub(crate) fn basis(execution: &ExecutionRow, plan: &store::catalog::PlanRow) ->
 }
 
 /// The plan amount this execution pays: its agreed amount, else the plan's.
-fn plan_amount(execution: &ExecutionRow, plan: &PlanSpec) -> Decimal {
+pub(super) fn plan_amount(execution: &ExecutionRow, plan: &PlanSpec) -> Decimal {
     execution.plan_amount.unwrap_or(plan.plan_amount)
 }
 
@@ -141,6 +167,144 @@ fn commitment(
             timestamp(to)
         ),
     )
+}
+
+/// The plan amount billed in arrears for the period `[from, to)`: all of
+/// it, or, when a plan change with proration took effect in the period
+/// (the rest of it was billed in advance then), the old amount for the
+/// time before the change.
+async fn arrears_charge(
+    conn: &mut PgConnection,
+    execution: &mut ExecutionRow,
+    plan: &PlanView,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Option<Charge>, HandleError> {
+    let prorated = execution.prorated_period_start.take() == Some(from);
+    let charge = plan_amount_charge(execution, plan, from, Some(to), "in arrears");
+    if !prorated || plan.spec.plan_type != PlanType::PostDebit {
+        return Ok(charge);
+    }
+    let Some(change) = store::plan_changes::first_applied(conn, &execution.id, from).await? else {
+        return Ok(charge);
+    };
+    let amount = crate::domain::proration::elapsed_amount(from, change.period_end, change.effective_at, change.from_amount)
+        .ok_or_else(|| Rejection::overflow("the plan amount before a plan change"))?;
+    Ok(Some(Charge {
+        kind: LineKind::PlanAmount,
+        metric_id: None,
+        quantity: None,
+        amount,
+        description: format!(
+            "{} (in arrears) before the plan change of {}, {} to {}",
+            change.from_plan_id,
+            timestamp(change.effective_at),
+            timestamp(from),
+            timestamp(change.effective_at)
+        ),
+    }))
+}
+
+/// Takes what the interim bills of the period starting at `from` billed
+/// out of its closing `charges` (a `PROGRESSIVE_BILLED` line), never more
+/// than the charges come to; returns the rest, to be given back as credit
+/// (usage that fell after an interim bill, through negative events).
+async fn deduct_interim(
+    conn: &mut PgConnection,
+    execution: &mut ExecutionRow,
+    plan: &PlanSpec,
+    from: DateTime<Utc>,
+    charges: &mut Vec<Charge>,
+) -> Result<Decimal, HandleError> {
+    if execution.progressive_period_start != Some(from) {
+        return Ok(Decimal::ZERO);
+    }
+    execution.progressive_period_start = None;
+    execution.progressive_level = None;
+    let billed = store::bills::progressive_billed(conn, &execution.id, from).await?;
+    if billed <= Decimal::ZERO {
+        return Ok(Decimal::ZERO);
+    }
+    let currency = &plan.plan_currency;
+    let charged = charges
+        .iter()
+        .try_fold(Decimal::ZERO, |sum, c| sum.checked_add(currency.round(c.amount).max(Decimal::ZERO)))
+        .ok_or_else(|| Rejection::overflow("the period's charges"))?;
+    let taken = billed.min(charged);
+    charges.push(Charge {
+        kind: LineKind::ProgressiveBilled,
+        metric_id: None,
+        quantity: None,
+        amount: -taken,
+        description: "billed by interim bills of this period".into(),
+    });
+    Ok(billed - taken)
+}
+
+/// The interim bill of a locked execution whose usage reached its next
+/// progressive threshold: the usage of the open period so far, less what
+/// earlier interim bills of the period billed. Nothing when the open period
+/// has closed (its closing bill comes first) or usage fell back.
+pub(crate) async fn bill_progressive(
+    conn: &mut PgConnection,
+    cache: &mut PlanCache,
+    execution: &mut ExecutionRow,
+    now: DateTime<Utc>,
+    notice: Duration,
+    batch: &mut BillBatch,
+) -> Result<(), HandleError> {
+    execution.progressive_due_at = None;
+    if execution.status != ExecutionStatus::Active {
+        return Ok(());
+    }
+    let Some(end) = execution.next_bill_at.filter(|end| *end > now) else {
+        return Ok(());
+    };
+    let plan = cache.get(conn, execution).await?;
+    if plan.spec.usage_thresholds.is_empty() {
+        return Ok(());
+    }
+    let from = execution
+        .billed_until
+        .unwrap_or(basis(execution, &plan.row).schedule().start);
+    let usage = usage_charges(conn, execution, &plan, from, end).await?;
+    let currency = &plan.spec.plan_currency;
+    let amount = usage
+        .iter()
+        .try_fold(Decimal::ZERO, |sum, c| sum.checked_add(currency.round(c.amount).max(Decimal::ZERO)))
+        .ok_or_else(|| Rejection::overflow("the period's usage amount"))?;
+    let Some(level) = crate::domain::thresholds::reached(&plan.spec.usage_thresholds, amount) else {
+        return Ok(());
+    };
+    let same_period = execution.progressive_period_start == Some(from);
+    if same_period && execution.progressive_level.is_some_and(|billed| level <= billed) {
+        return Ok(());
+    }
+    let billed = if same_period {
+        store::bills::progressive_billed(conn, &execution.id, from).await?
+    } else {
+        Decimal::ZERO
+    };
+    execution.progressive_period_start = Some(from);
+    execution.progressive_level = Some(level);
+    if amount <= billed {
+        return Ok(());
+    }
+    let mut charges = usage;
+    if billed > Decimal::ZERO {
+        charges.push(Charge {
+            kind: LineKind::ProgressiveBilled,
+            metric_id: None,
+            quantity: None,
+            amount: -billed,
+            description: "billed by earlier interim bills of this period".into(),
+        });
+    }
+    let key = format!("progressive:{}:{}", from.timestamp_micros(), level.normalize());
+    let bill = NewBill::new(BillKind::Progressive, key, from, Some(now), charges);
+    let spec = plan.spec.clone();
+    prepare(execution, &spec, bill, now, notice, batch)?;
+    Ok(())
 }
 
 /// One usage line per metric of the plan, priced on the period
@@ -214,23 +378,24 @@ pub(crate) async fn bill_due_execution(
                 .into_iter()
                 .collect();
             execution.next_bill_at = end;
-            NewBill {
-                kind: BillKind::Period,
-                key: format!("advance:{}", at.timestamp_micros()),
-                period_start: Some(at),
-                period_end: end,
+            NewBill::new(
+                BillKind::Period,
+                format!("advance:{}", at.timestamp_micros()),
+                at,
+                end,
                 charges,
-            }
+            )
         } else {
             let from = execution.billed_until.unwrap_or(schedule.start);
             let mut charges = usage_charges(conn, execution, &plan, from, at).await?;
-            let period_amount = plan_amount_charge(execution, &plan, from, Some(at), "in arrears");
+            let period_amount = arrears_charge(conn, execution, &plan, from, at).await?;
             charges.extend(commitment(&plan.spec, &charges, period_amount.as_ref(), from, at));
             if plan.spec.plan_type == PlanType::PostDebit
                 && let Some(c) = period_amount
             {
                 charges.insert(0, c);
             }
+            let credit_back = deduct_interim(conn, execution, &plan.spec, from, &mut charges).await?;
             // A plan change takes effect at the boundary: the closed period
             // was billed on the old plan, what follows is on the new one.
             let plan = match execution.pending_plan_id.take() {
@@ -257,11 +422,14 @@ pub(crate) async fn bill_due_execution(
                 next_period.end
             };
             NewBill {
-                kind: BillKind::Period,
-                key: format!("period:{}", from.timestamp_micros()),
-                period_start: Some(from),
-                period_end: Some(at),
-                charges,
+                credit_back,
+                ..NewBill::new(
+                    BillKind::Period,
+                    format!("period:{}", from.timestamp_micros()),
+                    from,
+                    Some(at),
+                    charges,
+                )
             }
         };
         prepare(execution, &bill_plan, bill, now, notice, batch)?;
@@ -284,16 +452,23 @@ async fn close_inactive(
     let from = execution
         .billed_until
         .unwrap_or(basis(execution, &plan.row).schedule().start);
-    let charges = usage_charges(conn, execution, &plan, from, at).await?;
+    let mut charges = usage_charges(conn, execution, &plan, from, at).await?;
+    let credit_back = deduct_interim(conn, execution, &plan.spec, from, &mut charges).await?;
     execution.billed_until = Some(at);
     execution.next_bill_at = None;
-    if charges.iter().any(|c| c.amount > Decimal::ZERO) || execution.carried_amount > Decimal::ZERO {
+    if charges.iter().any(|c| c.amount > Decimal::ZERO)
+        || execution.carried_amount > Decimal::ZERO
+        || credit_back > Decimal::ZERO
+    {
         let bill = NewBill {
-            kind: BillKind::Period,
-            key: format!("period:{}", from.timestamp_micros()),
-            period_start: Some(from),
-            period_end: Some(at),
-            charges,
+            credit_back,
+            ..NewBill::new(
+                BillKind::Period,
+                format!("period:{}", from.timestamp_micros()),
+                from,
+                Some(at),
+                charges,
+            )
         };
         prepare(execution, &plan.spec, bill, now, notice, batch)?;
     }
@@ -339,13 +514,15 @@ pub(crate) async fn present(
         charges.insert(0, c);
     }
     execution.billed_until = Some(now);
-    let bill = NewBill {
-        kind: BillKind::Presented,
-        key: format!("presented:{}", from.timestamp_micros()),
-        period_start: Some(from),
-        period_end: Some(now),
+    let bill = NewBill::new(
+        BillKind::Presented,
+        format!("presented:{}", from.timestamp_micros()),
+        from,
+        Some(now),
         charges,
-    };
+    );
+    // Credit that expired by now is not spent on this bill.
+    super::credit::expire(conn, &mut execution, now).await?;
     // A plan change waits for the next bill, which this is.
     if let Some(next) = execution.pending_plan_id.take() {
         execution.plan_id = next;
@@ -381,10 +558,11 @@ impl BillBatch {
     }
 
     /// Writes the batch in the caller's transaction.
-    pub(crate) async fn write(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    pub(crate) async fn write(self, conn: &mut PgConnection, now: DateTime<Utc>) -> Result<(), HandleError> {
         store::bills::insert_many(conn, &self.bills).await?;
         store::bills::insert_lines_many(conn, &self.lines).await?;
-        store::ledger::insert_many(conn, &self.credit_uses, now).await?;
+        let uses = super::credit::draw_uses(conn, self.credit_uses, now).await?;
+        store::ledger::insert_many(conn, &uses, now).await?;
         store::executions::save_billing_states(conn, &self.executions, now).await?;
         store::outbox::enqueue_many(conn, &self.webhooks).await?;
         Ok(())
@@ -395,7 +573,7 @@ impl BillBatch {
 /// then PAID (credit covered it) or SCHEDULED with the pre-debit notice.
 /// Nothing is written here: the bill, its lines, its credit use and its
 /// webhooks go into `batch`; `execution` follows in memory.
-fn prepare(
+pub(super) fn prepare(
     execution: &mut ExecutionRow,
     plan: &PlanSpec,
     new: NewBill,
@@ -404,7 +582,37 @@ fn prepare(
     batch: &mut BillBatch,
 ) -> Result<BillRow, HandleError> {
     let mut charges = new.charges;
-    if execution.carried_amount > Decimal::ZERO {
+    let id = format!("bill_{}", new_execution_id());
+    if new.credit_back > Decimal::ZERO {
+        execution.credit_balance = execution
+            .credit_balance
+            .checked_add(new.credit_back)
+            .ok_or_else(|| Rejection::overflow("the credit balance"))?;
+        let reference_id = format!("{id}:interim_overbilled");
+        batch.credit_uses.push(LedgerEntry {
+            merchant_id: execution.merchant_id.clone(),
+            execution_id: execution.id.clone(),
+            kind: EntryKind::Grant,
+            amount: new.credit_back,
+            balance_after: execution.credit_balance,
+            reference_id: reference_id.clone(),
+            grant_id: None,
+        });
+        let content = serde_json::json!({
+            "billing_execution_info": crate::protocol::documents::execution_summary(execution),
+            "credit": {
+                "amount": crate::protocol::documents::num(new.credit_back),
+                "reference_id": reference_id,
+                "balance": crate::protocol::documents::num(execution.credit_balance),
+                "currency": plan.plan_currency.as_str(),
+                "reason": "INTERIM_BILLS_ABOVE_PERIOD_USAGE",
+                "bill_id": id,
+            },
+        });
+        let webhook = Webhook::new(EventName::ExecutionCreditEvent, &execution.merchant_id, now, content);
+        batch.webhooks.push((webhook, Some(execution.id.clone())));
+    }
+    if new.carries && execution.carried_amount > Decimal::ZERO {
         charges.push(Charge {
             kind: LineKind::Carried,
             metric_id: None,
@@ -416,7 +624,6 @@ fn prepare(
     }
     let currency = &plan.plan_currency;
     let computed = compute(currency, charges, execution.credit_balance)?;
-    let id = format!("bill_{}", new_execution_id());
     let paid = computed.amount_due.is_zero();
     let due_at = now + notice;
     let bill = BillRow {
@@ -464,6 +671,7 @@ fn prepare(
             amount: computed.credit_applied,
             balance_after: execution.credit_balance,
             reference_id: id.clone(),
+            grant_id: None,
         });
     }
     let line_rows: Vec<LineRow> = computed

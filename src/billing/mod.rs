@@ -2,9 +2,11 @@
 //! on `present`, or on an explicit schedule), credit applied first, debits
 //! run through the payment gateway with retries, then the plan's action.
 
+pub(crate) mod credit;
 pub(crate) mod debits;
 pub(crate) mod issue;
 pub(crate) mod plans;
+pub(crate) mod proration;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -63,6 +65,14 @@ pub(crate) fn bill_document(bill: &BillRow, lines: &[LineRow]) -> Value {
         "next_attempt_at": bill.next_attempt_at.map(timestamp),
         "last_error": bill.last_error,
         "gateway_txn_id": bill.gateway_txn_id,
+        "settled_at": bill.settled_at.map(timestamp),
+        "created_at": timestamp(bill.created_at),
+        // PROGRESSIVE: the usage threshold the interim bill was made for.
+        "threshold": (bill.kind == crate::domain::bill::BillKind::Progressive)
+            .then(|| bill.bill_key.as_deref().and_then(|k| k.rsplit(':').next()))
+            .flatten()
+            .and_then(|t| t.parse::<Decimal>().ok())
+            .map(num),
         "lines": lines.iter().map(|l| json!({
             "kind": l.kind,
             "metric_id": l.metric_id,

@@ -16,21 +16,43 @@ wire_enum!(
     /// What a line charges for: the plan's recurring amount (in advance or
     /// in arrears), one metric's usage in the period, an unpaid amount
     /// carried over from an earlier bill, the amount of an explicit
-    /// schedule entry.
+    /// schedule entry, the top-up to a minimum commitment; and the lines
+    /// that take away (see [`LineKind::takes_away`]): what interim bills of
+    /// the period already billed, the unused part of a plan amount paid in
+    /// advance (a plan change), beside the new plan's prorated amount.
     LineKind {
         PlanAmount = "PLAN_AMOUNT",
         Usage = "USAGE",
         Carried = "CARRIED",
         ScheduledAmount = "SCHEDULED_AMOUNT",
         MinimumCommitment = "MINIMUM_COMMITMENT",
+        ProgressiveBilled = "PROGRESSIVE_BILLED",
+        ProratedPlanAmount = "PRORATED_PLAN_AMOUNT",
+        UnusedPlanAmount = "UNUSED_PLAN_AMOUNT",
     }
 );
 
 wire_enum!(
     /// What a bill is for: a closed period of an execution, usage billed on
-    /// `present`, or an entry of an explicit schedule.
-    BillKind { Period = "PERIOD", Presented = "PRESENTED", Sequence = "SEQUENCE" }
+    /// `present`, an entry of an explicit schedule, an interim bill when
+    /// usage reaches a threshold (progressive billing), or the prorated
+    /// difference of a plan change.
+    BillKind {
+        Period = "PERIOD",
+        Presented = "PRESENTED",
+        Sequence = "SEQUENCE",
+        Progressive = "PROGRESSIVE",
+        Proration = "PRORATION",
+    }
 );
+
+impl LineKind {
+    /// Whether the line takes away from the bill (its amount is zero or
+    /// below): what was billed before, or paid and not used.
+    pub(crate) fn takes_away(self) -> bool {
+        matches!(self, LineKind::ProgressiveBilled | LineKind::UnusedPlanAmount)
+    }
+}
 
 wire_enum!(
     /// Where a bill stands in its collection (see [`transition`]).
@@ -191,19 +213,31 @@ pub(crate) fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance:
             kind: c.kind,
             metric_id: c.metric_id,
             quantity: c.quantity,
-            amount: currency.round(c.amount).max(Decimal::ZERO),
+            amount: if c.kind.takes_away() {
+                currency.round(c.amount).min(Decimal::ZERO)
+            } else {
+                currency.round(c.amount).max(Decimal::ZERO)
+            },
             description: c.description,
         })
         .collect();
     // Lines stay far from the edge of what a decimal holds, so that their
     // sum (in minor units) is exact to the last digit.
-    if lines.iter().any(|line| line.amount >= MAX_LINE_AMOUNT) {
+    if lines.iter().any(|line| line.amount.abs() >= MAX_LINE_AMOUNT) {
         return Err(Rejection::overflow("a bill line"));
     }
     let total = lines
         .iter()
         .try_fold(Decimal::ZERO, |sum, line| sum.checked_add(line.amount))
         .ok_or_else(|| Rejection::overflow("the bill's total"))?;
+    // What takes away never takes more than the bill charges: the caller
+    // caps it (and grants any excess as credit).
+    if total < Decimal::ZERO {
+        return Err(Rejection::new(
+            crate::error::ErrorCode::InternalError,
+            "a bill's lines take away more than they charge",
+        ));
+    }
     let (credit_applied, amount_due) =
         apply_credit(credit_balance, total).ok_or_else(|| Rejection::overflow("the credit applied to the bill"))?;
     Ok(Bill {

@@ -177,6 +177,9 @@ pub(crate) struct PlanSpec {
     pub max_amount: Option<Decimal>,
     /// The least a period's bill (plan amount and usage) may come to.
     pub minimum_commitment: Option<Decimal>,
+    /// Progressive billing: an interim bill when a period's usage amount
+    /// reaches one of these (checked and in order, see [`super::thresholds`]).
+    pub usage_thresholds: Vec<super::thresholds::UsageThreshold>,
     pub max_retry: u32,
     pub plan_action_on_failure: ActionOnFailure,
     pub metric_ids: Vec<String>,
@@ -226,6 +229,18 @@ impl PlanSpec {
                     ),
                 ));
             }
+        }
+        if !self.usage_thresholds.is_empty() {
+            if !self.plan_model.has_usage()
+                || bills_on_present(self.plan_interval, self.plan_model)
+                || self.plan_interval == PlanInterval::Onetime
+            {
+                return Err(Rejection::field(
+                    "usage_thresholds",
+                    "need a plan that bills usage by period (USAGE_BASED, HYBRID or VARIABLE, not ONETIME or ASPRESENTED)",
+                ));
+            }
+            super::thresholds::check_thresholds(&self.usage_thresholds, &self.plan_currency)?;
         }
         if let Some(max) = self.max_amount
             && !self.plan_currency.fits_minor_units(max)
@@ -347,6 +362,7 @@ mod tests {
             plan_currency: Currency::parse("INR").expect("ok"),
             max_amount: None,
             minimum_commitment: None,
+            usage_thresholds: Vec::new(),
             max_retry: 3,
             plan_action_on_failure: ActionOnFailure::Retry,
             metric_ids: vec!["api_calls".into()],

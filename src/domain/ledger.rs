@@ -1,37 +1,78 @@
-//! Credit as a ledger: every grant and every use is an entry, and the
-//! balance is their running sum, never below zero.
+//! Credit as a ledger: every grant, every use and every expiry is an
+//! entry, and the balance is their running sum, never below zero. Each
+//! grant keeps what is left of it; bills draw on grants in a fixed order
+//! (priority, then earliest expiry, then age), so the balance is also the
+//! sum of the grants' remainders.
 
 // Money and quantities: every operation is checked; an overflow is an
 // error value, never a panic or a silently wrong amount.
 #![deny(clippy::arithmetic_side_effects)]
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
+use super::catalog::wire_enum;
 use crate::error::Rejection;
 
-/// The kind of a ledger entry; grants add to the balance, uses take from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EntryKind {
-    Grant,
-    Use,
-}
+wire_enum!(
+    /// The kind of a ledger entry: a grant adds to the balance; a use (a
+    /// bill paid from a grant) and an expiry (what was left of a grant at
+    /// its `expires_at`) take from it.
+    EntryKind { Grant = "GRANT", Use = "USE", Expire = "EXPIRE" }
+);
 
 impl EntryKind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            EntryKind::Grant => "GRANT",
-            EntryKind::Use => "USE",
-        }
-    }
-
     /// The signed effect of an entry of this kind on the balance.
     pub(crate) fn signed(self, amount: Decimal) -> Decimal {
         match self {
             EntryKind::Grant => amount,
             // Negation is exact: a Decimal's range is symmetric.
-            EntryKind::Use => amount.saturating_mul(Decimal::NEGATIVE_ONE),
+            EntryKind::Use | EntryKind::Expire => amount.saturating_mul(Decimal::NEGATIVE_ONE),
         }
     }
+}
+
+/// Priority of a grant that names none; lower is used first.
+pub(crate) const DEFAULT_PRIORITY: i32 = 100;
+/// Priorities a grant may have.
+pub(crate) const PRIORITIES: std::ops::RangeInclusive<i32> = 0..=10_000;
+
+/// A grant as bills draw on it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Grant {
+    pub id: String,
+    /// Age: a grant made earlier has a lower number.
+    pub seq: i64,
+    pub priority: i32,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub remaining: Decimal,
+}
+
+/// Puts grants in the order bills use them: lower priority first, then
+/// the earliest expiry (a grant that never expires last), then the oldest.
+pub(crate) fn draw_order(grants: &mut [Grant]) {
+    grants.sort_by_key(|g| (g.priority, g.expires_at.is_none(), g.expires_at, g.seq));
+}
+
+/// Takes `amount` from grants already in [`draw_order`]: each grant gives
+/// what it has before the next is touched. Returns (index, amount taken)
+/// per grant drawn on; `None` when the grants hold less than `amount`.
+pub(crate) fn draw(grants: &mut [Grant], amount: Decimal) -> Option<Vec<(usize, Decimal)>> {
+    let mut left = amount;
+    let mut taken = Vec::new();
+    for (i, grant) in grants.iter_mut().enumerate() {
+        if left <= Decimal::ZERO {
+            break;
+        }
+        let part = grant.remaining.min(left);
+        if part <= Decimal::ZERO {
+            continue;
+        }
+        grant.remaining = grant.remaining.checked_sub(part)?;
+        left = left.checked_sub(part)?;
+        taken.push((i, part));
+    }
+    left.is_zero().then_some(taken)
 }
 
 /// Checks a credit grant: positive and in whole minor units of the currency.
@@ -110,7 +151,106 @@ mod tests {
         assert_eq!(replay(&[(EntryKind::Use, d(1, 0))]), None);
     }
 
+    fn grant(id: &str, seq: i64, priority: i32, expires_in: Option<i64>, remaining: i64) -> Grant {
+        let base = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("time").to_utc();
+        Grant {
+            id: id.into(),
+            seq,
+            priority,
+            expires_at: expires_in.map(|days| base + chrono::Duration::days(days)),
+            remaining: d(remaining, 0),
+        }
+    }
+
+    #[test]
+    fn grants_are_drawn_by_priority_then_expiry_then_age() {
+        // Listed oldest first; the draw order is another.
+        let mut grants = vec![
+            grant("old_never", 1, 100, None, 5),
+            grant("old_late", 2, 100, Some(30), 5),
+            grant("urgent", 3, 10, None, 5),
+            grant("new_soon", 4, 100, Some(7), 5),
+            grant("new_never", 5, 100, None, 5),
+        ];
+        draw_order(&mut grants);
+        let order: Vec<&str> = grants.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(order, ["urgent", "new_soon", "old_late", "old_never", "new_never"]);
+        let taken = draw(&mut grants, d(12, 0)).expect("enough");
+        assert_eq!(taken, vec![(0, d(5, 0)), (1, d(5, 0)), (2, d(2, 0))]);
+        assert_eq!(grants[2].remaining, d(3, 0));
+        assert_eq!(draw(&mut grants, d(14, 0)), None, "13 left");
+    }
+
+    /// What happens to an execution's credit, in a property test.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Grant { priority: i32, expires_in: Option<i64>, amount: i64 },
+        Use(i64),
+        Expire(i64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0i32..4, proptest::option::of(1i64..30), 1i64..10_000).prop_map(|(priority, expires_in, amount)| {
+                Step::Grant { priority, expires_in, amount }
+            }),
+            (1i64..20_000).prop_map(Step::Use),
+            (0i64..31).prop_map(Step::Expire),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn the_balance_is_the_ledger_and_the_grants_remainders(steps in proptest::collection::vec(step(), 1..40)) {
+            let mut grants: Vec<Grant> = Vec::new();
+            let mut ledger: Vec<(EntryKind, Decimal)> = Vec::new();
+            let mut balance = Decimal::ZERO;
+            for (seq, s) in steps.into_iter().enumerate() {
+                match s {
+                    Step::Grant { priority, expires_in, amount } => {
+                        grants.push(grant(&format!("g{seq}"), seq as i64, priority, expires_in, amount));
+                        ledger.push((EntryKind::Grant, d(amount, 2)));
+                        grants.last_mut().expect("pushed").remaining = d(amount, 2);
+                        balance += d(amount, 2);
+                    }
+                    Step::Use(due) => {
+                        // A bill takes what the balance covers, from grants in order.
+                        let (used, _) = apply_credit(balance, d(due, 2)).expect("small");
+                        let mut ordered = grants.clone();
+                        draw_order(&mut ordered);
+                        let before: Vec<Decimal> = ordered.iter().map(|g| g.remaining).collect();
+                        let taken = draw(&mut ordered, used).expect("the balance is in the grants");
+                        // Never a later grant while an earlier one has something left.
+                        if let Some(&(last, _)) = taken.last() {
+                            for (i, g) in ordered.iter().enumerate().take(last) {
+                                prop_assert!(g.remaining.is_zero() || before[i].is_zero(), "grant {} skipped", g.id);
+                            }
+                        }
+                        for (_, part) in &taken {
+                            ledger.push((EntryKind::Use, *part));
+                        }
+                        grants = ordered;
+                        balance -= used;
+                    }
+                    Step::Expire(day) => {
+                        let base = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("time").to_utc();
+                        let now = base + chrono::Duration::days(day);
+                        for g in grants.iter_mut().filter(|g| g.expires_at.is_some_and(|at| at <= now)) {
+                            if g.remaining > Decimal::ZERO {
+                                ledger.push((EntryKind::Expire, g.remaining));
+                                balance -= g.remaining;
+                                g.remaining = Decimal::ZERO;
+                            }
+                        }
+                    }
+                }
+                let remainders: Decimal = grants.iter().map(|g| g.remaining).sum();
+                prop_assert_eq!(replay(&ledger), Some(balance));
+                prop_assert_eq!(remainders, balance);
+                prop_assert!(grants.iter().all(|g| g.remaining >= Decimal::ZERO));
+            }
+        }
+
         #[test]
         fn extreme_balances_never_panic(
             balance in crate::domain::money::any_decimal(),

@@ -11,3 +11,5 @@ pub(crate) mod money;
 pub(crate) mod period;
 pub(crate) mod pricing;
 pub(crate) mod webhook;
+pub(crate) mod thresholds;
+pub(crate) mod proration;

@@ -23,6 +23,9 @@ pub(crate) enum EventName {
     TxnRetryExceeded,
     TxnSkipped,
     TxnDoubleCharge,
+    ExecutionCreditExpired,
+    ExecutionUsageAlert,
+    ExecutionPlanChanged,
 }
 
 impl EventName {
@@ -44,6 +47,9 @@ impl EventName {
             EventName::TxnRetryExceeded => "BILLING_TXN_RETRY_EXCEEDED",
             EventName::TxnSkipped => "BILLING_TXN_SKIPPED",
             EventName::TxnDoubleCharge => "BILLING_TXN_DOUBLE_CHARGE",
+            EventName::ExecutionCreditExpired => "BILLING_EXECUTION_CREDIT_EXPIRED",
+            EventName::ExecutionUsageAlert => "BILLING_EXECUTION_USAGE_ALERT",
+            EventName::ExecutionPlanChanged => "BILLING_EXECUTION_PLAN_CHANGED",
         }
     }
 }

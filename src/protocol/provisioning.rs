@@ -5,6 +5,8 @@ use serde::Deserialize;
 
 use super::de::{amount, decode, decode_value, id, lenient_opt_u32, opt_amount, opt_id, opt_ids, opt_text, text};
 use crate::domain::aggregation::AggregationType;
+use crate::domain::bill::BillStatus;
+use crate::domain::thresholds::UsageThreshold;
 use crate::domain::catalog::{ActionOnFailure, PlanInterval, PlanModel, PlanRuleType, PlanType};
 use crate::domain::execution::ExecutionStatus;
 use crate::domain::pricing::{PercentageTerms, PricingType, Tier};
@@ -23,6 +25,11 @@ pub(crate) enum Command {
     UpdateStatus(UpdateStatus),
     AddCredit(AddCredit),
     ChangePlan(ChangePlan),
+    PreviewProratedAmount(PreviewProration),
+    SetAlerts(SetAlerts),
+    ListBills(ListBills),
+    GetBill(GetBill),
+    ListCredit(ListCredit),
     Present(ExecutionRef),
     RunBilling(RunBilling),
     AddBillingPlan(Box<super::billing_plan::AddBillingPlan>, serde_json::Value),
@@ -42,6 +49,11 @@ impl Command {
             Command::UpdateStatus(_) => "update_status",
             Command::AddCredit(_) => "add_credit",
             Command::ChangePlan(_) => "change_plan",
+            Command::PreviewProratedAmount(_) => "preview_prorated_amount",
+            Command::SetAlerts(_) => "set_alerts",
+            Command::ListBills(_) => "list_bills",
+            Command::GetBill(_) => "get_bill",
+            Command::ListCredit(_) => "list_credit",
             Command::Present(_) => "present",
             Command::RunBilling(_) => "run_billing",
             Command::AddBillingPlan(..) => "add_billing_plan",
@@ -50,7 +62,10 @@ impl Command {
 
     /// Whether the command only reads.
     pub(crate) fn is_query(&self) -> bool {
-        matches!(self, Command::Get(_) | Command::List(_))
+        matches!(
+            self,
+            Command::Get(_) | Command::List(_) | Command::ListBills(_) | Command::GetBill(_) | Command::ListCredit(_)
+        )
     }
 }
 
@@ -77,6 +92,11 @@ pub(crate) fn parse(body: &[u8]) -> Result<Command, Rejection> {
         "update_status" => Command::UpdateStatus(decode_value(rest)?),
         "add_credit" => Command::AddCredit(decode_value(rest)?),
         "change_plan" => Command::ChangePlan(decode_value(rest)?),
+        "preview_prorated_amount" => Command::PreviewProratedAmount(decode_value(rest)?),
+        "set_alerts" => Command::SetAlerts(decode_value(rest)?),
+        "list_bills" => Command::ListBills(decode_value(rest)?),
+        "get_bill" => Command::GetBill(decode_value(rest)?),
+        "list_credit" => Command::ListCredit(decode_value(rest)?),
         "present" => Command::Present(decode_value(rest)?),
         "run_billing" => Command::RunBilling(decode_value(rest)?),
         "add_billing_plan" => {
@@ -91,7 +111,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<Command, Rejection> {
             return Err(Rejection::new(
                 ErrorCode::UnknownCommand,
                 format!(
-                    "command '{}' is unknown; expected one of create_metric, create_plan, update_plan, create_customer, create, get, list, update_status, add_credit, change_plan, add_billing_plan, present, run_billing",
+                    "command '{}' is unknown; expected one of create_metric, create_plan, update_plan, create_customer, create, get, list, update_status, add_credit, change_plan, preview_prorated_amount, set_alerts, list_bills, get_bill, list_credit, add_billing_plan, present, run_billing",
                     crate::error::short(other)
                 ),
             ));
@@ -210,9 +230,37 @@ pub(crate) struct PlanFields {
     pub plan_action_on_failure: Option<ActionOnFailure>,
     #[serde(default, deserialize_with = "opt_ids")]
     pub metric_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub usage_thresholds: Option<Vec<ThresholdIn>>,
     /// Shown by the product's documents; accepted and not used.
     #[serde(default, rename = "plan_status", deserialize_with = "opt_text")]
     pub _plan_status: Option<String>,
+}
+
+/// One of a plan's `usage_thresholds`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ThresholdIn {
+    #[serde(deserialize_with = "amount")]
+    pub amount: Decimal,
+    #[serde(default)]
+    pub recurring: bool,
+}
+
+impl From<ThresholdIn> for UsageThreshold {
+    fn from(t: ThresholdIn) -> Self {
+        UsageThreshold {
+            amount: t.amount,
+            recurring: t.recurring,
+        }
+    }
+}
+
+/// A list of amounts (`usage_alerts`).
+fn amounts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Decimal>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "amount")] Decimal);
+    Ok(Option::<Vec<Wrap>>::deserialize(d)?.map(|v| v.into_iter().map(|w| w.0).collect()))
 }
 
 /// `create_customer`.
@@ -291,6 +339,8 @@ pub(crate) struct CreateExecution {
     pub token: Option<String>,
     #[serde(default, deserialize_with = "opt_text")]
     pub mandate_id: Option<String>,
+    #[serde(default, deserialize_with = "amounts")]
+    pub usage_alerts: Option<Vec<Decimal>>,
     /// The product's name for what `merchant_ref_id` refers to; accepted and not used.
     #[serde(default, rename = "source", deserialize_with = "opt_text")]
     pub _source: Option<String>,
@@ -347,6 +397,12 @@ pub(crate) struct AddCredit {
     pub amount: Decimal,
     #[serde(deserialize_with = "id")]
     pub reference_id: String,
+    /// Lower is used first (default 100).
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// RFC 3339: when what is left of the grant expires.
+    #[serde(default, deserialize_with = "opt_text")]
+    pub expires_at: Option<String>,
 }
 
 /// `change_plan`.
@@ -356,6 +412,77 @@ pub(crate) struct ChangePlan {
     #[serde(deserialize_with = "id")]
     pub billing_execution_info_id: String,
     pub updated_fields: PlanChange,
+    #[serde(default)]
+    pub proration: Option<Proration>,
+    /// The preview's `request_id`; required with `IMMEDIATE`.
+    #[serde(default, deserialize_with = "opt_id")]
+    pub request_id: Option<String>,
+}
+
+/// When a plan change takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub(crate) enum Proration {
+    /// At the next period boundary, nothing prorated (the default).
+    #[serde(rename = "NEXT_BOUNDARY")]
+    NextBoundary,
+    /// Now: the rest of the period prorated between the two plan amounts.
+    #[serde(rename = "IMMEDIATE")]
+    Immediate,
+}
+
+/// `preview_prorated_amount`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PreviewProration {
+    #[serde(deserialize_with = "id")]
+    pub billing_execution_info_id: String,
+    #[serde(deserialize_with = "id")]
+    pub request_id: String,
+    pub updated_fields: PlanChange,
+}
+
+/// `set_alerts`: replaces the execution's usage alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetAlerts {
+    #[serde(deserialize_with = "id")]
+    pub billing_execution_info_id: String,
+    #[serde(deserialize_with = "amounts")]
+    pub usage_alerts: Option<Vec<Decimal>>,
+}
+
+/// `list_bills`: a page of an execution's bills, newest first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListBills {
+    #[serde(deserialize_with = "id")]
+    pub billing_execution_info_id: String,
+    #[serde(default)]
+    pub status: Option<BillStatus>,
+    #[serde(default, deserialize_with = "limit")]
+    pub limit: Option<u32>,
+    #[serde(default, deserialize_with = "opt_id")]
+    pub cursor: Option<String>,
+}
+
+/// `get_bill`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GetBill {
+    #[serde(deserialize_with = "id")]
+    pub bill_id: String,
+}
+
+/// `list_credit`: a page of an execution's ledger, newest first, and its grants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListCredit {
+    #[serde(deserialize_with = "id")]
+    pub billing_execution_info_id: String,
+    #[serde(default, deserialize_with = "limit")]
+    pub limit: Option<u32>,
+    #[serde(default, deserialize_with = "opt_id")]
+    pub cursor: Option<String>,
 }
 
 /// The new plan and, optionally, the amount agreed for this execution.

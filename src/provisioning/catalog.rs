@@ -71,6 +71,16 @@ pub(super) async fn create_metric(
     )))
 }
 
+/// `usage_thresholds` as given, put in order (the plan checks them).
+fn thresholds(
+    list: Option<Vec<crate::protocol::provisioning::ThresholdIn>>,
+) -> Result<Vec<crate::domain::thresholds::UsageThreshold>, Rejection> {
+    let mut list: Vec<crate::domain::thresholds::UsageThreshold> =
+        list.unwrap_or_default().into_iter().map(Into::into).collect();
+    list.sort_by_key(|t| (t.recurring, t.amount));
+    Ok(list)
+}
+
 fn required<T>(field: &str, value: Option<T>) -> Result<T, Rejection> {
     value.ok_or_else(|| Rejection::field(field, "is required"))
 }
@@ -89,6 +99,7 @@ fn new_plan_spec(f: PlanFields) -> Result<PlanSpec, Rejection> {
         plan_currency: currency("plan_currency", &required("plan_currency", f.plan_currency)?)?,
         max_amount: f.max_amount,
         minimum_commitment: f.minimum_commitment,
+        usage_thresholds: thresholds(f.usage_thresholds)?,
         max_retry: f.max_retry.unwrap_or(DEFAULT_MAX_RETRY),
         plan_action_on_failure: f.plan_action_on_failure.unwrap_or(ActionOnFailure::Retry),
         metric_ids: f.metric_ids.unwrap_or_default(),
@@ -130,6 +141,9 @@ fn merged_plan_spec(mut spec: PlanSpec, f: PlanFields) -> Result<PlanSpec, Rejec
     }
     if f.minimum_commitment.is_some() {
         spec.minimum_commitment = f.minimum_commitment;
+    }
+    if f.usage_thresholds.is_some() {
+        spec.usage_thresholds = thresholds(f.usage_thresholds)?;
     }
     if let Some(v) = f.max_retry {
         spec.max_retry = v;

@@ -9,14 +9,17 @@ use super::outcome::{Outcome, already_exists, not_found};
 use crate::domain::catalog::PlanModel;
 use crate::domain::execution::{ExecutionStatus, StatusEvent};
 use crate::domain::ids::{check_id, new_execution_id};
-use crate::domain::ledger::{EntryKind, check_grant};
+use crate::billing::credit::GrantTerms;
+use crate::domain::ledger::{EntryKind, PRIORITIES, check_grant};
 use crate::domain::period::check_date_window;
 use crate::domain::pricing::Pricing;
 use crate::domain::webhook::{EventName, Webhook};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents;
+use crate::domain::thresholds::check_alerts;
 use crate::protocol::provisioning::{
-    AddCredit, ChangePlan, CreateExecution, ExecutionRef, ListExecutions, MetricOverride, UpdateStatus,
+    AddCredit, ChangePlan, CreateExecution, ExecutionRef, ListExecutions, MetricOverride, Proration, SetAlerts,
+    UpdateStatus,
 };
 use crate::store;
 use crate::store::catalog::PlanRow;
@@ -171,22 +174,17 @@ async fn grant(
     row: &mut ExecutionRow,
     amount: Decimal,
     reference_id: &str,
+    terms: GrantTerms,
     currency: &str,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let entry = store::ledger::append(
-        conn,
-        &row.merchant_id,
-        &row.id,
-        EntryKind::Grant,
-        amount,
-        reference_id,
-        now,
-    )
-    .await?;
-    row.credit_balance = entry.balance_after;
-    row.updated_at = now;
-    let content = credit_content(amount, reference_id, entry.balance_after, currency);
+    let entry = crate::billing::credit::grant(conn, row, amount, reference_id, terms, now).await?;
+    let mut content = credit_content(amount, reference_id, entry.balance_after, currency);
+    if let Some(obj) = content.as_object_mut() {
+        obj.insert("grant_id".into(), json!(entry.grant_id));
+        obj.insert("priority".into(), json!(terms.priority));
+        obj.insert("expires_at".into(), json!(terms.expires_at.map(documents::timestamp)));
+    }
     announce(
         conn,
         EventName::ExecutionCreditEvent,
@@ -263,6 +261,7 @@ pub(super) async fn create(
     let credit = c.amount.unwrap_or(Decimal::ZERO);
     check_grant("amount", credit, plan_currency.minor_units(), true)?;
     let metric_info = metric_overrides(conn, merchant_id, &plan, c.metric_info.clone()).await?;
+    let usage_alerts = check_alerts(c.usage_alerts.as_deref().unwrap_or_default(), &plan_currency)?;
     let status = c.status.unwrap_or(ExecutionStatus::Active);
     let active = status == ExecutionStatus::Active;
 
@@ -285,6 +284,11 @@ pub(super) async fn create(
         plan_amount: None,
         pending_plan_id: None,
         pending_plan_amount: None,
+        usage_alerts: json!(usage_alerts),
+        progressive_period_start: None,
+        progressive_level: None,
+        progressive_due_at: None,
+        prorated_period_start: None,
         created_at: now,
         updated_at: now,
     };
@@ -302,7 +306,8 @@ pub(super) async fn create(
     };
     announce(conn, EventName::ExecutionCreated, &row, now, None).await?;
     if credit > Decimal::ZERO {
-        grant(conn, &mut row, credit, FREE_TIER_REFERENCE, plan_currency.as_str(), now).await?;
+        let terms = GrantTerms::default();
+        grant(conn, &mut row, credit, FREE_TIER_REFERENCE, terms, plan_currency.as_str(), now).await?;
     }
     reply_with(conn, merchant_id, &row, now, true).await
 }
@@ -404,18 +409,47 @@ pub(super) async fn update_status(
     reply_with(conn, merchant_id, &row, now, true).await
 }
 
-/// `change_plan`: the new plan takes effect at the next period boundary;
-/// usage up to it is billed on the old plan. An execution that has not
-/// started billing moves at once.
+/// `change_plan`: by default the new plan takes effect at the next period
+/// boundary; usage up to it is billed on the old plan. An execution that
+/// has not started billing moves at once. With `IMMEDIATE`, the rest of
+/// the period is prorated (see [`crate::billing::proration`]).
 pub(super) async fn change_plan(
     conn: &mut PgConnection,
     merchant_id: &str,
     now: DateTime<Utc>,
+    notice: chrono::Duration,
     c: ChangePlan,
 ) -> Result<Outcome, HandleError> {
     let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
     let next = &c.updated_fields.plan_id;
     check_id(next).map_err(|p| Rejection::field("updated_fields.plan_id", p))?;
+    if c.proration == Some(Proration::Immediate) {
+        let request_id = c
+            .request_id
+            .as_deref()
+            .ok_or_else(|| Rejection::field("request_id", "is required with proration IMMEDIATE"))?;
+        let target = crate::billing::proration::Target {
+            plan_id: next,
+            plan_amount: c.updated_fields.plan_amount,
+        };
+        let changed = crate::billing::proration::change_now(conn, row, request_id, target, now, notice).await?;
+        let mut doc = execution_document(conn, &changed.execution, now).await?;
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert(
+                "plan_change".into(),
+                crate::billing::proration::change_document(&changed.change),
+            );
+            let bill = match &changed.bill {
+                Some(b) => crate::billing::bill_document(b, &store::bills::lines(conn, &b.id).await?),
+                None => Value::Null,
+            };
+            obj.insert("bill".into(), bill);
+        }
+        return Ok(Outcome {
+            response: documents::success(merchant_id, doc),
+            announced: changed.announced,
+        });
+    }
     let current = store::catalog::require_plan(conn, merchant_id, &row.plan_id, "plan_id").await?;
     let target = store::catalog::require_plan(conn, merchant_id, next, "updated_fields.plan_id").await?;
     let (current, target_spec) = (current.spec(), target.spec());
@@ -507,23 +541,70 @@ pub(super) async fn add_credit(
         )
         .into());
     }
+    let terms = grant_terms(&c, now)?;
     let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
     let plan = store::catalog::require_plan(conn, merchant_id, &row.plan_id, "plan_id").await?;
     let plan_currency = plan.spec().plan_currency;
     check_grant("amount", c.amount, plan_currency.minor_units(), false)?;
     // The reference makes a grant idempotent: the same grant twice is one grant.
     if let Some(entry) = store::ledger::find(conn, &row.id, EntryKind::Grant, &c.reference_id).await? {
-        if entry.amount != c.amount {
+        let same_terms = match store::ledger::grant_by_reference(conn, &row.id, &c.reference_id).await? {
+            Some(g) => g.priority == terms.priority && g.expires_at == terms.expires_at,
+            None => true,
+        };
+        if entry.amount != c.amount || !same_terms {
             return Err(already_exists(
                 "reference_id",
                 &c.reference_id,
-                &format!(" (a grant of {})", entry.amount),
+                &format!(" (a grant of {} on other terms)", entry.amount),
             ));
         }
         return reply_with(conn, merchant_id, &row, now, false).await;
     }
-    grant(conn, &mut row, c.amount, &c.reference_id, plan_currency.as_str(), now).await?;
+    grant(conn, &mut row, c.amount, &c.reference_id, terms, plan_currency.as_str(), now).await?;
     reply_with(conn, merchant_id, &row, now, true).await
+}
+
+/// `set_alerts`: replaces the execution's usage alerts. Those already
+/// announced in the open period stay announced.
+pub(super) async fn set_alerts(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    now: DateTime<Utc>,
+    c: SetAlerts,
+) -> Result<Outcome, HandleError> {
+    let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
+    let plan = store::catalog::require_plan(conn, merchant_id, &row.plan_id, "plan_id").await?;
+    let alerts = check_alerts(c.usage_alerts.as_deref().unwrap_or_default(), &plan.spec().plan_currency)?;
+    row.usage_alerts = json!(alerts);
+    store::executions::save_billing_state(conn, &row, now).await?;
+    reply_with(conn, merchant_id, &row, now, false).await
+}
+
+/// The priority and expiry of a grant: a priority within [`PRIORITIES`],
+/// an expiry after `now` and within the window of [`check_date_window`].
+fn grant_terms(c: &AddCredit, now: DateTime<Utc>) -> Result<GrantTerms, Rejection> {
+    let priority = c.priority.unwrap_or(crate::domain::ledger::DEFAULT_PRIORITY);
+    if !PRIORITIES.contains(&priority) {
+        return Err(Rejection::field(
+            "priority",
+            format_args!("must be from {} to {}", PRIORITIES.start(), PRIORITIES.end()),
+        ));
+    }
+    let expires_at = match c.expires_at.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(value) => {
+            let at = DateTime::parse_from_rfc3339(value)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| Rejection::field("expires_at", "must be an RFC 3339 time like 2026-12-31T00:00:00Z"))?;
+            if at <= now {
+                return Err(Rejection::field("expires_at", "must be in the future"));
+            }
+            check_date_window(at.date_naive(), now.date_naive()).map_err(|p| Rejection::field("expires_at", p))?;
+            Some(at)
+        }
+    };
+    Ok(GrantTerms { priority, expires_at })
 }
 
 #[cfg(test)]

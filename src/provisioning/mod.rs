@@ -5,6 +5,7 @@
 mod catalog;
 mod executions;
 mod outcome;
+mod reading;
 
 pub(crate) use outcome::Outcome;
 
@@ -38,7 +39,29 @@ pub(crate) async fn execute(
         Command::List(c) => executions::list(conn, merchant_id, now, c).await,
         Command::UpdateStatus(c) => executions::update_status(conn, merchant_id, now, c).await,
         Command::AddCredit(c) => executions::add_credit(conn, merchant_id, now, c).await,
-        Command::ChangePlan(c) => executions::change_plan(conn, merchant_id, now, c).await,
+        Command::ChangePlan(c) => executions::change_plan(conn, merchant_id, now, pre_debit_notice, c).await,
+        Command::PreviewProratedAmount(c) => {
+            let target = crate::billing::proration::Target {
+                plan_id: &c.updated_fields.plan_id,
+                plan_amount: c.updated_fields.plan_amount,
+            };
+            crate::domain::ids::check_id(&c.updated_fields.plan_id)
+                .map_err(|p| Rejection::field("updated_fields.plan_id", p))?;
+            let doc = crate::billing::proration::preview(
+                conn,
+                merchant_id,
+                &c.billing_execution_info_id,
+                &c.request_id,
+                target,
+                now,
+            )
+            .await?;
+            Ok(Outcome::quiet(crate::protocol::documents::success(merchant_id, doc)))
+        }
+        Command::SetAlerts(c) => executions::set_alerts(conn, merchant_id, now, c).await,
+        Command::ListBills(c) => reading::list_bills(conn, merchant_id, c).await,
+        Command::GetBill(c) => reading::get_bill(conn, merchant_id, c).await,
+        Command::ListCredit(c) => reading::list_credit(conn, merchant_id, c).await,
         Command::Present(c) => {
             let bill =
                 crate::billing::issue::present(conn, merchant_id, &c.billing_execution_info_id, now, pre_debit_notice)

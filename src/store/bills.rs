@@ -788,3 +788,85 @@ mod tests {
         }
     }
 }
+
+/// What the interim (`PROGRESSIVE`) bills of an execution's period billed
+/// for usage: the sum of their usage lines less what each took away for
+/// the ones before it, which is what the last of them billed in all.
+pub(crate) async fn progressive_billed(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    period_start: DateTime<Utc>,
+) -> Result<Decimal, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(SUM(l.amount), 0) FROM bills b JOIN bill_lines l ON l.bill_id = b.id
+         WHERE b.execution_id = $1 AND b.kind = 'PROGRESSIVE' AND b.period_start = $2
+           AND l.kind IN ('USAGE', 'PROGRESSIVE_BILLED')",
+    )
+    .bind(execution_id)
+    .bind(period_start)
+    .fetch_one(conn)
+    .await
+}
+
+/// A page of an execution's bills, newest first, after bill `after`,
+/// optionally of one status.
+pub(crate) async fn page_of_execution(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    status: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<BillRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM bills WHERE execution_id = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR issue_seq < (SELECT issue_seq FROM bills WHERE id = $3 AND execution_id = $1))
+         ORDER BY issue_seq DESC LIMIT $4",
+    )
+    .bind(execution_id)
+    .bind(status)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// One bill of this merchant; another merchant's id finds nothing.
+pub(crate) async fn find_of_merchant(
+    conn: &mut PgConnection,
+    merchant_id: &str,
+    bill_id: &str,
+) -> Result<Option<BillRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM bills WHERE id = $1 AND merchant_id = $2")
+        .bind(bill_id)
+        .bind(merchant_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// A debit attempt as `get_bill` shows it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub(crate) struct AttemptView {
+    pub request_id: String,
+    pub attempt: i32,
+    pub amount: Decimal,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub retryable: Option<bool>,
+    pub gateway_txn_id: Option<String>,
+    pub requested_at: Option<DateTime<Utc>>,
+    pub result_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Every debit attempt of a bill, first first.
+pub(crate) async fn attempts(conn: &mut PgConnection, bill_id: &str) -> Result<Vec<AttemptView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT request_id, attempt, amount, status, error_code, error_message, retryable, gateway_txn_id,
+                requested_at, result_at, created_at
+         FROM debit_attempts WHERE bill_id = $1 ORDER BY attempt",
+    )
+    .bind(bill_id)
+    .fetch_all(conn)
+    .await
+}

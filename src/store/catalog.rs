@@ -58,6 +58,8 @@ pub(crate) struct PlanRow {
     pub plan_currency: Currency,
     pub max_amount: Option<Decimal>,
     pub minimum_commitment: Option<Decimal>,
+    /// `[{amount, recurring}, ...]`, in order.
+    pub usage_thresholds: serde_json::Value,
     pub max_retry: i32,
     #[sqlx(try_from = "String")]
     pub plan_action_on_failure: ActionOnFailure,
@@ -177,8 +179,8 @@ pub(crate) async fn upsert_plan(
     let created: bool = sqlx::query_scalar(
         "INSERT INTO plans (merchant_id, plan_id, plan_name, plan_description, plan_type, plan_model, plan_interval,
              plan_rule_type, plan_rule_value, plan_amount, plan_currency, max_amount, max_retry, plan_action_on_failure,
-             created_at, updated_at, minimum_commitment)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16)
+             created_at, updated_at, minimum_commitment, usage_thresholds)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, $17)
          ON CONFLICT (merchant_id, plan_id) DO UPDATE SET
              plan_name = EXCLUDED.plan_name, plan_description = EXCLUDED.plan_description,
              plan_type = EXCLUDED.plan_type, plan_model = EXCLUDED.plan_model,
@@ -186,7 +188,8 @@ pub(crate) async fn upsert_plan(
              plan_rule_value = EXCLUDED.plan_rule_value, plan_amount = EXCLUDED.plan_amount,
              plan_currency = EXCLUDED.plan_currency, max_amount = EXCLUDED.max_amount,
              max_retry = EXCLUDED.max_retry, plan_action_on_failure = EXCLUDED.plan_action_on_failure,
-             updated_at = EXCLUDED.updated_at, minimum_commitment = EXCLUDED.minimum_commitment
+             updated_at = EXCLUDED.updated_at, minimum_commitment = EXCLUDED.minimum_commitment,
+             usage_thresholds = EXCLUDED.usage_thresholds
          RETURNING (xmax = 0)",
     )
     .bind(merchant_id)
@@ -205,6 +208,7 @@ pub(crate) async fn upsert_plan(
     .bind(spec.plan_action_on_failure.as_str())
     .bind(now)
     .bind(spec.minimum_commitment)
+    .bind(serde_json::to_value(&spec.usage_thresholds).unwrap_or_default())
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query("DELETE FROM plan_metrics WHERE merchant_id = $1 AND plan_id = $2")
@@ -269,6 +273,8 @@ impl PlanRow {
             plan_currency: self.plan_currency.clone(),
             max_amount: self.max_amount,
             minimum_commitment: self.minimum_commitment,
+            // Written by `upsert_plan` from a checked list.
+            usage_thresholds: serde_json::from_value(self.usage_thresholds.clone()).unwrap_or_default(),
             max_retry: self.max_retry.max(0) as u32,
             plan_action_on_failure: self.plan_action_on_failure,
             metric_ids: self.metric_ids.clone(),

@@ -29,6 +29,15 @@ pub(crate) struct ExecutionRow {
     pub plan_amount: Option<Decimal>,
     pub pending_plan_id: Option<String>,
     pub pending_plan_amount: Option<Decimal>,
+    /// `[amount, ...]`, in order.
+    pub usage_alerts: serde_json::Value,
+    /// The period interim bills billed in, and the threshold they reached.
+    pub progressive_period_start: Option<DateTime<Utc>>,
+    pub progressive_level: Option<Decimal>,
+    /// Usage reached the next threshold: an interim bill is due.
+    pub progressive_due_at: Option<DateTime<Utc>>,
+    /// The period in which a prorated plan change took effect.
+    pub prorated_period_start: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -98,7 +107,8 @@ pub(crate) async fn save_billing_state(
     sqlx::query(
         "UPDATE executions SET plan_id = $2, plan_amount = $3, pending_plan_id = $4, pending_plan_amount = $5,
              billing_start_date = $6, billed_until = $7, next_bill_at = $8, carried_amount = $9, status = $10,
-             updated_at = $11
+             updated_at = $11, progressive_period_start = $12, progressive_level = $13, progressive_due_at = $14,
+             prorated_period_start = $15, usage_alerts = $16
          WHERE id = $1",
     )
     .bind(&row.id)
@@ -112,6 +122,11 @@ pub(crate) async fn save_billing_state(
     .bind(row.carried_amount)
     .bind(row.status.as_str())
     .bind(now)
+    .bind(row.progressive_period_start)
+    .bind(row.progressive_level)
+    .bind(row.progressive_due_at)
+    .bind(row.prorated_period_start)
+    .bind(&row.usage_alerts)
     .execute(conn)
     .await?;
     Ok(())
@@ -131,11 +146,15 @@ pub(crate) async fn save_billing_states(
         "UPDATE executions e SET plan_id = u.plan_id, plan_amount = u.plan_amount, pending_plan_id = u.pending_plan_id,
              pending_plan_amount = u.pending_plan_amount, billing_start_date = u.billing_start_date,
              billed_until = u.billed_until, next_bill_at = u.next_bill_at, carried_amount = u.carried_amount,
-             credit_balance = u.credit_balance, status = u.status, updated_at = $12
+             credit_balance = u.credit_balance, status = u.status, updated_at = $12,
+             progressive_period_start = u.progressive_period_start, progressive_level = u.progressive_level,
+             progressive_due_at = u.progressive_due_at, prorated_period_start = u.prorated_period_start
          FROM UNNEST($1::text[], $2::text[], $3::numeric[], $4::text[], $5::numeric[], $6::timestamptz[],
-                     $7::timestamptz[], $8::timestamptz[], $9::numeric[], $10::numeric[], $11::text[])
+                     $7::timestamptz[], $8::timestamptz[], $9::numeric[], $10::numeric[], $11::text[],
+                     $13::timestamptz[], $14::numeric[], $15::timestamptz[], $16::timestamptz[])
               AS u(id, plan_id, plan_amount, pending_plan_id, pending_plan_amount, billing_start_date, billed_until,
-                   next_bill_at, carried_amount, credit_balance, status)
+                   next_bill_at, carried_amount, credit_balance, status, progressive_period_start, progressive_level,
+                   progressive_due_at, prorated_period_start)
          WHERE e.id = u.id",
     )
     .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
@@ -150,6 +169,10 @@ pub(crate) async fn save_billing_states(
     .bind(rows.iter().map(|r| r.credit_balance).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
     .bind(now)
+    .bind(rows.iter().map(|r| r.progressive_period_start).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.progressive_level).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.progressive_due_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.prorated_period_start).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -273,8 +296,9 @@ pub(crate) async fn list_for_customer(
 pub(crate) async fn insert(conn: &mut PgConnection, row: &ExecutionRow) -> Result<Option<ExecutionRow>, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO executions (id, merchant_id, customer_id, plan_id, merchant_ref_id, status, credit_balance,
-             metric_info, billing_start_date, token, mandate_id, activated_at, created_at, updated_at, next_bill_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             metric_info, billing_start_date, token, mandate_id, activated_at, created_at, updated_at, next_bill_at,
+             usage_alerts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (merchant_id, merchant_ref_id) WHERE merchant_ref_id IS NOT NULL DO NOTHING
          RETURNING *",
     )
@@ -293,6 +317,7 @@ pub(crate) async fn insert(conn: &mut PgConnection, row: &ExecutionRow) -> Resul
     .bind(row.created_at)
     .bind(row.updated_at)
     .bind(row.next_bill_at)
+    .bind(&row.usage_alerts)
     .fetch_optional(conn)
     .await
 }
@@ -315,4 +340,48 @@ pub(crate) async fn set_status(
     .bind(now)
     .fetch_one(conn)
     .await
+}
+
+/// Ids of executions whose usage reached their next threshold by `now`,
+/// at most `limit`.
+pub(crate) async fn progressive_due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    merchant: Option<&str>,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM executions WHERE progressive_due_at <= $1 AND ($2::text IS NULL OR merchant_id = $2)
+         ORDER BY progressive_due_at LIMIT $3",
+    )
+    .bind(now)
+    .bind(merchant)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Locks those of `ids` still waiting for an interim bill, skipping those
+/// another process holds.
+pub(crate) async fn lock_progressive_due(
+    conn: &mut PgConnection,
+    ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<ExecutionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM executions WHERE id = ANY($1) AND progressive_due_at <= $2 ORDER BY id FOR UPDATE SKIP LOCKED",
+    )
+    .bind(ids)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// Forgets that an interim bill is due (it could not be made).
+pub(crate) async fn clear_progressive_due(conn: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE executions SET progressive_due_at = NULL WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -52,3 +52,4 @@ pub(crate) async fn ping(pool: &PgPool) -> bool {
     };
     matches!(tokio::time::timeout(Duration::from_secs(2), check).await, Ok(Ok(())))
 }
+pub(crate) mod plan_changes;

@@ -33,6 +33,11 @@ pub(crate) struct ExecutionContext {
     pub plan_currency: String,
     pub max_amount: Option<Decimal>,
     pub metric_ids: Vec<String>,
+    /// The plan's `usage_thresholds` and the execution's `usage_alerts`.
+    pub usage_thresholds: serde_json::Value,
+    pub usage_alerts: serde_json::Value,
+    pub progressive_period_start: Option<DateTime<Utc>>,
+    pub progressive_level: Option<Decimal>,
 }
 
 impl ExecutionContext {
@@ -66,7 +71,8 @@ pub(crate) async fn contexts(
                 e.billing_start_date, e.activated_at, e.billed_until, e.created_at,
                 p.plan_interval, p.plan_model, p.plan_rule_type, p.plan_rule_value, p.plan_currency, p.max_amount,
                 COALESCE((SELECT array_agg(pm.metric_id) FROM plan_metrics pm
-                          WHERE pm.merchant_id = e.merchant_id AND pm.plan_id = e.plan_id), '{}') AS metric_ids
+                          WHERE pm.merchant_id = e.merchant_id AND pm.plan_id = e.plan_id), '{}') AS metric_ids,
+                p.usage_thresholds, e.usage_alerts, e.progressive_period_start, e.progressive_level
          FROM UNNEST($1::text[], $2::text[]) AS k(merchant_id, id)
          JOIN executions e ON e.id = k.id AND e.merchant_id = k.merchant_id
          JOIN plans p ON p.merchant_id = e.merchant_id AND p.plan_id = e.plan_id
@@ -395,6 +401,61 @@ pub(crate) async fn record_threshold(
 pub(crate) async fn lock_executions(conn: &mut PgConnection, ids: &[String]) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1 FROM executions WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
         .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Of these alert amounts of (execution, period) pairs, those already
+/// announced.
+pub(crate) async fn alerts_sent(
+    conn: &mut PgConnection,
+    execution_ids: &[String],
+    periods: &[DateTime<Utc>],
+) -> Result<Vec<(String, DateTime<Utc>, Decimal)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.execution_id, a.period_start, a.amount
+         FROM UNNEST($1::text[], $2::timestamptz[]) AS k(execution_id, period_start)
+         JOIN usage_alerts_sent a USING (execution_id, period_start)",
+    )
+    .bind(execution_ids)
+    .bind(periods)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records an alert as announced; `false` if it already was.
+pub(crate) async fn record_alert(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    period_start: DateTime<Utc>,
+    amount: Decimal,
+    used_amount: Decimal,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO usage_alerts_sent (execution_id, period_start, amount, used_amount, created_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(execution_id)
+    .bind(period_start)
+    .bind(amount)
+    .bind(used_amount)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks executions as due for an interim bill (the caller holds their locks).
+pub(crate) async fn mark_progressive_due(
+    conn: &mut PgConnection,
+    ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE executions SET progressive_due_at = $2 WHERE id = ANY($1) AND progressive_due_at IS NULL")
+        .bind(ids)
+        .bind(now)
         .execute(conn)
         .await?;
     Ok(())

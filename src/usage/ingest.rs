@@ -14,6 +14,7 @@ use crate::domain::aggregation::{AggregationType, Delta, UsageEvent, weight};
 use crate::domain::catalog::{MetricSpec, customer_prices};
 use crate::domain::execution::ExecutionStatus;
 use crate::domain::period::Schedule;
+use crate::domain::thresholds::{UsageThreshold, reached};
 use crate::domain::webhook::{EventName, Webhook};
 use crate::error::short;
 use crate::error::{ErrorCode, HandleError, Rejection};
@@ -41,6 +42,9 @@ pub(crate) struct Report {
     pub rejected: Vec<(usize, Rejection)>,
     /// Whether threshold webhooks were written.
     pub announced: bool,
+    /// Whether usage reached an execution's next progressive threshold:
+    /// billing has an interim bill to make.
+    pub progressive_due: bool,
 }
 
 /// How far ahead of its arrival an event's timestamp may be.
@@ -53,6 +57,9 @@ struct Execution {
     ctx: ExecutionContext,
     schedule: Schedule,
     metrics: HashMap<String, MetricSpec>,
+    /// The plan's progressive thresholds and the execution's alerts.
+    thresholds: Vec<UsageThreshold>,
+    alerts: Vec<Decimal>,
 }
 
 /// An event that passed every check, placed in its period.
@@ -157,7 +164,7 @@ pub(crate) async fn ingest(
     store::usage::add_aggregates(conn, &columns).await?;
     keep_allowance_events(conn, &fresh).await?;
 
-    report.announced = check_thresholds(conn, &executions, &deltas, now).await?;
+    (report.announced, report.progressive_due) = check_thresholds(conn, &executions, &deltas, now).await?;
     Ok(report)
 }
 
@@ -240,9 +247,18 @@ async fn load_executions(
             .collect();
         let metrics = effective_metrics(&own, &ctx.metric_info)?;
         let schedule = ctx.period_basis().schedule();
+        // Both lists were checked when stored.
+        let thresholds = serde_json::from_value(ctx.usage_thresholds.clone()).unwrap_or_default();
+        let alerts = serde_json::from_value(ctx.usage_alerts.clone()).unwrap_or_default();
         out.insert(
             (ctx.merchant_id.clone(), ctx.id.clone()),
-            Execution { ctx, schedule, metrics },
+            Execution {
+                ctx,
+                schedule,
+                metrics,
+                thresholds,
+                alerts,
+            },
         );
     }
     Ok(out)
@@ -396,25 +412,48 @@ async fn insert_unique_values(
 }
 
 /// Announces, once per period, usage that first exceeds the credit balance
-/// (for executions holding credit) or the plan's `max_amount`.
+/// (for executions holding credit) or the plan's `max_amount`, or reaches
+/// one of the execution's `usage_alerts`; marks executions whose usage
+/// reached their next progressive threshold. Returns (webhooks written,
+/// an interim bill due).
 async fn check_thresholds(
     conn: &mut PgConnection,
     executions: &HashMap<(String, String), Execution>,
     deltas: &BTreeMap<Key, (AggregationType, Delta)>,
     now: DateTime<Utc>,
-) -> Result<bool, HandleError> {
+) -> Result<(bool, bool), HandleError> {
     let by_id: HashMap<&str, &Execution> = executions.values().map(|e| (e.ctx.id.as_str(), e)).collect();
     let watched: BTreeMap<(String, DateTime<Utc>), &Execution> = deltas
         .keys()
         .filter_map(|(execution_id, _, period)| {
             let e = by_id.get(execution_id.as_str())?;
-            (e.ctx.max_amount.is_some() || e.ctx.credit_balance > Decimal::ZERO)
-                .then(|| ((execution_id.clone(), *period), *e))
+            (e.ctx.max_amount.is_some()
+                || e.ctx.credit_balance > Decimal::ZERO
+                || !e.thresholds.is_empty()
+                || !e.alerts.is_empty())
+            .then(|| ((execution_id.clone(), *period), *e))
         })
         .collect();
     if watched.is_empty() {
-        return Ok(false);
+        return Ok((false, false));
     }
+    let with_alerts: Vec<(String, DateTime<Utc>)> = watched
+        .iter()
+        .filter(|(_, e)| !e.alerts.is_empty())
+        .map(|(key, _)| key.clone())
+        .collect();
+    let sent: std::collections::HashSet<(String, DateTime<Utc>, Decimal)> = if with_alerts.is_empty() {
+        Default::default()
+    } else {
+        let (ids, periods): (Vec<String>, Vec<DateTime<Utc>>) = with_alerts.into_iter().unzip();
+        store::usage::alerts_sent(conn, &ids, &periods)
+            .await?
+            .into_iter()
+            .map(|(id, period, amount)| (id, period, amount.normalize()))
+            .collect()
+    };
+    let mut alerts: Vec<(&Execution, DateTime<Utc>, Decimal, Decimal)> = Vec::new();
+    let mut progressive: Vec<String> = Vec::new();
     let (ids, periods): (Vec<String>, Vec<DateTime<Utc>>) = watched.keys().cloned().unzip();
     let rows = store::usage::aggregates(conn, &ids, &periods).await?;
     let mut by_period: HashMap<(&str, DateTime<Utc>), Vec<&AggregateRow>> = HashMap::new();
@@ -444,6 +483,20 @@ async fn check_thresholds(
         let Some(amount) = amount else {
             continue;
         };
+        for alert in e.alerts.iter().filter(|a| **a <= amount) {
+            if !sent.contains(&(execution_id.clone(), *period, alert.normalize())) {
+                alerts.push((*e, *period, *alert, amount));
+            }
+        }
+        let billed_level = e
+            .ctx
+            .progressive_level
+            .filter(|_| e.ctx.progressive_period_start == Some(*period));
+        if let Some(level) = reached(&e.thresholds, amount)
+            && billed_level.is_none_or(|billed| level > billed)
+        {
+            progressive.push(execution_id.clone());
+        }
         if e.ctx.credit_balance > Decimal::ZERO && amount > e.ctx.credit_balance {
             crossings.push((
                 *e,
@@ -465,28 +518,45 @@ async fn check_thresholds(
             ));
         }
     }
-    if crossings.is_empty() {
-        return Ok(false);
+    if crossings.is_empty() && alerts.is_empty() && progressive.is_empty() {
+        return Ok((false, false));
     }
-    let mut lock_ids: Vec<String> = crossings.iter().map(|c| c.0.ctx.id.clone()).collect();
+    let mut lock_ids: Vec<String> = crossings
+        .iter()
+        .map(|c| c.0.ctx.id.clone())
+        .chain(alerts.iter().map(|a| a.0.ctx.id.clone()))
+        .chain(progressive.iter().cloned())
+        .collect();
     lock_ids.sort();
     lock_ids.dedup();
     store::usage::lock_executions(conn, &lock_ids).await?;
+    if !progressive.is_empty() {
+        store::usage::mark_progressive_due(conn, &progressive, now).await?;
+    }
     let mut announced = false;
+    for (e, period, alert, amount) in alerts {
+        if !store::usage::record_alert(conn, &e.ctx.id, period, alert, amount, now).await? {
+            continue;
+        }
+        let content = json!({
+            "billing_execution_info": execution_info(e),
+            "usage": {
+                "period_start": timestamp(period),
+                "threshold": num(alert),
+                "used_amount": num(amount),
+                "currency": e.ctx.plan_currency,
+            },
+        });
+        let webhook = Webhook::new(EventName::ExecutionUsageAlert, &e.ctx.merchant_id, now, content);
+        store::outbox::enqueue(conn, &webhook, Some(&e.ctx.id)).await?;
+        announced = true;
+    }
     for (e, period, kind, event, amount) in crossings {
         if !store::usage::record_threshold(conn, &e.ctx.id, period, kind, amount, now).await? {
             continue;
         }
         let content = json!({
-            "billing_execution_info": {
-                "billing_execution_info_id": e.ctx.id,
-                "customer_id": e.ctx.customer_id,
-                "plan_id": e.ctx.plan_id,
-                "status": e.ctx.status,
-                "source": "MERCHANT_REF_ID",
-                "source_object_id": e.ctx.merchant_ref_id.clone().unwrap_or_default(),
-                "amount": num(e.ctx.credit_balance),
-            },
+            "billing_execution_info": execution_info(e),
             "usage": {
                 "period_start": timestamp(period),
                 "used_amount": num(amount),
@@ -499,5 +569,18 @@ async fn check_thresholds(
         store::outbox::enqueue(conn, &webhook, Some(&e.ctx.id)).await?;
         announced = true;
     }
-    Ok(announced)
+    Ok((announced, !progressive.is_empty()))
+}
+
+/// The execution as threshold webhooks show it.
+fn execution_info(e: &Execution) -> serde_json::Value {
+    json!({
+        "billing_execution_info_id": e.ctx.id,
+        "customer_id": e.ctx.customer_id,
+        "plan_id": e.ctx.plan_id,
+        "status": e.ctx.status,
+        "source": "MERCHANT_REF_ID",
+        "source_object_id": e.ctx.merchant_ref_id.clone().unwrap_or_default(),
+        "amount": num(e.ctx.credit_balance),
+    })
 }

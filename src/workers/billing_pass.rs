@@ -8,7 +8,7 @@ use lapin::types::ShortString;
 use serde::Serialize;
 
 use crate::billing::debits::{request_body, time_out};
-use crate::billing::issue::{BillBatch, PlanCache, bill_due_execution};
+use crate::billing::issue::{BillBatch, PlanCache, bill_due_execution, bill_progressive};
 use crate::broker::{self, BrokerError, Publisher};
 use crate::context::Context;
 use crate::domain::bill::BillStatus;
@@ -21,7 +21,9 @@ use crate::store::bills::BillRow;
 /// What a pass did.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub(crate) struct RunReport {
+    pub credit_expired: usize,
     pub bills_issued: usize,
+    pub interim_bills: usize,
     pub notices_sent: usize,
     pub debits_requested: usize,
     pub debits_timed_out: usize,
@@ -56,7 +58,10 @@ pub(crate) async fn run_once(
 ) -> Result<RunReport, RunError> {
     let mut report = RunReport::default();
     let now = ctx.clock.now();
+    // Credit that expired by now pays no bill of this pass.
+    report.credit_expired = expire_credit(ctx, now, limit, merchant).await?;
     report.bills_issued = issue_due(ctx, now, limit, merchant).await?;
+    report.interim_bills = issue_interim(ctx, now, limit, merchant).await?;
     report.notices_sent = send_notices(ctx, now, limit, merchant).await?;
     report.debits_timed_out = recover(ctx, publisher, now, limit, merchant).await?;
     report.debits_requested = request_due(ctx, publisher, now, limit, merchant).await?;
@@ -65,7 +70,9 @@ pub(crate) async fn run_once(
     {
         ctx.metrics.oldest_due_bill_age_seconds.set(age);
     }
-    if report.bills_issued + report.notices_sent + report.debits_timed_out > 0 {
+    if report.credit_expired + report.bills_issued + report.interim_bills + report.notices_sent + report.debits_timed_out
+        > 0
+    {
         ctx.outbox_wake.notify_one();
     }
     Ok(report)
@@ -208,6 +215,72 @@ async fn issue_together(
         }
     }
     Ok((outcomes.len(), locked))
+}
+
+/// Expires what is left of credit grants whose `expires_at` has come, one
+/// transaction per round of executions.
+async fn expire_credit(ctx: &Context, now: DateTime<Utc>, limit: i64, merchant: Option<&str>) -> Result<usize, RunError> {
+    let mut expired = 0;
+    for _ in 0..MAX_ROUNDS {
+        let mut tx = ctx.pool.begin().await?;
+        let ids = store::ledger::with_expired_grants(&mut tx, now, merchant, limit).await?;
+        if ids.is_empty() {
+            break;
+        }
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut round = 0;
+        for mut execution in store::executions::lock_many_by_id(&mut tx, &ids).await? {
+            round += crate::billing::credit::expire(&mut tx, &mut execution, now).await?;
+        }
+        tx.commit().await?;
+        ctx.metrics.credit_grants_expired.inc_by(round as u64);
+        expired += round;
+        if (ids.len() as i64) < limit {
+            break;
+        }
+    }
+    Ok(expired)
+}
+
+/// Makes the interim bills of executions whose usage reached their next
+/// progressive threshold.
+async fn issue_interim(ctx: &Context, now: DateTime<Utc>, limit: i64, merchant: Option<&str>) -> Result<usize, RunError> {
+    let notice = duration(ctx.settings.scheduler.pre_debit_notice);
+    let ids = {
+        let mut conn = ctx.pool.acquire().await?;
+        store::executions::progressive_due(&mut conn, now, merchant, limit).await?
+    };
+    let mut issued = 0;
+    for id in ids {
+        let mut tx = ctx.pool.begin().await?;
+        let Some(mut execution) = store::executions::lock_progressive_due(&mut tx, std::slice::from_ref(&id), now)
+            .await?
+            .pop()
+        else {
+            continue;
+        };
+        let mut cache = PlanCache::default();
+        let mut batch = BillBatch::default();
+        match bill_progressive(&mut tx, &mut cache, &mut execution, now, notice, &mut batch).await {
+            Ok(()) => {}
+            Err(HandleError::Rejected(rejection)) => {
+                drop(tx);
+                let mut tx = ctx.pool.begin().await?;
+                store::executions::clear_progressive_due(&mut tx, &id).await?;
+                park(ctx, &mut tx, &id, &rejection, now).await?;
+                tx.commit().await?;
+                continue;
+            }
+            Err(other) => return Err(other.into()),
+        }
+        let made = batch.bills.len();
+        batch.executions.push(execution);
+        batch.write(&mut tx, now).await?;
+        tx.commit().await?;
+        ctx.metrics.interim_bills.inc_by(made as u64);
+        issued += made;
+    }
+    Ok(issued)
 }
 
 /// Parks an execution whose bill cannot be made, in the caller's

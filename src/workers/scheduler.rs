@@ -56,6 +56,7 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(ctx.settings.scheduler.tick) => {}
+            _ = ctx.billing_wake.notified() => {}
         }
     }
     session.close().await;

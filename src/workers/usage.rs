@@ -228,6 +228,9 @@ async fn settle(
                 if report.announced {
                     ctx.outbox_wake.notify_one();
                 }
+                if report.progressive_due {
+                    ctx.billing_wake.notify_one();
+                }
             }
             // A fault that is not an outage: count message by message so
             // that only the message that cannot be counted is set aside.

@@ -1,0 +1,203 @@
+//! Credit grants: made with a priority and an optional expiry, drawn on by
+//! bills in the ledger's order, and expired by the scheduler. Each change
+//! writes a ledger entry naming its grant, so the balance is always the
+//! running sum of the ledger and the sum of what the grants have left.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use crate::domain::ids::new_execution_id;
+use crate::domain::ledger::{DEFAULT_PRIORITY, EntryKind, Grant, draw, draw_order};
+use crate::domain::webhook::{EventName, Webhook};
+use crate::error::{ErrorCode, HandleError, Rejection};
+use crate::protocol::documents::{execution_summary, num, timestamp};
+use crate::store;
+use crate::store::executions::ExecutionRow;
+use crate::store::ledger::{EntryRow, GrantRow, LedgerEntry, NewGrant};
+
+/// How a grant is to be used: its priority (lower first) and when what is
+/// left of it expires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct GrantTerms {
+    pub priority: i32,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Default for GrantTerms {
+    fn default() -> Self {
+        GrantTerms {
+            priority: DEFAULT_PRIORITY,
+            expires_at: None,
+        }
+    }
+}
+
+/// Grants `amount` to a locked execution: a grant, its `GRANT` entry, the
+/// balance moved (`execution` follows it). Returns the entry.
+pub(crate) async fn grant(
+    conn: &mut PgConnection,
+    execution: &mut ExecutionRow,
+    amount: Decimal,
+    reference_id: &str,
+    terms: GrantTerms,
+    now: DateTime<Utc>,
+) -> Result<EntryRow, sqlx::Error> {
+    let id = format!("grant_{}", new_execution_id());
+    let new = NewGrant {
+        id: &id,
+        merchant_id: &execution.merchant_id,
+        execution_id: &execution.id,
+        reference_id,
+        amount,
+        priority: terms.priority,
+        expires_at: terms.expires_at,
+    };
+    store::ledger::insert_grant(conn, &new, now).await?;
+    let entry = store::ledger::append(
+        conn,
+        &execution.merchant_id,
+        &execution.id,
+        EntryKind::Grant,
+        amount,
+        reference_id,
+        &id,
+        now,
+    )
+    .await?;
+    execution.credit_balance = entry.balance_after;
+    execution.updated_at = now;
+    Ok(entry)
+}
+
+/// Turns the credit uses of a batch of bills (one per bill, in the order
+/// the bills were made) into one entry per grant drawn on, and takes the
+/// amounts from the grants. The caller holds the executions' row locks.
+pub(crate) async fn draw_uses(
+    conn: &mut PgConnection,
+    uses: Vec<LedgerEntry>,
+    now: DateTime<Utc>,
+) -> Result<Vec<LedgerEntry>, HandleError> {
+    if uses.is_empty() {
+        return Ok(uses);
+    }
+    let mut ids: Vec<&str> = uses.iter().map(|u| u.execution_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut grants: HashMap<String, Vec<Grant>> = HashMap::new();
+    for row in store::ledger::open_grants(conn, &ids).await? {
+        grants.entry(row.execution_id.clone()).or_default().push(row.grant());
+    }
+    for list in grants.values_mut() {
+        draw_order(list);
+    }
+    let disagree = || {
+        HandleError::Rejected(Rejection::new(
+            ErrorCode::InternalError,
+            "the credit balance is more than the grants hold",
+        ))
+    };
+    let mut entries = Vec::with_capacity(uses.len());
+    for u in &uses {
+        let list = grants.get_mut(&u.execution_id).ok_or_else(disagree)?;
+        let taken = draw(list, u.amount).ok_or_else(disagree)?;
+        let mut balance = u.balance_after.checked_add(u.amount).ok_or_else(disagree)?;
+        for (i, part) in taken {
+            balance = balance.checked_sub(part).ok_or_else(disagree)?;
+            entries.push(LedgerEntry {
+                amount: part,
+                balance_after: balance,
+                grant_id: Some(list[i].id.clone()),
+                ..u.clone()
+            });
+        }
+    }
+    let touched: Vec<(&str, Decimal)> = entries
+        .iter()
+        .filter_map(|e| e.grant_id.as_deref())
+        .collect::<std::collections::BTreeSet<&str>>()
+        .into_iter()
+        .filter_map(|id| {
+            grants
+                .values()
+                .flatten()
+                .find(|g| g.id == id)
+                .map(|g| (id, g.remaining))
+        })
+        .collect();
+    store::ledger::set_remaining(conn, &touched, now).await?;
+    Ok(entries)
+}
+
+/// The document of a grant, as `list_credit` and webhooks show it.
+pub(crate) fn grant_document(g: &GrantRow) -> Value {
+    let status = if g.expired_at.is_some() {
+        "EXPIRED"
+    } else if g.remaining.is_zero() {
+        "USED"
+    } else {
+        "OPEN"
+    };
+    json!({
+        "grant_id": g.id,
+        "reference_id": g.reference_id,
+        "amount": num(g.amount),
+        "remaining": num(g.remaining),
+        "priority": g.priority,
+        "expires_at": g.expires_at.map(timestamp),
+        "expired_at": g.expired_at.map(timestamp),
+        "status": status,
+        "created_at": timestamp(g.created_at),
+    })
+}
+
+/// Expires what is left of a locked execution's grants whose `expires_at`
+/// has come: an `EXPIRE` entry each, and `BILLING_EXECUTION_CREDIT_EXPIRED`.
+/// Returns how many grants expired.
+pub(crate) async fn expire(
+    conn: &mut PgConnection,
+    execution: &mut ExecutionRow,
+    now: DateTime<Utc>,
+) -> Result<usize, HandleError> {
+    let due = store::ledger::expired_grants(conn, &execution.id, now).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let currency = store::catalog::find_plan(conn, &execution.merchant_id, &execution.plan_id)
+        .await?
+        .map(|p| p.spec().plan_currency.to_string())
+        .unwrap_or_default();
+    for g in &due {
+        let entry = store::ledger::append(
+            conn,
+            &execution.merchant_id,
+            &execution.id,
+            EntryKind::Expire,
+            g.remaining,
+            &g.reference_id,
+            &g.id,
+            now,
+        )
+        .await?;
+        store::ledger::mark_expired(conn, &g.id, now).await?;
+        execution.credit_balance = entry.balance_after;
+        let content = json!({
+            "billing_execution_info": execution_summary(execution),
+            "credit": {
+                "grant_id": g.id,
+                "reference_id": g.reference_id,
+                "granted": num(g.amount),
+                "amount": num(g.remaining),
+                "expires_at": g.expires_at.map(timestamp),
+                "balance": num(entry.balance_after),
+                "currency": currency,
+            },
+        });
+        let webhook = Webhook::new(EventName::ExecutionCreditExpired, &execution.merchant_id, now, content);
+        store::outbox::enqueue(conn, &webhook, Some(&execution.id)).await?;
+    }
+    Ok(due.len())
+}

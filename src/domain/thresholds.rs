@@ -19,6 +19,8 @@ pub(crate) const MAX_THRESHOLDS: usize = 20;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UsageThreshold {
+    /// Stored and shown as a JSON number.
+    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
     pub amount: Decimal,
     #[serde(default)]
     pub recurring: bool,

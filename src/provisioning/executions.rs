@@ -284,7 +284,7 @@ pub(super) async fn create(
         plan_amount: None,
         pending_plan_id: None,
         pending_plan_amount: None,
-        usage_alerts: json!(usage_alerts),
+        usage_alerts: json!(usage_alerts.into_iter().map(documents::num).collect::<Vec<_>>()),
         progressive_period_start: None,
         progressive_level: None,
         progressive_due_at: None,
@@ -576,7 +576,7 @@ pub(super) async fn set_alerts(
     let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
     let plan = store::catalog::require_plan(conn, merchant_id, &row.plan_id, "plan_id").await?;
     let alerts = check_alerts(c.usage_alerts.as_deref().unwrap_or_default(), &plan.spec().plan_currency)?;
-    row.usage_alerts = json!(alerts);
+    row.usage_alerts = json!(alerts.into_iter().map(documents::num).collect::<Vec<_>>());
     store::executions::save_billing_state(conn, &row, now).await?;
     reply_with(conn, merchant_id, &row, now, false).await
 }

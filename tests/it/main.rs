@@ -7,12 +7,15 @@ mod helpers;
 
 mod billing;
 mod binary;
+mod credit;
 mod dead_letters;
 mod hostile;
 mod late_results;
 mod operations;
 mod outbox;
 mod pricing;
+mod progressive;
+mod proration;
 mod provisioning;
 mod seed;
 mod usage;

@@ -188,8 +188,9 @@ async fn arrears_charge(
     let Some(change) = store::plan_changes::first_applied(conn, &execution.id, from).await? else {
         return Ok(charge);
     };
-    let amount = crate::domain::proration::elapsed_amount(from, change.period_end, change.effective_at, change.from_amount)
-        .ok_or_else(|| Rejection::overflow("the plan amount before a plan change"))?;
+    let amount =
+        crate::domain::proration::elapsed_amount(from, change.period_end, change.effective_at, change.from_amount)
+            .ok_or_else(|| Rejection::overflow("the plan amount before a plan change"))?;
     Ok(Some(Charge {
         kind: LineKind::PlanAmount,
         metric_id: None,
@@ -228,7 +229,9 @@ async fn deduct_interim(
     let currency = &plan.plan_currency;
     let charged = charges
         .iter()
-        .try_fold(Decimal::ZERO, |sum, c| sum.checked_add(currency.round(c.amount).max(Decimal::ZERO)))
+        .try_fold(Decimal::ZERO, |sum, c| {
+            sum.checked_add(currency.round(c.amount).max(Decimal::ZERO))
+        })
         .ok_or_else(|| Rejection::overflow("the period's charges"))?;
     let taken = billed.min(charged);
     charges.push(Charge {
@@ -271,7 +274,9 @@ pub(crate) async fn bill_progressive(
     let currency = &plan.spec.plan_currency;
     let amount = usage
         .iter()
-        .try_fold(Decimal::ZERO, |sum, c| sum.checked_add(currency.round(c.amount).max(Decimal::ZERO)))
+        .try_fold(Decimal::ZERO, |sum, c| {
+            sum.checked_add(currency.round(c.amount).max(Decimal::ZERO))
+        })
         .ok_or_else(|| Rejection::overflow("the period's usage amount"))?;
     let Some(level) = crate::domain::thresholds::reached(&plan.spec.usage_thresholds, amount) else {
         return Ok(());

@@ -72,7 +72,11 @@ async fn figures(
             ))
         }
     };
-    same("currency", spec.plan_currency.to_string(), next_spec.plan_currency.to_string())?;
+    same(
+        "currency",
+        spec.plan_currency.to_string(),
+        next_spec.plan_currency.to_string(),
+    )?;
     same("plan_type", spec.plan_type.to_string(), next_spec.plan_type.to_string())?;
     same(
         "plan_interval",
@@ -290,7 +294,9 @@ pub(crate) async fn change_now(
         change.bill_id = Some(made.id.clone());
         change.status = ChangeStatus::Pending;
         if made.status == BillStatus::Paid {
-            batch.webhooks.push((apply(&mut execution, &mut change, now), Some(execution.id.clone())));
+            batch
+                .webhooks
+                .push((apply(&mut execution, &mut change, now), Some(execution.id.clone())));
         }
         bill = Some(made);
     } else {
@@ -312,7 +318,9 @@ pub(crate) async fn change_now(
             let webhook = Webhook::new(EventName::ExecutionCreditEvent, &execution.merchant_id, now, content);
             batch.webhooks.push((webhook, Some(execution.id.clone())));
         }
-        batch.webhooks.push((apply(&mut execution, &mut change, now), Some(execution.id.clone())));
+        batch
+            .webhooks
+            .push((apply(&mut execution, &mut change, now), Some(execution.id.clone())));
     }
     store::plan_changes::save(conn, &change).await?;
     batch.executions.push(execution.clone());

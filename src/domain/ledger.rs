@@ -152,7 +152,9 @@ mod tests {
     }
 
     fn grant(id: &str, seq: i64, priority: i32, expires_in: Option<i64>, remaining: i64) -> Grant {
-        let base = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("time").to_utc();
+        let base = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .to_utc();
         Grant {
             id: id.into(),
             seq,
@@ -184,7 +186,11 @@ mod tests {
     /// What happens to an execution's credit, in a property test.
     #[derive(Debug, Clone)]
     enum Step {
-        Grant { priority: i32, expires_in: Option<i64>, amount: i64 },
+        Grant {
+            priority: i32,
+            expires_in: Option<i64>,
+            amount: i64,
+        },
         Use(i64),
         Expire(i64),
     }
@@ -192,7 +198,11 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (0i32..4, proptest::option::of(1i64..30), 1i64..10_000).prop_map(|(priority, expires_in, amount)| {
-                Step::Grant { priority, expires_in, amount }
+                Step::Grant {
+                    priority,
+                    expires_in,
+                    amount,
+                }
             }),
             (1i64..20_000).prop_map(Step::Use),
             (0i64..31).prop_map(Step::Expire),

@@ -10,6 +10,6 @@ pub(crate) mod ledger;
 pub(crate) mod money;
 pub(crate) mod period;
 pub(crate) mod pricing;
-pub(crate) mod webhook;
-pub(crate) mod thresholds;
 pub(crate) mod proration;
+pub(crate) mod thresholds;
+pub(crate) mod webhook;

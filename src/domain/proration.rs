@@ -77,7 +77,12 @@ pub(crate) fn prorate(
 
 /// The part of a plan amount for `[start, at)` of the period `[start, end)`
 /// (the time before a change, billed in arrears), unrounded.
-pub(crate) fn elapsed_amount(start: DateTime<Utc>, end: DateTime<Utc>, at: DateTime<Utc>, amount: Decimal) -> Option<Decimal> {
+pub(crate) fn elapsed_amount(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    at: DateTime<Utc>,
+    amount: Decimal,
+) -> Option<Decimal> {
     let left = remaining_fraction(start, end, at)?;
     amount.checked_mul(Decimal::ONE.checked_sub(left)?)
 }
@@ -104,20 +109,38 @@ mod tests {
             at("2026-12-01T00:00:00Z"),
             at("2026-11-11T00:00:00Z"),
         );
-        let p = prorate(&inr(), start, end, now, Decimal::new(150, 0), true, Decimal::new(300, 0)).expect("in period");
+        let p = prorate(
+            &inr(),
+            start,
+            end,
+            now,
+            Decimal::new(150, 0),
+            true,
+            Decimal::new(300, 0),
+        )
+        .expect("in period");
         assert_eq!(p.new_amount, Decimal::new(20000, 2));
         assert_eq!(p.unused_amount, Decimal::new(10000, 2));
         assert_eq!(p.net_amount, Decimal::new(10000, 2));
-        assert_eq!(
-            p.remaining_fraction.round_dp(6),
-            Decimal::new(666667, 6)
-        );
+        assert_eq!(p.remaining_fraction.round_dp(6), Decimal::new(666667, 6));
         // Not paid in advance: nothing unused; a downgrade nets below zero.
-        let p = prorate(&inr(), start, end, now, Decimal::new(150, 0), false, Decimal::new(300, 0)).expect("in period");
+        let p = prorate(
+            &inr(),
+            start,
+            end,
+            now,
+            Decimal::new(150, 0),
+            false,
+            Decimal::new(300, 0),
+        )
+        .expect("in period");
         assert_eq!((p.unused_amount, p.net_amount), (Decimal::ZERO, Decimal::new(20000, 2)));
         let p = prorate(&inr(), start, end, now, Decimal::new(300, 0), true, Decimal::new(99, 0)).expect("in period");
         assert_eq!(p.net_amount, Decimal::new(66, 0) - Decimal::new(200, 0));
-        assert_eq!(elapsed_amount(start, end, now, Decimal::new(150, 0)).map(|a| a.round_dp(2)), Some(Decimal::new(5000, 2)));
+        assert_eq!(
+            elapsed_amount(start, end, now, Decimal::new(150, 0)).map(|a| a.round_dp(2)),
+            Some(Decimal::new(5000, 2))
+        );
         // Outside the period there is nothing to prorate.
         assert_eq!(prorate(&inr(), start, end, end, Decimal::ONE, true, Decimal::ONE), None);
     }

@@ -41,10 +41,7 @@ fn check_amount(field: &str, amount: Decimal, currency: &Currency) -> Result<(),
 
 /// Checks a plan's thresholds and puts them in order: positive amounts in
 /// minor units, no fixed amount twice, at most one recurring.
-pub(crate) fn check_thresholds(
-    list: &[UsageThreshold],
-    currency: &Currency,
-) -> Result<Vec<UsageThreshold>, Rejection> {
+pub(crate) fn check_thresholds(list: &[UsageThreshold], currency: &Currency) -> Result<Vec<UsageThreshold>, Rejection> {
     if list.len() > MAX_THRESHOLDS {
         return Err(Rejection::field(
             "usage_thresholds",

@@ -6,10 +6,10 @@ use serde::Deserialize;
 use super::de::{amount, decode, decode_value, id, lenient_opt_u32, opt_amount, opt_id, opt_ids, opt_text, text};
 use crate::domain::aggregation::AggregationType;
 use crate::domain::bill::BillStatus;
-use crate::domain::thresholds::UsageThreshold;
 use crate::domain::catalog::{ActionOnFailure, PlanInterval, PlanModel, PlanRuleType, PlanType};
 use crate::domain::execution::ExecutionStatus;
 use crate::domain::pricing::{PercentageTerms, PricingType, Tier};
+use crate::domain::thresholds::UsageThreshold;
 use crate::error::{ErrorCode, Rejection};
 
 /// Every command the provisioning queue understands.

@@ -6,17 +6,17 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use super::outcome::{Outcome, already_exists, not_found};
+use crate::billing::credit::GrantTerms;
 use crate::domain::catalog::PlanModel;
 use crate::domain::execution::{ExecutionStatus, StatusEvent};
 use crate::domain::ids::{check_id, new_execution_id};
-use crate::billing::credit::GrantTerms;
 use crate::domain::ledger::{EntryKind, PRIORITIES, check_grant};
 use crate::domain::period::check_date_window;
 use crate::domain::pricing::Pricing;
+use crate::domain::thresholds::check_alerts;
 use crate::domain::webhook::{EventName, Webhook};
 use crate::error::{ErrorCode, HandleError, Rejection};
 use crate::protocol::documents;
-use crate::domain::thresholds::check_alerts;
 use crate::protocol::provisioning::{
     AddCredit, ChangePlan, CreateExecution, ExecutionRef, ListExecutions, MetricOverride, Proration, SetAlerts,
     UpdateStatus,
@@ -307,7 +307,16 @@ pub(super) async fn create(
     announce(conn, EventName::ExecutionCreated, &row, now, None).await?;
     if credit > Decimal::ZERO {
         let terms = GrantTerms::default();
-        grant(conn, &mut row, credit, FREE_TIER_REFERENCE, terms, plan_currency.as_str(), now).await?;
+        grant(
+            conn,
+            &mut row,
+            credit,
+            FREE_TIER_REFERENCE,
+            terms,
+            plan_currency.as_str(),
+            now,
+        )
+        .await?;
     }
     reply_with(conn, merchant_id, &row, now, true).await
 }
@@ -561,7 +570,16 @@ pub(super) async fn add_credit(
         }
         return reply_with(conn, merchant_id, &row, now, false).await;
     }
-    grant(conn, &mut row, c.amount, &c.reference_id, terms, plan_currency.as_str(), now).await?;
+    grant(
+        conn,
+        &mut row,
+        c.amount,
+        &c.reference_id,
+        terms,
+        plan_currency.as_str(),
+        now,
+    )
+    .await?;
     reply_with(conn, merchant_id, &row, now, true).await
 }
 
@@ -575,7 +593,10 @@ pub(super) async fn set_alerts(
 ) -> Result<Outcome, HandleError> {
     let mut row = lock_execution(conn, merchant_id, &c.billing_execution_info_id).await?;
     let plan = store::catalog::require_plan(conn, merchant_id, &row.plan_id, "plan_id").await?;
-    let alerts = check_alerts(c.usage_alerts.as_deref().unwrap_or_default(), &plan.spec().plan_currency)?;
+    let alerts = check_alerts(
+        c.usage_alerts.as_deref().unwrap_or_default(),
+        &plan.spec().plan_currency,
+    )?;
     row.usage_alerts = json!(alerts.into_iter().map(documents::num).collect::<Vec<_>>());
     store::executions::save_billing_state(conn, &row, now).await?;
     reply_with(conn, merchant_id, &row, now, false).await

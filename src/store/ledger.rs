@@ -167,7 +167,11 @@ pub(crate) struct NewGrant<'a> {
 }
 
 /// Records a grant with all of it remaining.
-pub(crate) async fn insert_grant(conn: &mut PgConnection, g: &NewGrant<'_>, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_grant(
+    conn: &mut PgConnection,
+    g: &NewGrant<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO credit_grants (id, merchant_id, execution_id, reference_id, amount, remaining, priority, expires_at,
              created_at, updated_at)
@@ -190,7 +194,9 @@ pub(crate) async fn insert_grant(conn: &mut PgConnection, g: &NewGrant<'_>, now:
 /// The caller holds the executions' row locks.
 pub(crate) async fn open_grants(conn: &mut PgConnection, execution_ids: &[&str]) -> Result<Vec<GrantRow>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "SELECT ", grant_columns!(), " FROM credit_grants WHERE execution_id = ANY($1) AND remaining > 0"
+        "SELECT ",
+        grant_columns!(),
+        " FROM credit_grants WHERE execution_id = ANY($1) AND remaining > 0"
     ))
     .bind(execution_ids)
     .fetch_all(conn)
@@ -247,7 +253,9 @@ pub(crate) async fn expired_grants(
     now: DateTime<Utc>,
 ) -> Result<Vec<GrantRow>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "SELECT ", grant_columns!(), " FROM credit_grants
+        "SELECT ",
+        grant_columns!(),
+        " FROM credit_grants
          WHERE execution_id = $1 AND expires_at <= $2 AND remaining > 0 ORDER BY expires_at, seq"
     ))
     .bind(execution_id)
@@ -257,7 +265,11 @@ pub(crate) async fn expired_grants(
 }
 
 /// Marks a grant expired: nothing left of it.
-pub(crate) async fn mark_expired(conn: &mut PgConnection, grant_id: &str, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+pub(crate) async fn mark_expired(
+    conn: &mut PgConnection,
+    grant_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE credit_grants SET remaining = 0, expired_at = $2, updated_at = $2 WHERE id = $1")
         .bind(grant_id)
         .bind(now)
@@ -273,7 +285,9 @@ pub(crate) async fn grant_by_reference(
     reference_id: &str,
 ) -> Result<Option<GrantRow>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "SELECT ", grant_columns!(), " FROM credit_grants WHERE execution_id = $1 AND reference_id = $2"
+        "SELECT ",
+        grant_columns!(),
+        " FROM credit_grants WHERE execution_id = $1 AND reference_id = $2"
     ))
     .bind(execution_id)
     .bind(reference_id)
@@ -285,7 +299,9 @@ pub(crate) async fn grant_by_reference(
 /// use them, then the others newest first; at most 1,000.
 pub(crate) async fn grants(conn: &mut PgConnection, execution_id: &str) -> Result<Vec<GrantRow>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "SELECT ", grant_columns!(), " FROM credit_grants WHERE execution_id = $1
+        "SELECT ",
+        grant_columns!(),
+        " FROM credit_grants WHERE execution_id = $1
          ORDER BY remaining = 0, CASE WHEN remaining > 0 THEN priority END,
                   CASE WHEN remaining > 0 THEN expires_at IS NULL END, CASE WHEN remaining > 0 THEN expires_at END,
                   CASE WHEN remaining > 0 THEN seq END, seq DESC
@@ -316,7 +332,11 @@ pub(crate) async fn entries(
 }
 
 /// The ledger entries a bill wrote (its uses of credit).
-pub(crate) async fn entries_of_bill(conn: &mut PgConnection, execution_id: &str, bill_id: &str) -> Result<Vec<EntryRow>, sqlx::Error> {
+pub(crate) async fn entries_of_bill(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    bill_id: &str,
+) -> Result<Vec<EntryRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, execution_id, kind, amount, balance_after, reference_id, grant_id, created_at
          FROM credit_ledger WHERE execution_id = $1 AND reference_id = $2 AND kind = 'USE' ORDER BY id",

@@ -70,7 +70,11 @@ pub(crate) async fn run_once(
     {
         ctx.metrics.oldest_due_bill_age_seconds.set(age);
     }
-    if report.credit_expired + report.bills_issued + report.interim_bills + report.notices_sent + report.debits_timed_out
+    if report.credit_expired
+        + report.bills_issued
+        + report.interim_bills
+        + report.notices_sent
+        + report.debits_timed_out
         > 0
     {
         ctx.outbox_wake.notify_one();
@@ -219,7 +223,12 @@ async fn issue_together(
 
 /// Expires what is left of credit grants whose `expires_at` has come, one
 /// transaction per round of executions.
-async fn expire_credit(ctx: &Context, now: DateTime<Utc>, limit: i64, merchant: Option<&str>) -> Result<usize, RunError> {
+async fn expire_credit(
+    ctx: &Context,
+    now: DateTime<Utc>,
+    limit: i64,
+    merchant: Option<&str>,
+) -> Result<usize, RunError> {
     let mut expired = 0;
     for _ in 0..MAX_ROUNDS {
         let mut tx = ctx.pool.begin().await?;
@@ -244,7 +253,12 @@ async fn expire_credit(ctx: &Context, now: DateTime<Utc>, limit: i64, merchant: 
 
 /// Makes the interim bills of executions whose usage reached their next
 /// progressive threshold.
-async fn issue_interim(ctx: &Context, now: DateTime<Utc>, limit: i64, merchant: Option<&str>) -> Result<usize, RunError> {
+async fn issue_interim(
+    ctx: &Context,
+    now: DateTime<Utc>,
+    limit: i64,
+    merchant: Option<&str>,
+) -> Result<usize, RunError> {
     let notice = duration(ctx.settings.scheduler.pre_debit_notice);
     let ids = {
         let mut conn = ctx.pool.acquire().await?;

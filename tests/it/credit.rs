@@ -43,7 +43,10 @@ async fn bills_draw_on_grants_by_priority_then_expiry_then_age_and_what_is_left_
     plan(&mut app, json!({"plan_amount": 40})).await;
     // The oldest grant is the free tier: no priority, no expiry.
     let id = app
-        .create_execution("m1", json!({"command": "create", "plan_id": "p", "customer_id": "c1", "amount": 10}))
+        .create_execution(
+            "m1",
+            json!({"command": "create", "plan_id": "p", "customer_id": "c1", "amount": 10}),
+        )
         .await;
     for (reference, amount, extra) in [
         ("late", 50, json!({"expires_at": "2026-06-01T00:00:00Z"})),
@@ -77,8 +80,14 @@ async fn bills_draw_on_grants_by_priority_then_expiry_then_age_and_what_is_left_
             json!({"amount": 5, "reference_id": "past", "expires_at": "2026-01-01T00:00:00Z"}),
             "expires_at",
         ),
-        (json!({"amount": 5, "reference_id": "odd", "expires_at": "soon"}), "expires_at"),
-        (json!({"amount": 5, "reference_id": "big", "priority": 20000}), "priority"),
+        (
+            json!({"amount": 5, "reference_id": "odd", "expires_at": "soon"}),
+            "expires_at",
+        ),
+        (
+            json!({"amount": 5, "reference_id": "big", "priority": 20000}),
+            "priority",
+        ),
     ] {
         let r = add_credit(&mut app, &id, fields).await;
         assert_eq!(r["error_code"], "INVALID_FIELD", "{r}");
@@ -126,10 +135,7 @@ async fn bills_draw_on_grants_by_priority_then_expiry_then_age_and_what_is_left_
             .expect("grant")
     };
     // Newest first: the second grant drawn on is listed first.
-    assert_eq!(
-        uses,
-        [(grant_of("soon"), dec("20")), (grant_of("urgent"), dec("20"))]
-    );
+    assert_eq!(uses, [(grant_of("soon"), dec("20")), (grant_of("urgent"), dec("20"))]);
     let (balance, ledger, grants_left) = balances(&app, &id).await;
     assert_eq!((balance, ledger, grants_left), (dec("70"), dec("70"), dec("70")));
 
@@ -147,7 +153,11 @@ async fn bills_draw_on_grants_by_priority_then_expiry_then_age_and_what_is_left_
     .await
     .expect("one CREDIT_EXPIRED webhook");
     let credit = &expired["content"]["credit"];
-    assert_eq!((d(&credit["amount"]), d(&credit["granted"])), (dec("10"), dec("30")), "{expired}");
+    assert_eq!(
+        (d(&credit["amount"]), d(&credit["granted"])),
+        (dec("10"), dec("30")),
+        "{expired}"
+    );
     assert_eq!(credit["reference_id"], "soon");
     assert_eq!(d(&credit["balance"]), dec("60"));
     // A second pass expires nothing twice.
@@ -170,7 +180,13 @@ async fn bills_draw_on_grants_by_priority_then_expiry_then_age_and_what_is_left_
             )
             .await;
         assert_eq!(page["success"], true, "{page}");
-        seen.extend(page["entries"].as_array().expect("entries").iter().map(|e| e["kind"].clone()));
+        seen.extend(
+            page["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(|e| e["kind"].clone()),
+        );
         cursor = page["next_cursor"].clone();
         if cursor.is_null() {
             break;
@@ -190,7 +206,10 @@ async fn bills_are_read_newest_first_with_lines_attempts_and_settlement_by_their
     let mut app = TestApp::spawn_with_clock(clock.clone()).await;
     plan(&mut app, json!({})).await;
     let id = app
-        .create_execution("m1", json!({"command": "create", "plan_id": "p", "customer_id": "c1", "amount": 150}))
+        .create_execution(
+            "m1",
+            json!({"command": "create", "plan_id": "p", "customer_id": "c1", "amount": 150}),
+        )
         .await;
     clock.set(at(2026, 4, 1, 0, 0));
     run_billing(&mut app).await;
@@ -210,7 +229,10 @@ async fn bills_are_read_newest_first_with_lines_attempts_and_settlement_by_their
     );
     let march = &bills[0];
     assert_eq!(march["status"], "SCHEDULED");
-    assert_eq!((d(&march["total"]), d(&march["credit_applied"]), d(&march["amount_due"])), (dec("100"), dec("50"), dec("50")));
+    assert_eq!(
+        (d(&march["total"]), d(&march["credit_applied"]), d(&march["amount_due"])),
+        (dec("100"), dec("50"), dec("50"))
+    );
     assert_eq!(march["kind"], "PERIOD");
     assert_eq!(march["lines"][0]["kind"], "PLAN_AMOUNT");
     assert!(march["next_attempt_at"].is_string(), "{march}");
@@ -224,7 +246,10 @@ async fn bills_are_read_newest_first_with_lines_attempts_and_settlement_by_their
         .await;
     assert_eq!(paid["bills"].as_array().expect("bills").len(), 1, "{paid}");
     let page = app
-        .call("m1", json!({"command": "list_bills", "billing_execution_info_id": id, "limit": 1}))
+        .call(
+            "m1",
+            json!({"command": "list_bills", "billing_execution_info_id": id, "limit": 1}),
+        )
         .await;
     assert_eq!(page["bills"][0]["bill_id"], march["bill_id"]);
     let next = app

@@ -66,17 +66,21 @@ async fn interim_bills(app: &mut TestApp, execution: &str, n: usize) -> Vec<Valu
     eventually(&format!("{n} interim bills"), || {
         let (db, id) = (db.clone(), execution_id.clone());
         async move {
-            let c: i64 = sqlx::query_scalar("SELECT count(*) FROM bills WHERE execution_id = $1 AND kind = 'PROGRESSIVE'")
-                .bind(&id)
-                .fetch_one(&db)
-                .await
-                .ok()?;
+            let c: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM bills WHERE execution_id = $1 AND kind = 'PROGRESSIVE'")
+                    .bind(&id)
+                    .fetch_one(&db)
+                    .await
+                    .ok()?;
             (c as usize == n).then_some(())
         }
     })
     .await;
     let r = app
-        .call("m1", json!({"command": "list_bills", "billing_execution_info_id": execution}))
+        .call(
+            "m1",
+            json!({"command": "list_bills", "billing_execution_info_id": execution}),
+        )
         .await;
     let mut bills: Vec<Value> = r["bills"]
         .as_array()
@@ -130,7 +134,10 @@ async fn interim_bills_come_at_each_threshold_and_the_closing_bill_subtracts_the
     assert_eq!(d(&bills[1]["threshold"]), dec("250"));
     assert_eq!(
         lines(&bills[1]),
-        [("USAGE".to_string(), dec("270")), ("PROGRESSIVE_BILLED".to_string(), dec("-120"))]
+        [
+            ("USAGE".to_string(), dec("270")),
+            ("PROGRESSIVE_BILLED".to_string(), dec("-120"))
+        ]
     );
 
     // One event crosses two thresholds (350 and 450): one bill, for both.
@@ -200,7 +207,11 @@ async fn an_interim_bill_uses_credit_first() {
     send(&app, &id, 0, &[60], &clock).await;
     let bills = interim_bills(&mut app, &id, 1).await;
     assert_eq!(
-        (d(&bills[0]["total"]), d(&bills[0]["credit_applied"]), d(&bills[0]["amount_due"])),
+        (
+            d(&bills[0]["total"]),
+            d(&bills[0]["credit_applied"]),
+            d(&bills[0]["amount_due"])
+        ),
         (dec("60"), dec("30"), dec("30"))
     );
     app.teardown().await;
@@ -240,14 +251,16 @@ async fn usage_alerts_are_announced_once_per_amount_per_period() {
             .await
             .expect("alerts");
             rows.iter()
-                .map(|p| (d(&p["content"]["usage"]["threshold"]), d(&p["content"]["usage"]["used_amount"])))
+                .map(|p| {
+                    (
+                        d(&p["content"]["usage"]["threshold"]),
+                        d(&p["content"]["usage"]["used_amount"]),
+                    )
+                })
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(
-        alerts(&app).await,
-        [(dec("50"), dec("60")), (dec("300"), dec("360"))]
-    );
+    assert_eq!(alerts(&app).await, [(dec("50"), dec("60")), (dec("300"), dec("360"))]);
 
     // set_alerts replaces them; an amount reached already is announced at
     // the next usage.
@@ -284,8 +297,14 @@ async fn thresholds_need_a_plan_that_bills_usage_by_period() {
     let clock = ManualClock::new(at(2026, 1, 31, 0, 0));
     let mut app = TestApp::spawn_with_clock(clock.clone()).await;
     for (fields, field) in [
-        (json!({"plan_model": "FIXED", "usage_thresholds": [{"amount": 10}]}), "usage_thresholds"),
-        (json!({"plan_model": "USAGE_BASED", "usage_thresholds": [{"amount": 0}]}), "usage_thresholds[0].amount"),
+        (
+            json!({"plan_model": "FIXED", "usage_thresholds": [{"amount": 10}]}),
+            "usage_thresholds",
+        ),
+        (
+            json!({"plan_model": "USAGE_BASED", "usage_thresholds": [{"amount": 0}]}),
+            "usage_thresholds[0].amount",
+        ),
         (
             json!({"plan_model": "USAGE_BASED", "usage_thresholds": [{"amount": 1, "recurring": true}, {"amount": 2, "recurring": true}]}),
             "usage_thresholds",

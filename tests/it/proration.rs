@@ -67,11 +67,13 @@ async fn plan_changed_webhooks(app: &TestApp, execution: &str) -> Vec<Value> {
 /// The total of the execution's latest period bill (at a boundary: the
 /// next period's amount in advance).
 async fn last_period_bill(app: &TestApp, execution: &str) -> Decimal {
-    sqlx::query_scalar("SELECT total FROM bills WHERE execution_id = $1 AND kind = 'PERIOD' ORDER BY issue_seq DESC LIMIT 1")
-        .bind(execution)
-        .fetch_one(&app.db)
-        .await
-        .expect("bill")
+    sqlx::query_scalar(
+        "SELECT total FROM bills WHERE execution_id = $1 AND kind = 'PERIOD' ORDER BY issue_seq DESC LIMIT 1",
+    )
+    .bind(execution)
+    .fetch_one(&app.db)
+    .await
+    .expect("bill")
 }
 
 #[tokio::test]
@@ -220,11 +222,12 @@ async fn an_upgrade_switches_when_the_gateway_pays_and_stays_put_when_the_debit_
     eventually("both changes settled", || {
         let db = db.clone();
         async move {
-            let statuses: Vec<String> =
-                sqlx::query_scalar("SELECT status FROM plan_changes WHERE request_id IN ('up1', 'up3') ORDER BY request_id")
-                    .fetch_all(&db)
-                    .await
-                    .ok()?;
+            let statuses: Vec<String> = sqlx::query_scalar(
+                "SELECT status FROM plan_changes WHERE request_id IN ('up1', 'up3') ORDER BY request_id",
+            )
+            .fetch_all(&db)
+            .await
+            .ok()?;
             (statuses == ["APPLIED", "FAILED"]).then_some(())
         }
     })

@@ -73,6 +73,54 @@ pub(crate) async fn grant(
     Ok(entry)
 }
 
+/// Why the worker itself gave credit back, for its credit webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreditReason {
+    /// A debit that came after its bill moved on.
+    LateDebitSuccess,
+    /// Interim bills billed more than the period's closing charges.
+    InterimBillsAbovePeriodUsage,
+    /// A plan change whose prorated amount nets below zero.
+    PlanChangeProration,
+}
+
+impl CreditReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CreditReason::LateDebitSuccess => "LATE_DEBIT_SUCCESS",
+            CreditReason::InterimBillsAbovePeriodUsage => "INTERIM_BILLS_ABOVE_PERIOD_USAGE",
+            CreditReason::PlanChangeProration => "PLAN_CHANGE_PRORATION",
+        }
+    }
+}
+
+/// Credit the worker gave back, as it is announced.
+pub(crate) struct GivenBack<'a> {
+    pub amount: Decimal,
+    pub reference_id: &'a str,
+    pub currency: &'a str,
+    pub reason: CreditReason,
+    /// The bill it is about, if any.
+    pub bill_id: Option<&'a str>,
+}
+
+/// `BILLING_EXECUTION_CREDIT_EVENT` for credit the worker gave back;
+/// `execution` already holds the balance after it.
+pub(crate) fn given_back_webhook(execution: &ExecutionRow, credit: GivenBack<'_>, now: DateTime<Utc>) -> Webhook {
+    let content = json!({
+        "billing_execution_info": execution_summary(execution),
+        "credit": {
+            "amount": num(credit.amount),
+            "reference_id": credit.reference_id,
+            "balance": num(execution.credit_balance),
+            "currency": credit.currency,
+            "reason": credit.reason.as_str(),
+            "bill_id": credit.bill_id,
+        },
+    });
+    Webhook::new(EventName::ExecutionCreditEvent, &execution.merchant_id, now, content)
+}
+
 /// Turns the credit uses of a batch of bills (one per bill, in the order
 /// the bills were made) into one entry per grant drawn on, and takes the
 /// amounts from the grants. The caller holds the executions' row locks.

@@ -10,6 +10,7 @@ use sqlx::PgConnection;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+use super::credit::{CreditReason, GivenBack, given_back_webhook};
 use super::{announce_bill, bill_webhook, bills_on_present};
 use crate::backoff_policy::retry_delay;
 use crate::domain::bill::{
@@ -677,24 +678,15 @@ async fn credit_back(
     now: DateTime<Utc>,
     unwound: &mut Unwound,
 ) -> Result<(), HandleError> {
-    let entry = super::credit::grant(conn, execution, amount, reference, Default::default(), now).await?;
-    let content = json!({
-        "billing_execution_info": execution_summary(execution),
-        "credit": {
-            "amount": num(amount),
-            "reference_id": reference,
-            "balance": num(entry.balance_after),
-            "currency": bill.currency,
-            "reason": "LATE_DEBIT_SUCCESS",
-            "bill_id": bill.id,
-        },
-    });
-    unwound.followups.push(Webhook::new(
-        EventName::ExecutionCreditEvent,
-        &execution.merchant_id,
-        now,
-        content,
-    ));
+    super::credit::grant(conn, execution, amount, reference, Default::default(), now).await?;
+    let credit = GivenBack {
+        amount,
+        reference_id: reference,
+        currency: &bill.currency,
+        reason: CreditReason::LateDebitSuccess,
+        bill_id: Some(&bill.id),
+    };
+    unwound.followups.push(given_back_webhook(execution, credit, now));
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
+use super::credit::{CreditReason, GivenBack, given_back_webhook};
 use super::{bill_webhook, bills_on_present};
 use crate::domain::bill::{BillKind, BillStatus, Charge, Line, LineKind, compute, minimum_commitment};
 use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanSpec, PlanType};
@@ -603,18 +604,14 @@ pub(super) fn prepare(
             reference_id: reference_id.clone(),
             grant_id: None,
         });
-        let content = serde_json::json!({
-            "billing_execution_info": crate::protocol::documents::execution_summary(execution),
-            "credit": {
-                "amount": crate::protocol::documents::num(new.credit_back),
-                "reference_id": reference_id,
-                "balance": crate::protocol::documents::num(execution.credit_balance),
-                "currency": plan.plan_currency.as_str(),
-                "reason": "INTERIM_BILLS_ABOVE_PERIOD_USAGE",
-                "bill_id": id,
-            },
-        });
-        let webhook = Webhook::new(EventName::ExecutionCreditEvent, &execution.merchant_id, now, content);
+        let credit = GivenBack {
+            amount: new.credit_back,
+            reference_id: &reference_id,
+            currency: plan.plan_currency.as_str(),
+            reason: CreditReason::InterimBillsAbovePeriodUsage,
+            bill_id: Some(&id),
+        };
+        let webhook = given_back_webhook(execution, credit, now);
         batch.webhooks.push((webhook, Some(execution.id.clone())));
     }
     if new.carries && execution.carried_amount > Decimal::ZERO {

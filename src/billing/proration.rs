@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
+use super::credit::{CreditReason, GivenBack, given_back_webhook};
 use super::issue::{BillBatch, NewBill, plan_amount, prepare};
 use crate::domain::bill::{BillKind, BillStatus, Charge, LineKind};
 use crate::domain::catalog::{ActionOnFailure, PlanInterval, PlanType, bills_on_present};
@@ -303,19 +304,15 @@ pub(crate) async fn change_now(
         if change.net_amount < Decimal::ZERO {
             let amount = -change.net_amount;
             let reference = format!("proration:{request_id}");
-            let entry = super::credit::grant(conn, &mut execution, amount, &reference, Default::default(), now).await?;
-            let content = json!({
-                "billing_execution_info": execution_summary(&execution),
-                "credit": {
-                    "amount": num(amount),
-                    "reference_id": reference,
-                    "grant_id": entry.grant_id,
-                    "balance": num(entry.balance_after),
-                    "currency": change.currency,
-                    "reason": "PLAN_CHANGE_PRORATION",
-                },
-            });
-            let webhook = Webhook::new(EventName::ExecutionCreditEvent, &execution.merchant_id, now, content);
+            super::credit::grant(conn, &mut execution, amount, &reference, Default::default(), now).await?;
+            let credit = GivenBack {
+                amount,
+                reference_id: &reference,
+                currency: &change.currency,
+                reason: CreditReason::PlanChangeProration,
+                bill_id: None,
+            };
+            let webhook = given_back_webhook(&execution, credit, now);
             batch.webhooks.push((webhook, Some(execution.id.clone())));
         }
         batch

@@ -46,7 +46,7 @@ pub(crate) async fn grant(
     terms: GrantTerms,
     now: DateTime<Utc>,
 ) -> Result<EntryRow, sqlx::Error> {
-    let id = format!("grant_{}", new_execution_id());
+    let id = new_grant_id();
     let new = NewGrant {
         id: &id,
         merchant_id: &execution.merchant_id,
@@ -102,6 +102,8 @@ pub(crate) struct GivenBack<'a> {
     pub reason: CreditReason,
     /// The bill it is about, if any.
     pub bill_id: Option<&'a str>,
+    /// The grant it made.
+    pub grant_id: &'a str,
 }
 
 /// `BILLING_EXECUTION_CREDIT_EVENT` for credit the worker gave back;
@@ -116,14 +118,17 @@ pub(crate) fn given_back_webhook(execution: &ExecutionRow, credit: GivenBack<'_>
             "currency": credit.currency,
             "reason": credit.reason.as_str(),
             "bill_id": credit.bill_id,
+            "grant_id": credit.grant_id,
         },
     });
     Webhook::new(EventName::ExecutionCreditEvent, &execution.merchant_id, now, content)
 }
 
-/// Turns the credit uses of a batch of bills (one per bill, in the order
-/// the bills were made) into one entry per grant drawn on, and takes the
-/// amounts from the grants. The caller holds the executions' row locks.
+/// Writes the credit entries of a batch of bills, in the order the bills
+/// were made: a use (one per bill) becomes one entry per grant drawn on,
+/// the amounts taken from the grants; a grant (credit given back while
+/// billing) becomes a new grant, which later uses of the batch may draw
+/// on. The caller holds the executions' row locks.
 pub(crate) async fn draw_uses(
     conn: &mut PgConnection,
     uses: Vec<LedgerEntry>,
@@ -149,12 +154,42 @@ pub(crate) async fn draw_uses(
         ))
     };
     let mut entries = Vec::with_capacity(uses.len());
-    for u in &uses {
+    let mut touched: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for u in uses {
+        if u.kind == EntryKind::Grant {
+            let id = u.grant_id.clone().unwrap_or_else(new_grant_id);
+            let new = NewGrant {
+                id: &id,
+                merchant_id: &u.merchant_id,
+                execution_id: &u.execution_id,
+                reference_id: &u.reference_id,
+                amount: u.amount,
+                priority: DEFAULT_PRIORITY,
+                expires_at: None,
+            };
+            store::ledger::insert_grant(conn, &new, now).await?;
+            let list = grants.entry(u.execution_id.clone()).or_default();
+            list.push(Grant {
+                id: id.clone(),
+                // The newest of all.
+                seq: i64::MAX,
+                priority: DEFAULT_PRIORITY,
+                expires_at: None,
+                remaining: u.amount,
+            });
+            draw_order(list);
+            entries.push(LedgerEntry {
+                grant_id: Some(id),
+                ..u
+            });
+            continue;
+        }
         let list = grants.get_mut(&u.execution_id).ok_or_else(disagree)?;
         let taken = draw(list, u.amount).ok_or_else(disagree)?;
         let mut balance = u.balance_after.checked_add(u.amount).ok_or_else(disagree)?;
         for (i, part) in taken {
             balance = balance.checked_sub(part).ok_or_else(disagree)?;
+            touched.insert(list[i].id.clone());
             entries.push(LedgerEntry {
                 amount: part,
                 balance_after: balance,
@@ -163,21 +198,19 @@ pub(crate) async fn draw_uses(
             });
         }
     }
-    let touched: Vec<(&str, Decimal)> = entries
-        .iter()
-        .filter_map(|e| e.grant_id.as_deref())
-        .collect::<std::collections::BTreeSet<&str>>()
-        .into_iter()
-        .filter_map(|id| {
-            grants
-                .values()
-                .flatten()
-                .find(|g| g.id == id)
-                .map(|g| (id, g.remaining))
-        })
+    let left: Vec<(&str, Decimal)> = grants
+        .values()
+        .flatten()
+        .filter(|g| touched.contains(&g.id))
+        .map(|g| (g.id.as_str(), g.remaining))
         .collect();
-    store::ledger::set_remaining(conn, &touched, now).await?;
+    store::ledger::set_remaining(conn, &left, now).await?;
     Ok(entries)
+}
+
+/// A new grant's id.
+pub(crate) fn new_grant_id() -> String {
+    format!("grant_{}", new_execution_id())
 }
 
 /// The document of a grant, as `list_credit` and webhooks show it.

@@ -678,13 +678,14 @@ async fn credit_back(
     now: DateTime<Utc>,
     unwound: &mut Unwound,
 ) -> Result<(), HandleError> {
-    super::credit::grant(conn, execution, amount, reference, Default::default(), now).await?;
+    let entry = super::credit::grant(conn, execution, amount, reference, Default::default(), now).await?;
     let credit = GivenBack {
         amount,
         reference_id: reference,
         currency: &bill.currency,
         reason: CreditReason::LateDebitSuccess,
         bill_id: Some(&bill.id),
+        grant_id: entry.grant_id.as_deref().unwrap_or_default(),
     };
     unwound.followups.push(given_back_webhook(execution, credit, now));
     Ok(())

@@ -595,6 +595,7 @@ pub(super) fn prepare(
             .checked_add(new.credit_back)
             .ok_or_else(|| Rejection::overflow("the credit balance"))?;
         let reference_id = format!("{id}:interim_overbilled");
+        let grant_id = super::credit::new_grant_id();
         batch.credit_uses.push(LedgerEntry {
             merchant_id: execution.merchant_id.clone(),
             execution_id: execution.id.clone(),
@@ -602,7 +603,7 @@ pub(super) fn prepare(
             amount: new.credit_back,
             balance_after: execution.credit_balance,
             reference_id: reference_id.clone(),
-            grant_id: None,
+            grant_id: Some(grant_id.clone()),
         });
         let credit = GivenBack {
             amount: new.credit_back,
@@ -610,6 +611,7 @@ pub(super) fn prepare(
             currency: plan.plan_currency.as_str(),
             reason: CreditReason::InterimBillsAbovePeriodUsage,
             bill_id: Some(&id),
+            grant_id: &grant_id,
         };
         let webhook = given_back_webhook(execution, credit, now);
         batch.webhooks.push((webhook, Some(execution.id.clone())));

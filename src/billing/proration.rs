@@ -304,13 +304,14 @@ pub(crate) async fn change_now(
         if change.net_amount < Decimal::ZERO {
             let amount = -change.net_amount;
             let reference = format!("proration:{request_id}");
-            super::credit::grant(conn, &mut execution, amount, &reference, Default::default(), now).await?;
+            let entry = super::credit::grant(conn, &mut execution, amount, &reference, Default::default(), now).await?;
             let credit = GivenBack {
                 amount,
                 reference_id: &reference,
                 currency: &change.currency,
                 reason: CreditReason::PlanChangeProration,
                 bill_id: None,
+                grant_id: entry.grant_id.as_deref().unwrap_or_default(),
             };
             let webhook = given_back_webhook(&execution, credit, now);
             batch.webhooks.push((webhook, Some(execution.id.clone())));

@@ -31,6 +31,13 @@ pub(super) async fn list_bills(
     c: ListBills,
 ) -> Result<Outcome, HandleError> {
     let execution = execution(conn, merchant_id, &c.billing_execution_info_id).await?;
+    if let Some(cursor) = c.cursor.as_deref()
+        && store::bills::find_of_merchant(conn, merchant_id, cursor)
+            .await?
+            .is_none_or(|b| b.execution_id.as_deref() != Some(execution.id.as_str()))
+    {
+        return Err(Rejection::field("cursor", "must be a next_cursor of list_bills for this execution").into());
+    }
     let limit = c.limit.unwrap_or(DEFAULT_PAGE);
     let mut bills = store::bills::page_of_execution(
         conn,

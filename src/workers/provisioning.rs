@@ -225,6 +225,6 @@ async fn process(
 fn is_lookup_miss(rejection: &Rejection) -> bool {
     matches!(
         rejection.code,
-        ErrorCode::ExecutionNotFound | ErrorCode::CustomerNotFound
+        ErrorCode::ExecutionNotFound | ErrorCode::CustomerNotFound | ErrorCode::BillNotFound
     )
 }

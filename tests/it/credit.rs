@@ -290,5 +290,16 @@ async fn bills_are_read_newest_first_with_lines_attempts_and_settlement_by_their
         )
         .await;
     assert_eq!(bad["error_code"], "INVALID_FIELD", "{bad}");
+    let lost = app
+        .call(
+            "m1",
+            json!({"command": "list_bills", "billing_execution_info_id": id, "cursor": "bill_unknown"}),
+        )
+        .await;
+    assert_eq!(lost["error_code"], "INVALID_FIELD", "{lost}");
+    assert!(
+        lost["error_message"].as_str().expect("message").starts_with("cursor"),
+        "{lost}"
+    );
     app.teardown().await;
 }

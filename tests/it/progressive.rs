@@ -325,3 +325,54 @@ async fn thresholds_need_a_plan_that_bills_usage_by_period() {
     }
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn interim_bills_above_the_period_s_usage_come_back_as_credit() {
+    let clock = ManualClock::new(at(2026, 1, 31, 0, 0));
+    let mut app = TestApp::spawn_with_clock(clock.clone()).await;
+    metered_plan(
+        &mut app,
+        json!({"plan_model": "USAGE_BASED", "plan_amount": 0, "usage_thresholds": [{"amount": 100}]}),
+    )
+    .await;
+    let id = app
+        .create_execution("m1", json!({"command": "create", "plan_id": "p", "customer_id": "c1"}))
+        .await;
+    clock.set(at(2026, 2, 1, 0, 0));
+    send(&app, &id, 0, &[120], &clock).await;
+    interim_bills(&mut app, &id, 1).await;
+    // Usage falls after the interim bill: the period comes to 20.
+    send(&app, &id, 10, &[-100], &clock).await;
+    counted(&app, 2).await;
+    clock.set(at(2026, 2, 28, 0, 0));
+    run_billing(&mut app).await;
+    let all = app
+        .call("m1", json!({"command": "list_bills", "billing_execution_info_id": id}))
+        .await;
+    let closing = &all["bills"][0];
+    assert_eq!(closing["kind"], "PERIOD", "{all}");
+    assert_eq!(
+        lines(closing),
+        [
+            ("USAGE".to_string(), dec("20")),
+            ("PROGRESSIVE_BILLED".to_string(), dec("-20"))
+        ]
+    );
+    assert_eq!(d(&closing["total"]), dec("0"));
+    // The other 100 the interim bill billed is the customer's credit.
+    let credit = app
+        .call("m1", json!({"command": "list_credit", "billing_execution_info_id": id}))
+        .await;
+    assert_eq!(d(&credit["balance"]), dec("100"), "{credit}");
+    assert_eq!(d(&credit["grants"][0]["remaining"]), dec("100"));
+    let given: Value = sqlx::query_scalar(
+        "SELECT payload::jsonb FROM outbox WHERE execution_id = $1 AND event_name = 'BILLING_EXECUTION_CREDIT_EVENT'",
+    )
+    .bind(&id)
+    .fetch_one(&app.db)
+    .await
+    .expect("one credit webhook");
+    assert_eq!(given["content"]["credit"]["reason"], "INTERIM_BILLS_ABOVE_PERIOD_USAGE");
+    assert_eq!(given["content"]["credit"]["grant_id"], credit["grants"][0]["grant_id"]);
+    app.teardown().await;
+}

@@ -73,6 +73,13 @@ impl FaultSettings {
     }
 }
 
+impl AmqpSettings {
+    /// The node URLs `url` lists, in order.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.expose_secret().split(',').map(str::trim)
+    }
+}
+
 /// `[database]`: the Postgres URL, the connection pool and migrations.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
@@ -111,7 +118,10 @@ impl QueueType {
 /// `[amqp]`: the broker connection, topology names, message limits and reconnects.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
-    /// AMQP URL (`amqp://` or `amqps://`); may carry a password, so it is kept secret.
+    /// AMQP URL (`amqp://` or `amqps://`), or the URLs of several nodes of
+    /// one cluster separated by commas: the worker connects to the first
+    /// that answers, in order, and to the next one when its node goes away.
+    /// May carry a password, so it is kept secret.
     pub url: SecretString,
     /// Prepended to every exchange and queue name: `t1.` gives `t1.billing.usage`.
     pub prefix: String,
@@ -303,9 +313,15 @@ impl Settings {
         if self.database.max_connections < 2 {
             return invalid("database.max_connections", "must be at least 2");
         }
-        let amqp = self.amqp.url.expose_secret();
-        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
-            return invalid("amqp.url", "must start with amqp:// or amqps://");
+        if !self
+            .amqp
+            .urls()
+            .all(|url| url.starts_with("amqp://") || url.starts_with("amqps://"))
+        {
+            return invalid(
+                "amqp.url",
+                "must start with amqp:// or amqps:// (each URL, when several)",
+            );
         }
         if self.amqp.prefix.chars().any(|c| c.is_whitespace()) {
             return invalid("amqp.prefix", "must not contain white space");

@@ -6,7 +6,6 @@ pub(crate) mod topology;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-use secrecy::ExposeSecret;
 
 use crate::error::Rejection;
 use crate::settings::AmqpSettings;
@@ -20,13 +19,27 @@ pub(crate) enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("broker refused (nacked) a publish to '{0}'")]
     Nacked(String),
+    #[error("amqp.url names no broker node")]
+    NoNode,
 }
 
-/// Opens a connection named after the role that uses it.
+/// Opens a connection named after the role that uses it, to the first
+/// node of `amqp.url` that answers (the URLs are tried in order, so after
+/// a node goes away the role's next session lands on another one).
 pub(crate) async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, BrokerError> {
-    let props =
-        ConnectionProperties::default().with_connection_name(LongString::from(format!("billing-worker/{role}")));
-    Ok(Connection::connect(settings.url.expose_secret(), props).await?)
+    let mut last = None;
+    for url in settings.urls() {
+        let props =
+            ConnectionProperties::default().with_connection_name(LongString::from(format!("billing-worker/{role}")));
+        match Connection::connect(url, props).await {
+            Ok(connection) => return Ok(connection),
+            Err(err) => {
+                tracing::debug!(role, error = %err, "a broker node did not answer; trying the next");
+                last = Some(err);
+            }
+        }
+    }
+    Err(last.map_or(BrokerError::NoNode, BrokerError::Amqp))
 }
 
 /// What a role holds on the broker: its connection, a channel to consume on

@@ -14,7 +14,7 @@ use std::time::Duration;
 use billing_worker::clock::SystemClock;
 use serde_json::{Value, json};
 
-use helpers::{DEADLINE, TestApp, eventually, eventually_within, http_get};
+use helpers::{DEADLINE, Sandbox, TestApp, eventually, eventually_within, http_get};
 
 /// Runs a shell command to completion, failing the test if it fails.
 async fn sh(command: &'static str) {
@@ -249,4 +249,198 @@ async fn sigterm_under_load_finishes_acks_and_exits_zero() {
     wait_exact(&app, 20_000).await;
     peer.stop().await;
     app.teardown().await;
+}
+
+/// A three-node cluster started with `scripts/cluster up` for one test and
+/// removed with `scripts/cluster down` when dropped, pass or fail.
+struct Cluster {
+    /// `BILLING__AMQP__URL` of target/cluster.env: the three nodes.
+    url: String,
+}
+
+impl Cluster {
+    fn script(arg: &str) -> std::process::Output {
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster"))
+            .arg(arg)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run scripts/cluster")
+    }
+
+    async fn up() -> Cluster {
+        let out = tokio::task::spawn_blocking(|| Cluster::script("up"))
+            .await
+            .expect("join");
+        assert!(
+            out.status.success(),
+            "scripts/cluster up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        let env =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/target/cluster.env")).expect("cluster.env");
+        let url = env
+            .lines()
+            .find_map(|l| l.strip_prefix("BILLING__AMQP__URL="))
+            .expect("BILLING__AMQP__URL in cluster.env")
+            .to_string();
+        Cluster { url }
+    }
+
+    /// The URL of the node with this name (`billing-c2@localhost`).
+    fn url_of(&self, node: &str) -> String {
+        let index: usize = node
+            .trim_start_matches("billing-c")
+            .split('@')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a cluster node name");
+        self.url.split(',').nth(index - 1).expect("node url").to_string()
+    }
+
+    /// The node leading a quorum queue.
+    async fn leader(queue: &str) -> String {
+        let queue = queue.to_string();
+        let out = tokio::task::spawn_blocking(|| {
+            std::process::Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "-n",
+                    "billing-c1@localhost",
+                    "list_queues",
+                    "name",
+                    "leader",
+                    "--formatter",
+                    "json",
+                ])
+                .output()
+                .expect("rabbitmqctl")
+        })
+        .await
+        .expect("join");
+        let queues: Vec<Value> = serde_json::from_slice(&out.stdout).expect("list_queues json");
+        queues
+            .iter()
+            .find(|q| q["name"] == queue.as_str())
+            .and_then(|q| q["leader"].as_str())
+            .expect("the queue and its leader")
+            .to_string()
+    }
+
+    async fn ctl(node: &str, args: &[&str]) {
+        let mut all = vec!["-q".to_string(), "-n".to_string(), node.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("rabbitmqctl")
+                .args(&all)
+                .stdout(Stdio::null())
+                .status()
+                .expect("rabbitmqctl")
+        })
+        .await
+        .expect("join");
+        assert!(status.success(), "rabbitmqctl {args:?} on {node}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let out = Cluster::script("down");
+        if !out.status.success() {
+            eprintln!("scripts/cluster down failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// Every message in a queue, taken off it.
+async fn drain(app: &TestApp, queue: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    while let Ok(Some(m)) = app
+        .channel
+        .basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await
+    {
+        ids.push(
+            m.properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_cluster_node_stopping_under_load_loses_nothing_and_counts_nothing_twice() {
+    let cluster = Cluster::up().await;
+    let mut sandbox = Sandbox::new().await;
+    sandbox.settings.amqp.url = secrecy::SecretString::from(cluster.url.clone());
+    sandbox.settings.amqp.queue_type = billing_worker::settings::QueueType::Quorum;
+    let mut app = TestApp::spawn_with(sandbox, Arc::new(SystemClock)).await;
+    let id = metered(&mut app).await;
+    let usage = app.names.usage.clone();
+    let leader = Cluster::leader(&usage).await;
+    // The test's own client stays on a node that does not go away.
+    let other = ["billing-c1@localhost", "billing-c2@localhost", "billing-c3@localhost"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .expect("another node");
+    app.reconnect_to(&cluster.url_of(other)).await;
+
+    publish_events(&app, &id, 0, 10_000, 10).await;
+    wait_some(&app).await;
+    Cluster::ctl(&leader, &["stop_app"]).await;
+    println!("stopped {leader}, the leader of {usage}");
+    // Usage and commands go on while it is away.
+    publish_events(&app, &id, 10_000, 20_000, 10).await;
+    for i in 0..5 {
+        let r = app
+            .call(
+                "m1",
+                json!({"command": "add_credit", "billing_execution_info_id": id, "amount": 1, "reference_id": format!("during{i}")}),
+            )
+            .await;
+        assert_eq!(r["success"], true, "{r}");
+    }
+    Cluster::ctl(&leader, &["start_app"]).await;
+    Cluster::ctl(&leader, &["await_startup"]).await;
+    publish_events(&app, &id, 20_000, 21_000, 10).await;
+    wait_exact(&app, 21_000).await;
+    app.wait_for_count(
+        "every webhook published",
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        0,
+    )
+    .await;
+    // Each webhook of the outbox is in the webhook queue exactly once.
+    let outbox: Vec<String> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY seq")
+        .fetch_all(&app.db)
+        .await
+        .expect("outbox");
+    let webhooks = app.names.webhooks.clone();
+    let published = Arc::new(std::sync::Mutex::new(Vec::new()));
+    eventually("the webhooks in their queue", || {
+        let (app, webhooks, published, want) = (&app, webhooks.clone(), published.clone(), outbox.len());
+        async move {
+            let more = drain(app, &webhooks).await;
+            let mut got = published.lock().expect("lock");
+            got.extend(more);
+            (got.len() >= want).then_some(())
+        }
+    })
+    .await;
+    let published = published.lock().expect("lock").clone();
+    let mut sorted = published.clone();
+    sorted.sort();
+    let mut expected = outbox.clone();
+    expected.sort();
+    assert_eq!(sorted, expected, "every webhook once, none lost, none twice");
+    assert_eq!(
+        app.queue_depth(&app.names.dead.clone()).await,
+        0,
+        "a node going away is not bad input"
+    );
+    app.teardown().await;
+    drop(cluster);
 }

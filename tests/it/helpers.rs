@@ -118,6 +118,9 @@ pub struct TestApp {
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     db_name: String,
+    /// The broker URLs the test client uses (those of the worker, unless
+    /// moved with [`TestApp::reconnect_to`]).
+    client_url: String,
     /// Set by `teardown`; otherwise `Drop` cleans up.
     cleaned: bool,
 }
@@ -155,7 +158,8 @@ impl TestApp {
         let http = app.http_addr();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run(shutdown.clone()));
-        let (connection, channel, reply_queue) = client().await;
+        let client_url = secrecy::ExposeSecret::expose_secret(&settings.amqp.url).to_string();
+        let (connection, channel, reply_queue) = client(&client_url).await;
         let db = PgPool::connect(&database_url(&sandbox.db_name))
             .await
             .expect("test pool");
@@ -172,6 +176,7 @@ impl TestApp {
             shutdown,
             handle: Some(handle),
             db_name: sandbox.db_name,
+            client_url,
             cleaned: false,
         };
         app.wait_ready().await;
@@ -180,10 +185,16 @@ impl TestApp {
 
     /// Connects the test client again (after a broker restart).
     pub async fn reconnect(&mut self) {
-        let (connection, channel, reply_queue) = client().await;
+        let (connection, channel, reply_queue) = client(&self.client_url).await;
         self._connection = connection;
         self.channel = channel;
         self.reply_queue = reply_queue;
+    }
+
+    /// Connects the test client to the broker node(s) at `url` instead.
+    pub async fn reconnect_to(&mut self, url: &str) {
+        self.client_url = url.to_string();
+        self.reconnect().await;
     }
 
     /// The name of the reply queue of this client.
@@ -462,14 +473,14 @@ impl Drop for TestApp {
         if let Some(handle) = self.handle.take() {
             handle.abort();
         }
-        let (names, db_name) = (self.names.clone(), self.db_name.clone());
+        let (names, db_name, url) = (self.names.clone(), self.db_name.clone(), self.client_url.clone());
         // Drop cannot await: clean up on a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                if let Ok(connection) = connect_any(&url).await
                     && let Ok(channel) = connection.create_channel().await
                 {
                     remove_sandbox(&channel, &names, &db_name).await;
@@ -483,11 +494,21 @@ impl Drop for TestApp {
     }
 }
 
+/// A connection to the first of the comma-separated broker URLs that answers.
+async fn connect_any(urls: &str) -> Result<Connection, lapin::Error> {
+    let mut last = None;
+    for url in urls.split(',') {
+        match Connection::connect(url.trim(), ConnectionProperties::default()).await {
+            Ok(connection) => return Ok(connection),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.expect("at least one URL"))
+}
+
 /// A client connection: a confirm-mode channel and an exclusive reply queue.
-async fn client() -> (Connection, Channel, String) {
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("test client connects");
+async fn client(urls: &str) -> (Connection, Channel, String) {
+    let connection = connect_any(urls).await.expect("test client connects");
     let channel = connection.create_channel().await.expect("channel");
     channel
         .confirm_select(ConfirmSelectOptions::default())

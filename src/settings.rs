@@ -450,6 +450,19 @@ mod tests {
         assert!(err.to_string().contains("retry.jitter"), "{err}");
         let err = load(&[("BILLING__DATABASE__URL", "mysql://x")]).expect_err("scheme");
         assert!(err.to_string().contains("database.url"), "{err}");
+        let err = load(&[("BILLING__AMQP__URL", "amqp://a:5672/%2f,http://b")]).expect_err("one bad node");
+        assert!(err.to_string().contains("amqp.url"), "{err}");
+    }
+
+    #[test]
+    fn amqp_url_may_list_the_nodes_of_a_cluster() {
+        let s = load(&[(
+            "BILLING__AMQP__URL",
+            "amqp://a:5681/%2f, amqp://b:5682/%2f,amqps://c:5671/%2f",
+        )])
+        .expect("valid");
+        let urls: Vec<&str> = s.amqp.urls().collect();
+        assert_eq!(urls, ["amqp://a:5681/%2f", "amqp://b:5682/%2f", "amqps://c:5671/%2f"]);
     }
 
     #[test]

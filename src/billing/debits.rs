@@ -892,6 +892,7 @@ pub(crate) async fn fail(
             // A late success of this bill activates the execution again.
             store::bills::mark_revoked_by(conn, &e.id, &bill.id).await?;
             store::bills::cancel_open(conn, &e.id, &bill.id, now).await?;
+            store::plan_changes::give_up_cancelled(conn, &e.id, now).await?;
             let content = json!({ "billing_execution_info": crate::protocol::documents::execution_summary(e), "reason": "REVOKED_AFTER_FAILED_DEBIT", "bill_id": bill.id });
             let webhook =
                 crate::domain::webhook::Webhook::new(EventName::ExecutionDeactivated, &e.merchant_id, now, content);

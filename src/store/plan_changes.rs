@@ -123,3 +123,22 @@ pub(crate) async fn first_applied(
     .fetch_optional(conn)
     .await
 }
+
+/// Gives up the changes of an execution whose bills were cancelled (the
+/// execution was revoked): they will never be paid.
+pub(crate) async fn give_up_cancelled(
+    conn: &mut PgConnection,
+    execution_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE plan_changes c SET status = 'FAILED', updated_at = $2
+         FROM bills b WHERE b.id = c.bill_id AND b.status = 'CANCELLED'
+           AND c.execution_id = $1 AND c.status = 'PENDING'",
+    )
+    .bind(execution_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

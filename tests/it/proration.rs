@@ -255,3 +255,48 @@ async fn an_upgrade_switches_when_the_gateway_pays_and_stays_put_when_the_debit_
     gateway.stop();
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_change_whose_bill_is_cancelled_by_a_revocation_is_given_up() {
+    let clock = ManualClock::new(at(2026, 11, 1, 0, 0));
+    let mut app = TestApp::spawn_with_clock(clock.clone()).await;
+    // November's advance of 150 fails for good: the plan revokes.
+    let gateway = Gateway::start(&app.settings.amqp.prefix, |request| {
+        if request["amount"] == "150.00" {
+            Answer::Failure { retryable: false }
+        } else {
+            Answer::Success
+        }
+    })
+    .await;
+    plans(&mut app).await;
+    let id = execution(&mut app, 0).await;
+    run_billing(&mut app).await;
+    clock.set(at(2026, 11, 1, 0, 30));
+    let r = app.call("m1", change(&id, "up", "pro")).await;
+    assert_eq!(r["plan_change"]["status"], "PENDING", "{r}");
+    clock.set(at(2026, 11, 1, 1, 0));
+    run_billing(&mut app).await;
+    gateway.wait_for(1).await;
+    let db = app.db.clone();
+    eventually("the change given up", || {
+        let db = db.clone();
+        async move {
+            let status: String = sqlx::query_scalar("SELECT status FROM plan_changes WHERE request_id = 'up'")
+                .fetch_one(&db)
+                .await
+                .ok()?;
+            (status == "FAILED").then_some(())
+        }
+    })
+    .await;
+    let bill: String = sqlx::query_scalar("SELECT status FROM bills WHERE execution_id = $1 AND kind = 'PRORATION'")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .expect("bill");
+    assert_eq!(bill, "CANCELLED");
+    assert_eq!(plan_of(&mut app, &id).await, "basic");
+    gateway.stop();
+    app.teardown().await;
+}

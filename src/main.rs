@@ -1,5 +1,6 @@
 //! The `billing-worker` binary: parse the command line, load settings, run.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -112,11 +113,15 @@ async fn run(command: Cmd, settings: Settings) -> anyhow::Result<()> {
                 message_id,
                 wait: (!no_reply).then_some(timeout),
             };
-            match billing_worker::client::send(&settings, request).await? {
-                Some(answer) => println!("{}", serde_json::to_string_pretty(&answer)?),
-                None => println!("published"),
+            let text = match billing_worker::client::send(&settings, request).await? {
+                Some(answer) => serde_json::to_string_pretty(&answer)?,
+                None => "published".to_string(),
+            };
+            // A reader that stops early (`| head`) is not an error.
+            match writeln!(std::io::stdout(), "{text}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
             }
-            Ok(())
         }
         Cmd::Run => {
             let app = Application::build(settings, Arc::new(SystemClock)).await?;

@@ -106,3 +106,33 @@ async fn http_get_ok(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
     tokio::net::TcpStream::connect(addr).await.ok()?;
     Some(http_get(addr, path).await.0)
 }
+
+#[tokio::test]
+async fn send_to_a_reader_that_went_away_is_not_a_crash() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_billing-worker"))
+        .args([
+            "send",
+            "--merchant",
+            "m1",
+            "--no-reply",
+            r#"{"command": "run_billing"}"#,
+        ])
+        .current_dir(std::env::temp_dir())
+        .env(
+            "BILLING__AMQP__URL",
+            secrecy::ExposeSecret::expose_secret(&app.settings.amqp.url),
+        )
+        .env("BILLING__AMQP__PREFIX", &app.settings.amqp.prefix)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn send");
+    // The reader goes away before the answer is printed (`| head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.expect("send ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    app.teardown().await;
+}

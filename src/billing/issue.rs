@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 use super::credit::{CreditReason, GivenBack, given_back_webhook};
 use super::{bill_webhook, bills_on_present};
-use crate::domain::bill::{BillKind, BillStatus, Charge, Line, LineKind, compute, minimum_commitment};
+use crate::domain::bill::{BillKind, BillStatus, Charge, Line, LineKind, compute, minimum_commitment, rounded_total};
 use crate::domain::catalog::{MetricSpec, PlanInterval, PlanModel, PlanSpec, PlanType};
 use crate::domain::execution::ExecutionStatus;
 use crate::domain::ids::new_execution_id;
@@ -227,12 +227,7 @@ async fn deduct_interim(
     if billed <= Decimal::ZERO {
         return Ok(Decimal::ZERO);
     }
-    let currency = &plan.plan_currency;
-    let charged = charges
-        .iter()
-        .try_fold(Decimal::ZERO, |sum, c| {
-            sum.checked_add(currency.round(c.amount).max(Decimal::ZERO))
-        })
+    let charged = rounded_total(&plan.plan_currency, charges.iter().map(|c| c.amount))
         .ok_or_else(|| Rejection::overflow("the period's charges"))?;
     let taken = billed.min(charged);
     charges.push(Charge {
@@ -272,12 +267,7 @@ pub(crate) async fn bill_progressive(
         .billed_until
         .unwrap_or(basis(execution, &plan.row).schedule().start);
     let usage = usage_charges(conn, execution, &plan, from, end).await?;
-    let currency = &plan.spec.plan_currency;
-    let amount = usage
-        .iter()
-        .try_fold(Decimal::ZERO, |sum, c| {
-            sum.checked_add(currency.round(c.amount).max(Decimal::ZERO))
-        })
+    let amount = rounded_total(&plan.spec.plan_currency, usage.iter().map(|c| c.amount))
         .ok_or_else(|| Rejection::overflow("the period's usage amount"))?;
     let Some(level) = crate::domain::thresholds::reached(&plan.spec.usage_thresholds, amount) else {
         return Ok(());

@@ -248,6 +248,14 @@ pub(crate) fn compute(currency: &Currency, charges: Vec<Charge>, credit_balance:
     })
 }
 
+/// What `amounts` come to as bill lines that charge: each rounded to the
+/// minor unit and never below zero, then added; `None` on overflow.
+pub(crate) fn rounded_total(currency: &Currency, amounts: impl IntoIterator<Item = Decimal>) -> Option<Decimal> {
+    amounts.into_iter().try_fold(Decimal::ZERO, |sum, amount| {
+        sum.checked_add(currency.round(amount).max(Decimal::ZERO))
+    })
+}
+
 /// The line that tops a period's bill up to the plan's `minimum`: the
 /// difference between it and `counted` (the period's plan amount and usage,
 /// each rounded as its line is), when that is above zero. Rounded amounts
@@ -258,9 +266,7 @@ pub(crate) fn minimum_commitment(
     counted: &[Decimal],
     description: String,
 ) -> Option<Charge> {
-    let counted = counted.iter().try_fold(Decimal::ZERO, |sum, amount| {
-        sum.checked_add(currency.round(*amount).max(Decimal::ZERO))
-    })?;
+    let counted = rounded_total(currency, counted.iter().copied())?;
     let short = minimum.checked_sub(counted)?;
     (short > Decimal::ZERO).then_some(Charge {
         kind: LineKind::MinimumCommitment,

@@ -10,7 +10,7 @@ use crate::billing::credit::GrantTerms;
 use crate::domain::catalog::PlanModel;
 use crate::domain::execution::{ExecutionStatus, StatusEvent};
 use crate::domain::ids::{check_id, new_execution_id};
-use crate::domain::ledger::{EntryKind, PRIORITIES, check_grant};
+use crate::domain::ledger::{PRIORITIES, check_grant};
 use crate::domain::period::check_date_window;
 use crate::domain::pricing::Pricing;
 use crate::domain::thresholds::check_alerts;
@@ -556,16 +556,12 @@ pub(super) async fn add_credit(
     let plan_currency = plan.spec().plan_currency;
     check_grant("amount", c.amount, plan_currency.minor_units(), false)?;
     // The reference makes a grant idempotent: the same grant twice is one grant.
-    if let Some(entry) = store::ledger::find(conn, &row.id, EntryKind::Grant, &c.reference_id).await? {
-        let same_terms = match store::ledger::grant_by_reference(conn, &row.id, &c.reference_id).await? {
-            Some(g) => g.priority == terms.priority && g.expires_at == terms.expires_at,
-            None => true,
-        };
-        if entry.amount != c.amount || !same_terms {
+    if let Some(g) = store::ledger::grant_by_reference(conn, &row.id, &c.reference_id).await? {
+        if g.amount != c.amount || g.priority != terms.priority || g.expires_at != terms.expires_at {
             return Err(already_exists(
                 "reference_id",
                 &c.reference_id,
-                &format!(" (a grant of {} on other terms)", entry.amount),
+                &format!(" (a grant of {} on other terms)", g.amount),
             ));
         }
         return reply_with(conn, merchant_id, &row, now, false).await;

@@ -62,24 +62,6 @@ pub(crate) async fn insert_many(
     Ok(())
 }
 
-/// The entry of this kind and reference, if one was written.
-pub(crate) async fn find(
-    conn: &mut PgConnection,
-    execution_id: &str,
-    kind: EntryKind,
-    reference_id: &str,
-) -> Result<Option<EntryRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, execution_id, kind, amount, balance_after, reference_id, grant_id, created_at
-         FROM credit_ledger WHERE execution_id = $1 AND kind = $2 AND reference_id = $3 LIMIT 1",
-    )
-    .bind(execution_id)
-    .bind(kind.as_str())
-    .bind(reference_id)
-    .fetch_optional(conn)
-    .await
-}
-
 /// Appends an entry and moves the balance by it. The caller holds the
 /// execution's row lock. A use larger than the balance fails the balance's
 /// CHECK constraint instead of going negative.

@@ -39,6 +39,12 @@ fn check_amount(field: &str, amount: Decimal, currency: &Currency) -> Result<(),
     Ok(())
 }
 
+/// The order thresholds are stored and shown in: the fixed ones by
+/// amount, then the recurring one.
+pub(crate) fn put_in_order(list: &mut [UsageThreshold]) {
+    list.sort_by_key(|t| (t.recurring, t.amount));
+}
+
 /// Checks a plan's thresholds and puts them in order: positive amounts in
 /// minor units, no fixed amount twice, at most one recurring.
 pub(crate) fn check_thresholds(list: &[UsageThreshold], currency: &Currency) -> Result<Vec<UsageThreshold>, Rejection> {
@@ -58,7 +64,7 @@ pub(crate) fn check_thresholds(list: &[UsageThreshold], currency: &Currency) -> 
         ));
     }
     let mut sorted = list.to_vec();
-    sorted.sort_by_key(|t| (t.recurring, t.amount));
+    put_in_order(&mut sorted);
     if sorted
         .windows(2)
         .any(|w| !w[0].recurring && !w[1].recurring && w[0].amount == w[1].amount)

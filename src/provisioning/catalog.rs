@@ -74,11 +74,11 @@ pub(super) async fn create_metric(
 /// `usage_thresholds` as given, put in order (the plan checks them).
 fn thresholds(
     list: Option<Vec<crate::protocol::provisioning::ThresholdIn>>,
-) -> Result<Vec<crate::domain::thresholds::UsageThreshold>, Rejection> {
+) -> Vec<crate::domain::thresholds::UsageThreshold> {
     let mut list: Vec<crate::domain::thresholds::UsageThreshold> =
         list.unwrap_or_default().into_iter().map(Into::into).collect();
-    list.sort_by_key(|t| (t.recurring, t.amount));
-    Ok(list)
+    crate::domain::thresholds::put_in_order(&mut list);
+    list
 }
 
 fn required<T>(field: &str, value: Option<T>) -> Result<T, Rejection> {
@@ -99,7 +99,7 @@ fn new_plan_spec(f: PlanFields) -> Result<PlanSpec, Rejection> {
         plan_currency: currency("plan_currency", &required("plan_currency", f.plan_currency)?)?,
         max_amount: f.max_amount,
         minimum_commitment: f.minimum_commitment,
-        usage_thresholds: thresholds(f.usage_thresholds)?,
+        usage_thresholds: thresholds(f.usage_thresholds),
         max_retry: f.max_retry.unwrap_or(DEFAULT_MAX_RETRY),
         plan_action_on_failure: f.plan_action_on_failure.unwrap_or(ActionOnFailure::Retry),
         metric_ids: f.metric_ids.unwrap_or_default(),
@@ -143,7 +143,7 @@ fn merged_plan_spec(mut spec: PlanSpec, f: PlanFields) -> Result<PlanSpec, Rejec
         spec.minimum_commitment = f.minimum_commitment;
     }
     if f.usage_thresholds.is_some() {
-        spec.usage_thresholds = thresholds(f.usage_thresholds)?;
+        spec.usage_thresholds = thresholds(f.usage_thresholds);
     }
     if let Some(v) = f.max_retry {
         spec.max_retry = v;

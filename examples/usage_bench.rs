@@ -940,6 +940,8 @@ async fn raw_insert(rig: &Rig<'_>, url: &str, worker_pid: u32, sslmode: &str) ->
                 .collect();
             let n = ids.len();
             RawRows {
+                // Keys as random as the worker's hashes.
+                key: (0..n).map(|_| uuid::Uuid::new_v4()).collect(),
                 merchant_id: vec![MERCHANT.to_string(); n],
                 event_id: ids,
                 execution_id: vec![rig.execution.clone(); n],
@@ -955,10 +957,11 @@ async fn raw_insert(rig: &Rig<'_>, url: &str, worker_pid: u32, sslmode: &str) ->
     let started = Instant::now();
     for rows in &batches {
         let done = sqlx::query(
-            "INSERT INTO bench_raw_events (merchant_id, event_id, execution_id, metric_id, period_start, value, ts)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[],
-                 $7::timestamptz[])",
+            "INSERT INTO bench_raw_events (key, merchant_id, event_id, execution_id, metric_id, period_start, value, ts)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                 $7::numeric[], $8::timestamptz[])",
         )
+        .bind(&rows.key)
         .bind(&rows.merchant_id)
         .bind(&rows.event_id)
         .bind(&rows.execution_id)
@@ -996,6 +999,7 @@ async fn raw_insert(rig: &Rig<'_>, url: &str, worker_pid: u32, sslmode: &str) ->
 
 /// One statement's rows of the raw insert, as column arrays.
 struct RawRows {
+    key: Vec<uuid::Uuid>,
     merchant_id: Vec<String>,
     event_id: Vec<String>,
     execution_id: Vec<String>,

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub credit_grants_expired: IntCounter,
     /// Interim bills made when usage reached a progressive threshold.
     pub interim_bills: IntCounter,
+    /// Usage event bodies set to NULL past `usage.event_retention` (keys stay).
+    pub event_bodies_pruned: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -276,6 +278,10 @@ impl Metrics {
             interim_bills: int_counter(
                 "billing_interim_bills_total",
                 "Interim bills made when usage reached a progressive threshold",
+            ),
+            event_bodies_pruned: int_counter(
+                "billing_usage_event_bodies_pruned_total",
+                "Usage event bodies dropped past the retention; their keys stay",
             ),
             registry,
         }

@@ -168,6 +168,11 @@ pub struct UsageSettings {
     /// How far after its arrival an event's `timestamp` may be (default 5 min).
     #[serde(with = "humantime_serde")]
     pub future_tolerance: Duration,
+    /// How long a counted event's body (ids, metric, value, timestamp) is
+    /// kept after its timestamp; its key is kept forever. `0s` keeps bodies
+    /// forever; else at least 1 h (default 400 days).
+    #[serde(with = "humantime_serde")]
+    pub event_retention: Duration,
 }
 
 /// `[scheduler]`: the billing pass: its pace, notices, leases and batch sizes.
@@ -352,6 +357,9 @@ impl Settings {
         }
         if self.usage.max_events_per_message == 0 {
             return invalid("usage.max_events_per_message", "must be at least 1");
+        }
+        if !self.usage.event_retention.is_zero() && self.usage.event_retention < Duration::from_secs(3600) {
+            return invalid("usage.event_retention", "must be 0s (keep forever) or at least 1h");
         }
         if self.scheduler.tick.is_zero() {
             return invalid("scheduler.tick", "must be positive");

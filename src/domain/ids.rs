@@ -1,5 +1,6 @@
 //! Identifier rules shared by every object a merchant names.
 
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// Longest identifier accepted from a merchant.
@@ -20,6 +21,22 @@ pub(crate) fn check_id(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The key a usage event is counted under, forever: the first 16 bytes of
+/// the SHA-256 of the merchant id's length in bytes, a colon, the merchant
+/// id and the event id (the length keeps `("ab", "c")` apart from
+/// `("a", "bc")`). The SQL function `usage_event_key` computes the same.
+pub(crate) fn usage_event_key(merchant_id: &str, event_id: &str) -> Uuid {
+    let digest = Sha256::new()
+        .chain_update(merchant_id.len().to_string())
+        .chain_update(b":")
+        .chain_update(merchant_id)
+        .chain_update(event_id)
+        .finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    Uuid::from_bytes(key)
+}
+
 /// A new billing execution id: 32 lower-case hex digits, as the product shows them.
 pub(crate) fn new_execution_id() -> String {
     Uuid::new_v4().simple().to_string()
@@ -33,6 +50,13 @@ pub(crate) fn new_event_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_keys_keep_merchant_and_event_apart() {
+        assert_ne!(usage_event_key("ab", "c"), usage_event_key("a", "bc"));
+        assert_eq!(usage_event_key("m1", "e1"), usage_event_key("m1", "e1"));
+        assert_ne!(usage_event_key("m1", "e1"), usage_event_key("m2", "e1"));
+    }
 
     #[test]
     fn id_rules() {

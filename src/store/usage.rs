@@ -1,9 +1,12 @@
 //! Usage tables: events (the idempotency keys), aggregates, distinct values
 //! and announced thresholds. Every write is one set-based statement per batch.
+//! An event is known by its key ([`crate::domain::ids::usage_event_key`]),
+//! kept forever; its body goes once older than the retention.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::domain::catalog::{PlanInterval, PlanModel, PlanRuleType};
 use crate::domain::period::{PeriodBasis, PlanCalendar};
@@ -88,6 +91,7 @@ pub(crate) async fn contexts(
 /// Column arrays of new events.
 #[derive(Debug, Default)]
 pub(crate) struct EventRows {
+    pub key: Vec<Uuid>,
     pub merchant_id: Vec<String>,
     pub event_id: Vec<String>,
     pub execution_id: Vec<String>,
@@ -101,9 +105,9 @@ pub(crate) struct EventRows {
 macro_rules! insert_events_sql {
     ($tail:literal) => {
         concat!(
-            "INSERT INTO usage_events (merchant_id, event_id, execution_id, metric_id, period_start, value, ts)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[],
-                 $7::timestamptz[])",
+            "INSERT INTO usage_events (key, merchant_id, event_id, execution_id, metric_id, period_start, value, ts)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                 $7::numeric[], $8::timestamptz[])",
             $tail
         )
     };
@@ -113,6 +117,7 @@ macro_rules! insert_events_sql {
 macro_rules! bind_event_rows {
     ($query:expr, $rows:expr) => {
         $query
+            .bind(&$rows.key)
             .bind(&$rows.merchant_id)
             .bind(&$rows.event_id)
             .bind(&$rows.execution_id)
@@ -146,37 +151,73 @@ pub(crate) async fn insert_new_events(conn: &mut PgConnection, rows: &EventRows)
     }
 }
 
-/// Inserts events whose (merchant, event_id) is new and returns the keys
-/// inserted. Repeats, however late, insert nothing. Keys must be unique
-/// within `rows`.
-pub(crate) async fn insert_events(
-    conn: &mut PgConnection,
-    rows: &EventRows,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
+/// Inserts events whose key is new and returns the keys inserted. Repeats,
+/// however late and even with their body pruned, insert nothing. Keys must
+/// be unique within `rows`.
+pub(crate) async fn insert_events(conn: &mut PgConnection, rows: &EventRows) -> Result<Vec<Uuid>, sqlx::Error> {
     bind_event_rows!(
-        sqlx::query_as(insert_events_sql!(
-            " ON CONFLICT DO NOTHING RETURNING merchant_id, event_id"
-        )),
+        sqlx::query_scalar(insert_events_sql!(" ON CONFLICT DO NOTHING RETURNING key")),
         rows
     )
     .fetch_all(conn)
     .await
 }
 
-/// Which of the given (merchant, event_id) keys were counted before.
-pub(crate) async fn counted_before(
+/// Which of the given event keys were counted before.
+pub(crate) async fn counted_before(conn: &mut PgConnection, keys: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT key FROM usage_events WHERE key = ANY($1)")
+        .bind(keys)
+        .fetch_all(conn)
+        .await
+}
+
+/// Sets the bodies of up to `limit` events whose timestamp is before
+/// `before` to NULL (of one merchant's events, or everyone's), keeping
+/// their keys; returns how many.
+pub(crate) async fn prune_event_bodies(
     conn: &mut PgConnection,
-    merchants: &[String],
-    event_ids: &[String],
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT e.merchant_id, e.event_id FROM UNNEST($1::text[], $2::text[]) AS k(merchant_id, event_id)
-         JOIN usage_events e ON e.merchant_id = k.merchant_id AND e.event_id = k.event_id",
+    before: DateTime<Utc>,
+    merchant: Option<&str>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let pruned = sqlx::query(
+        "UPDATE usage_events SET merchant_id = NULL, event_id = NULL, execution_id = NULL, metric_id = NULL,
+                period_start = NULL, value = NULL, ts = NULL
+         WHERE key IN (SELECT key FROM usage_events
+                       WHERE ts < $1 AND ($2::text IS NULL OR merchant_id = $2)
+                       LIMIT $3)",
     )
-    .bind(merchants)
-    .bind(event_ids)
-    .fetch_all(conn)
-    .await
+    .bind(before)
+    .bind(merchant)
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(pruned.rows_affected())
+}
+
+/// Deletes up to `limit` allowance events of periods that started before
+/// `before` and that their execution has billed (of one merchant's
+/// executions, or everyone's); returns how many.
+pub(crate) async fn prune_allowance_events(
+    conn: &mut PgConnection,
+    before: DateTime<Utc>,
+    merchant: Option<&str>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let pruned = sqlx::query(
+        "DELETE FROM usage_allowance_events
+         WHERE ctid IN (SELECT a.ctid FROM usage_allowance_events a
+                        JOIN executions e ON e.id = a.execution_id
+                        WHERE a.period_start < $1 AND e.billed_until > a.period_start
+                          AND ($2::text IS NULL OR e.merchant_id = $2)
+                        LIMIT $3)",
+    )
+    .bind(before)
+    .bind(merchant)
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(pruned.rows_affected())
 }
 
 /// Inserts distinct values of UNIQUE_COUNT metrics; returns the key of each

@@ -8,11 +8,13 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::{PeriodRef, effective_metrics};
 use crate::domain::aggregation::{AggregationType, Delta, UsageEvent, weight};
 use crate::domain::catalog::{MetricSpec, customer_prices};
 use crate::domain::execution::ExecutionStatus;
+use crate::domain::ids::usage_event_key;
 use crate::domain::period::Schedule;
 use crate::domain::thresholds::{UsageThreshold, reached};
 use crate::domain::webhook::{EventName, Webhook};
@@ -110,6 +112,7 @@ pub(crate) async fn ingest(
     // Only events never seen before go on.
     let mut rows = EventRows::default();
     for a in &accepted {
+        rows.key.push(usage_event_key(&a.merchant_id, &a.event.event_id));
         rows.merchant_id.push(a.merchant_id.clone());
         rows.event_id.push(a.event.event_id.clone());
         rows.execution_id.push(a.execution_id.clone());
@@ -122,10 +125,12 @@ pub(crate) async fn ingest(
     let fresh: Vec<&Accepted> = if store::usage::insert_new_events(conn, &rows).await? {
         accepted.iter().collect()
     } else {
-        let inserted: HashSet<(String, String)> = store::usage::insert_events(conn, &rows).await?.into_iter().collect();
+        let inserted: HashSet<Uuid> = store::usage::insert_events(conn, &rows).await?.into_iter().collect();
         accepted
             .iter()
-            .filter(|a| inserted.contains(&(a.merchant_id.clone(), a.event.event_id.clone())))
+            .zip(&rows.key)
+            .filter(|(_, key)| inserted.contains(key))
+            .map(|(a, _)| a)
             .collect()
     };
     report.duplicates += accepted.len() - fresh.len();
@@ -178,28 +183,14 @@ async fn forgive_repeats(
     if report.rejected.is_empty() {
         return Ok(());
     }
-    let (merchants, event_ids): (Vec<String>, Vec<String>) = report
-        .rejected
-        .iter()
-        .map(|(i, _)| {
-            (
-                candidates[*i].merchant_id.clone(),
-                candidates[*i].event.event_id.clone(),
-            )
-        })
-        .unzip();
-    let seen: HashSet<(String, String)> = store::usage::counted_before(conn, &merchants, &event_ids)
-        .await?
-        .into_iter()
-        .collect();
+    let key = |i: usize| usage_event_key(&candidates[i].merchant_id, &candidates[i].event.event_id);
+    let keys: Vec<Uuid> = report.rejected.iter().map(|(i, _)| key(*i)).collect();
+    let seen: HashSet<Uuid> = store::usage::counted_before(conn, &keys).await?.into_iter().collect();
     if seen.is_empty() {
         return Ok(());
     }
     let before = report.rejected.len();
-    report.rejected.retain(|(i, _)| {
-        let c = &candidates[*i];
-        !seen.contains(&(c.merchant_id.clone(), c.event.event_id.clone()))
-    });
+    report.rejected.retain(|(i, _)| !seen.contains(&key(*i)));
     report.duplicates += before - report.rejected.len();
     Ok(())
 }

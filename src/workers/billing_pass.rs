@@ -27,6 +27,7 @@ pub(crate) struct RunReport {
     pub notices_sent: usize,
     pub debits_requested: usize,
     pub debits_timed_out: usize,
+    pub event_bodies_pruned: usize,
 }
 
 /// Why a pass stopped early.
@@ -65,6 +66,7 @@ pub(crate) async fn run_once(
     report.notices_sent = send_notices(ctx, now, limit, merchant).await?;
     report.debits_timed_out = recover(ctx, publisher, now, limit, merchant).await?;
     report.debits_requested = request_due(ctx, publisher, now, limit, merchant).await?;
+    report.event_bodies_pruned = prune_usage(ctx, now, limit, merchant).await?;
     if let Ok(mut conn) = ctx.pool.acquire().await
         && let Ok(age) = store::bills::oldest_due_age(&mut conn, ctx.clock.now()).await
     {
@@ -249,6 +251,30 @@ async fn expire_credit(
         }
     }
     Ok(expired)
+}
+
+/// Drops the bodies of usage events older than `usage.event_retention`
+/// (their keys stay, so a repeat is still a repeat) and the allowance events
+/// of billed periods that old; a bounded number of rounds per pass.
+async fn prune_usage(ctx: &Context, now: DateTime<Utc>, limit: i64, merchant: Option<&str>) -> Result<usize, RunError> {
+    let retention = ctx.settings.usage.event_retention;
+    if retention.is_zero() {
+        return Ok(0);
+    }
+    let before = now - duration(retention);
+    let rows = limit.saturating_mul(10);
+    let mut pruned = 0;
+    for _ in 0..MAX_ROUNDS {
+        let mut conn = ctx.pool.acquire().await?;
+        let bodies = store::usage::prune_event_bodies(&mut conn, before, merchant, rows).await?;
+        let allowance = store::usage::prune_allowance_events(&mut conn, before, merchant, rows).await?;
+        ctx.metrics.event_bodies_pruned.inc_by(bodies);
+        pruned += bodies as usize;
+        if bodies < rows as u64 && allowance < rows as u64 {
+            break;
+        }
+    }
+    Ok(pruned)
 }
 
 /// Makes the interim bills of executions whose usage reached their next

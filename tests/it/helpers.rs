@@ -135,6 +135,14 @@ impl TestApp {
     /// only when asked (`run_billing`), a one-hour pre-debit notice, retries
     /// after 10 then 20 minutes (no jitter), results due within 15 minutes.
     pub async fn spawn_with_clock(clock: billing_worker::clock::ManualClock) -> TestApp {
+        Self::spawn_with_clock_and(clock, |_| {}).await
+    }
+
+    /// [`TestApp::spawn_with_clock`], with more settings changed by `change`.
+    pub async fn spawn_with_clock_and(
+        clock: billing_worker::clock::ManualClock,
+        change: impl FnOnce(&mut billing_worker::settings::Settings),
+    ) -> TestApp {
         let mut sandbox = Sandbox::new().await;
         let s = &mut sandbox.settings;
         s.scheduler.tick = Duration::from_secs(3600);
@@ -145,6 +153,7 @@ impl TestApp {
         s.retry.max = Duration::from_secs(86_400);
         s.retry.jitter = 0.0;
         s.payments.result_timeout = Duration::from_secs(900);
+        change(s);
         Self::spawn_with(sandbox, Arc::new(clock)).await
     }
 

@@ -17,5 +17,6 @@ mod pricing;
 mod progressive;
 mod proration;
 mod provisioning;
+mod retention;
 mod seed;
 mod usage;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, eventually};
 use crate::seed::{at, dec, plan, run_billing};
 
-async fn metric(app: &mut TestApp, fields: Value) {
+pub(crate) async fn metric(app: &mut TestApp, fields: Value) {
     let mut command = json!({"command": "create_metric", "name": "metric", "currency": "INR"});
     for (k, v) in fields.as_object().expect("fields") {
         command[k] = v.clone();
@@ -19,7 +19,7 @@ async fn metric(app: &mut TestApp, fields: Value) {
     assert_eq!(r["success"], true, "{r}");
 }
 
-async fn execution(app: &mut TestApp, fields: Value) -> String {
+pub(crate) async fn execution(app: &mut TestApp, fields: Value) -> String {
     let mut command = json!({"command": "create", "plan_id": "p", "customer_id": "c1"});
     for (k, v) in fields.as_object().expect("fields") {
         command[k] = v.clone();
@@ -27,12 +27,12 @@ async fn execution(app: &mut TestApp, fields: Value) -> String {
     app.create_execution("m1", command).await
 }
 
-fn event(id: &str, execution: &str, metric: &str, value: &str, t: DateTime<Utc>) -> Value {
+pub(crate) fn event(id: &str, execution: &str, metric: &str, value: &str, t: DateTime<Utc>) -> Value {
     json!({"event_id": id, "billing_execution_info_id": execution, "metric_id": metric, "value": value,
            "timestamp": t.to_rfc3339()})
 }
 
-async fn counted(app: &TestApp, n: i64) {
+pub(crate) async fn counted(app: &TestApp, n: i64) {
     let db = app.db.clone();
     eventually(&format!("{n} events counted"), || {
         let db = db.clone();
@@ -48,7 +48,7 @@ async fn counted(app: &TestApp, n: i64) {
 }
 
 /// `(used_till_now, used_amount)` of each metric of an execution, live.
-async fn live(app: &mut TestApp, execution: &str) -> Vec<(String, Decimal, Decimal)> {
+pub(crate) async fn live(app: &mut TestApp, execution: &str) -> Vec<(String, Decimal, Decimal)> {
     let doc = app
         .call("m1", json!({"command": "get", "billing_execution_info_id": execution}))
         .await;
@@ -67,7 +67,7 @@ async fn live(app: &mut TestApp, execution: &str) -> Vec<(String, Decimal, Decim
         .collect()
 }
 
-fn of(usage: &[(String, Decimal, Decimal)], metric: &str) -> (Decimal, Decimal) {
+pub(crate) fn of(usage: &[(String, Decimal, Decimal)], metric: &str) -> (Decimal, Decimal) {
     usage
         .iter()
         .find(|(id, _, _)| id == metric)
@@ -77,7 +77,7 @@ fn of(usage: &[(String, Decimal, Decimal)], metric: &str) -> (Decimal, Decimal) 
 
 /// `(kind, metric_id, quantity, amount)` of every line of an execution's
 /// bills, oldest bill first.
-async fn lines(app: &TestApp, execution: &str) -> Vec<(String, Option<String>, Option<Decimal>, Decimal)> {
+pub(crate) async fn lines(app: &TestApp, execution: &str) -> Vec<(String, Option<String>, Option<Decimal>, Decimal)> {
     sqlx::query_as(
         "SELECT l.kind, l.metric_id, l.quantity, l.amount FROM bill_lines l JOIN bills b ON b.id = l.bill_id
          WHERE b.execution_id = $1 ORDER BY b.created_at, b.period_start, l.position",

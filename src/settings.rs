@@ -173,6 +173,49 @@ pub struct UsageSettings {
     /// forever; else at least 1 h (default 400 days).
     #[serde(with = "humantime_serde")]
     pub event_retention: Duration,
+    /// Usage queues: 1 (default) is the one queue `billing.usage`; more are
+    /// `billing.usage.0` to `billing.usage.{n-1}` behind consistent-hash
+    /// exchanges, each with a single active consumer; at most 64.
+    pub shards: u16,
+    /// The shards this worker subscribes to at once; the others it takes
+    /// only `standby_after` later and hands back when another worker waits.
+    /// Empty (default): every shard. A list, or text such as `"0,2"`.
+    #[serde(deserialize_with = "shard_list")]
+    pub preferred_shards: Vec<u16>,
+    /// How long a worker waits before standing by on a shard it does not
+    /// prefer, and how often it checks whether to hand one back (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub standby_after: Duration,
+}
+
+impl UsageSettings {
+    /// Whether this worker takes shard `i` at once (else it stands by).
+    pub fn prefers(&self, shard: u16) -> bool {
+        self.preferred_shards.is_empty() || self.preferred_shards.contains(&shard)
+    }
+}
+
+/// A list of shard numbers, given as a list or as comma-separated text
+/// (what an environment variable can hold).
+fn shard_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<u16>),
+        Text(String),
+    }
+    match Given::deserialize(deserializer)? {
+        Given::List(list) => Ok(list),
+        Given::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| serde::de::Error::custom(format!("'{t}' is not a shard number")))
+            })
+            .collect(),
+    }
 }
 
 /// `[scheduler]`: the billing pass: its pace, notices, leases and batch sizes.
@@ -358,6 +401,21 @@ impl Settings {
         if self.usage.max_events_per_message == 0 {
             return invalid("usage.max_events_per_message", "must be at least 1");
         }
+        if !(1..=64).contains(&self.usage.shards) {
+            return invalid("usage.shards", "must be between 1 and 64");
+        }
+        if let Some(shard) = self.usage.preferred_shards.iter().find(|&&s| s >= self.usage.shards) {
+            return invalid(
+                "usage.preferred_shards",
+                format!(
+                    "names shard {shard}, but usage.shards makes 0 to {}",
+                    self.usage.shards - 1
+                ),
+            );
+        }
+        if self.usage.standby_after.is_zero() {
+            return invalid("usage.standby_after", "must be positive");
+        }
         if !self.usage.event_retention.is_zero() && self.usage.event_retention < Duration::from_secs(3600) {
             return invalid("usage.event_retention", "must be 0s (keep forever) or at least 1h");
         }
@@ -446,6 +504,28 @@ mod tests {
         assert_eq!(s.scheduler.tick, Duration::from_secs(90));
         assert_eq!(s.retry.multiplier, 3.0);
         assert_eq!(s.http.listen.port(), 9000);
+    }
+
+    #[test]
+    fn shards_and_preferred_shards_come_from_the_environment_as_text() {
+        let s = load(&[]).expect("defaults");
+        assert_eq!((s.usage.shards, s.usage.prefers(0)), (1, true));
+        let s = load(&[
+            ("BILLING__USAGE__SHARDS", "4"),
+            ("BILLING__USAGE__PREFERRED_SHARDS", "1, 3"),
+        ])
+        .expect("valid");
+        assert_eq!(s.usage.shards, 4);
+        assert_eq!(s.usage.preferred_shards, vec![1, 3]);
+        assert!(s.usage.prefers(3) && !s.usage.prefers(0));
+        let err = load(&[("BILLING__USAGE__PREFERRED_SHARDS", "0,4")]).expect_err("no shard 4 of 1");
+        assert!(err.to_string().contains("usage.preferred_shards"), "{err}");
+        let err = load(&[("BILLING__USAGE__PREFERRED_SHARDS", "a")]).expect_err("not a number");
+        assert!(err.to_string().contains("usage.preferred_shards"), "{err}");
+        let err = load(&[("BILLING__USAGE__SHARDS", "65")]).expect_err("too many");
+        assert!(err.to_string().contains("usage.shards"), "{err}");
+        let err = load(&[("BILLING__USAGE__EVENT_RETENTION", "5m")]).expect_err("too short");
+        assert!(err.to_string().contains("usage.event_retention"), "{err}");
     }
 
     #[test]

@@ -51,11 +51,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Connects, declares the topology and opens the publisher.
-    pub(crate) async fn open(settings: &AmqpSettings, role: &str) -> Result<Session, BrokerError> {
+    /// Connects, declares the topology (usage in `usage_shards` queues) and
+    /// opens the publisher.
+    pub(crate) async fn open(settings: &AmqpSettings, usage_shards: u16, role: &str) -> Result<Session, BrokerError> {
         let connection = connect(settings, role).await?;
         let channel = connection.create_channel().await?;
-        topology::declare(&channel, settings).await?;
+        topology::declare(&channel, settings, usage_shards).await?;
         let publisher = Publisher::open(&connection).await?;
         Ok(Session {
             connection,

@@ -9,6 +9,11 @@ use crate::settings::AuthSettings;
 
 /// Header naming the tenant of a message.
 pub const MERCHANT_HEADER: &str = "x-merchantid";
+/// The header that places a usage message on a shard (`usage.shards` > 1):
+/// upstreams set it to the message's billing execution id, so that one
+/// execution's usage is counted by one worker at a time. Optional: messages
+/// without it are spread by their `message_id`.
+pub const EXECUTION_HEADER: &str = "x-execution-id";
 
 /// What the worker needs to know about a message besides its body.
 #[derive(Debug, Clone, PartialEq, Eq)]

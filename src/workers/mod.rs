@@ -156,7 +156,7 @@ pub(crate) async fn open_consumer(
     queue: &str,
     prefetch: u16,
 ) -> anyhow::Result<(Session, Consumer)> {
-    let session = Session::open(&ctx.settings.amqp, role)
+    let session = Session::open(&ctx.settings.amqp, ctx.settings.usage.shards, role)
         .await
         .context("open broker session")?;
     let consumer = session.consume(queue, prefetch).await.context("consume")?;
@@ -167,7 +167,7 @@ pub(crate) async fn open_consumer(
 /// Opens a broker session for a role that only publishes, and marks the
 /// role up.
 pub(crate) async fn open_publisher(ctx: &Context, role: &'static str) -> anyhow::Result<Session> {
-    let session = Session::open(&ctx.settings.amqp, role)
+    let session = Session::open(&ctx.settings.amqp, ctx.settings.usage.shards, role)
         .await
         .context("open broker session")?;
     mark_up(ctx, role);

@@ -19,7 +19,9 @@ use lapin::options::BasicAckOptions;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{dead_letter, delivery, hold_through_outages, open_consumer, supervise};
+use anyhow::Context as _;
+
+use super::{dead_letter, delivery, hold_through_outages, open_consumer, open_publisher, supervise};
 use crate::broker::{BrokerError, Publisher};
 use crate::context::Context;
 use crate::error::{HandleError, Rejection};
@@ -31,9 +33,68 @@ const ROLE: &str = "usage";
 /// Batches counted at once, each in its own transaction and on its own connection.
 const IN_FLIGHT: usize = 2;
 
-/// Runs the role until `cancel` fires; reconnects on broker faults.
+/// Runs the role until `cancel` fires: one consumer of `billing.usage`, or
+/// with `usage.shards` > 1 one per shard, each under its own supervisor
+/// (role `usage.{i}`), plus one that drains what `billing.usage` still
+/// holds. Each reconnects on broker faults.
 pub(crate) async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
-    supervise(ROLE, ctx, cancel, session).await;
+    let whole = Subscription {
+        queue: ctx.names.usage.clone(),
+        role: ROLE,
+        standby: false,
+    };
+    let shards = ctx.settings.usage.shards;
+    let mut subscriptions = vec![whole];
+    if shards > 1 {
+        subscriptions.extend((0..shards).map(|shard| Subscription {
+            queue: ctx.names.usage_shard(shard),
+            // At most 64 names, made once per process.
+            role: Box::leak(format!("{ROLE}.{shard}").into_boxed_str()),
+            standby: !ctx.settings.usage.prefers(shard),
+        }));
+    }
+    let mut roles = tokio::task::JoinSet::new();
+    for sub in subscriptions {
+        let (ctx, cancel) = (ctx.clone(), cancel.clone());
+        roles.spawn(async move {
+            let role = sub.role;
+            supervise(role, ctx, cancel, move |ctx, cancel| session(ctx, cancel, sub.clone())).await;
+        });
+    }
+    while roles.join_next().await.is_some() {}
+}
+
+/// One queue the role consumes.
+#[derive(Debug, Clone)]
+struct Subscription {
+    queue: String,
+    role: &'static str,
+    /// A shard this worker does not prefer: it subscribes only after
+    /// `usage.standby_after`, and hands the shard back (see [`consume`]).
+    standby: bool,
+}
+
+/// How a [`consume`] ended.
+enum Ended {
+    /// Shutdown: everything received was settled or returned.
+    Stopped,
+    /// Handed a standby shard back to a waiting consumer.
+    HandedBack,
+}
+
+/// Consumes one queue until shutdown, subscribing again (at the back of the
+/// line) after each hand-back.
+async fn session(ctx: Arc<Context>, cancel: CancellationToken, sub: Subscription) -> anyhow::Result<()> {
+    let mut wait = sub.standby;
+    loop {
+        match consume(&ctx, &cancel, &sub, wait).await? {
+            Ended::Stopped => return Ok(()),
+            Ended::HandedBack => {
+                tracing::debug!(queue = %sub.queue, "handed a shard this worker does not prefer back");
+                wait = false;
+            }
+        }
+    }
 }
 
 /// A message of the batch and what its body holds.
@@ -74,9 +135,34 @@ impl Message {
 /// A batch being counted, dead-lettered and acked: `false` if shutdown came first.
 type Settling<'a> = Pin<Box<dyn Future<Output = Result<bool, BrokerError>> + Send + 'a>>;
 
-async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Consumes `sub.queue` in batches until shutdown. A standby subscription
+/// first waits `usage.standby_after` (when `wait`), so that workers that
+/// prefer the shard subscribe first; single-active-consumer then lets it
+/// count only while no earlier subscriber is there. Every `standby_after`
+/// in which it counted anything, it hands the shard back: it settles what it
+/// holds and ends, what it had received but not counted returning to the
+/// head of the queue, and subscribes again behind whoever waits (a worker
+/// that prefers the shard, back from a restart, takes over; with nobody
+/// waiting it is active again at once).
+async fn consume(ctx: &Context, cancel: &CancellationToken, sub: &Subscription, wait: bool) -> anyhow::Result<Ended> {
     let usage = &ctx.settings.usage;
-    let (session, mut consumer) = open_consumer(&ctx, ROLE, &ctx.names.usage, usage.prefetch).await?;
+    let (session, mut consumer) = if wait {
+        let session = open_publisher(ctx, sub.role).await?;
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                session.close().await;
+                return Ok(Ended::Stopped);
+            }
+            _ = tokio::time::sleep(usage.standby_after) => {}
+        }
+        let consumer = session.consume(&sub.queue, usage.prefetch).await.context("consume")?;
+        (session, consumer)
+    } else {
+        open_consumer(ctx, sub.role, &sub.queue, usage.prefetch).await?
+    };
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + usage.standby_after, usage.standby_after);
+    let mut counted_since_check = false;
+    let mut handing_back = false;
     // Batches being settled, oldest first, and the signal the newest sends once settled.
     let mut settling: FuturesOrdered<Settling<'_>> = FuturesOrdered::new();
     let mut newest: Option<oneshot::Receiver<bool>> = None;
@@ -105,7 +191,8 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                     }
                 }
                 next = consumer.next(), if !full && !stopping => {
-                    let message = Message::new(&ctx, delivery(next)?);
+                    counted_since_check = true;
+                    let message = Message::new(ctx, delivery(next)?);
                     events += message.events();
                     bytes += message.delivery.data.len();
                     batch.push(message);
@@ -118,16 +205,22 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
                 _ = cancel.cancelled(), if !stopping => {
                     stopping = true;
                 }
+                _ = check.tick(), if sub.standby && !stopping => {
+                    if std::mem::take(&mut counted_since_check) {
+                        stopping = true;
+                        handing_back = true;
+                    }
+                }
             }
         }
         if !batch.is_empty() {
             let (settled, signal) = oneshot::channel();
             let after = newest.replace(signal);
             settling.push_back(Box::pin(settle_in_order(
-                &ctx,
+                ctx,
                 &session.publisher,
                 batch,
-                &cancel,
+                cancel,
                 after,
                 settled,
             )));
@@ -142,7 +235,11 @@ async fn session(ctx: Arc<Context>, cancel: CancellationToken) -> anyhow::Result
     drop(settling);
     // Anything not acked returns to the queue when the channel closes.
     session.close().await;
-    Ok(())
+    Ok(if handing_back && !cancel.is_cancelled() {
+        Ended::HandedBack
+    } else {
+        Ended::Stopped
+    })
 }
 
 /// [`settle`], then tells the next batch whether this one was acked.

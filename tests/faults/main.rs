@@ -6,6 +6,7 @@
 #[allow(dead_code)] // the shared harness; these tests use part of it
 #[path = "../it/helpers.rs"]
 mod helpers;
+mod shards;
 
 use std::process::Stdio;
 use std::sync::Arc;

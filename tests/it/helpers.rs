@@ -228,7 +228,11 @@ impl TestApp {
 
     /// Starts another worker process on the same database and topology.
     pub async fn spawn_peer(&self, clock: SharedClock) -> Peer {
-        let mut settings = self.settings.clone();
+        self.spawn_peer_with(self.settings.clone(), clock).await
+    }
+
+    /// [`TestApp::spawn_peer`] with other settings (same database and prefix).
+    pub async fn spawn_peer_with(&self, mut settings: billing_worker::settings::Settings, clock: SharedClock) -> Peer {
         settings.http.listen = "127.0.0.1:0".parse().expect("addr");
         let app = Application::build(settings, clock).await.expect("build peer");
         let ctx = app.context();
@@ -460,8 +464,11 @@ impl TestApp {
 /// Removes a test's queues, exchanges and database; what is already gone is
 /// passed over.
 async fn remove_sandbox(channel: &Channel, names: &Names, db_name: &str) {
-    for queue in names.queues() {
-        let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+    let shards = (0..64).map(|shard| names.usage_shard(shard));
+    for queue in names.queues().map(str::to_string).into_iter().chain(shards) {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     for exchange in names.exchanges() {
         let _ = channel

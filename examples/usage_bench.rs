@@ -6,6 +6,7 @@
 //! ```text
 //! ./scripts/bench-usage [--events N] [--batched-events N] [--batch 100] [--queued 1000000] [--queue-type quorum]
 //!                        [--sslmodes disable,require] [--max-size 0]
+//!                        [--drain-workers 1] [--shards 1] [--executions 1]
 //!                        [--worker-env BILLING__SECTION__KEY=VALUE ...]
 //! ```
 //!
@@ -29,8 +30,10 @@
 //!    pricing types (`SUM`, `COUNT`, `MAX`, `UNIQUE_COUNT`, `LATEST`,
 //!    `WEIGHTED_SUM`, `PERCENTAGE` with a free allowance, `GRADUATED_PERCENTAGE`),
 //!    next to the plain `SUM` figure;
-//! 4. a backlog published while no worker runs, drained by a fresh worker,
-//!    with that worker's peak resident memory;
+//! 4. a backlog published while no worker runs, drained by a fresh worker
+//!    (or `--drain-workers` of them, on one queue or `--shards` shards,
+//!    the backlog spread over `--executions` executions), with that
+//!    worker's peak resident memory;
 //! 5. (`--max-size N`) the same with N messages as large as the worker
 //!    accepts: 1000 events each, 100-character event ids, properties padded
 //!    to just below `amqp.max_message_bytes`; the fresh worker's peak
@@ -54,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use billing_worker::broker;
-use billing_worker::protocol::envelope::MERCHANT_HEADER;
+use billing_worker::protocol::envelope::{EXECUTION_HEADER, MERCHANT_HEADER};
 use billing_worker::protocol::usage::MAX_EVENT_ID_LEN;
 use billing_worker::settings::{QueueType, Settings};
 use chrono::SecondsFormat;
@@ -145,9 +148,17 @@ struct Args {
     /// Publisher confirms outstanding at most.
     #[arg(long, default_value_t = 1000)]
     confirm_window: usize,
-    /// Worker processes that drain the backlog together (one queue, one database).
+    /// Worker processes that drain the backlog together (one database).
     #[arg(long, default_value_t = 1)]
     drain_workers: usize,
+    /// The workers' `usage.shards`; with more than one, drain worker k prefers the shards i
+    /// with i % drain-workers == k. Sharding needs the consistent-hash exchange plugin.
+    #[arg(long, default_value_t = 1)]
+    shards: u16,
+    /// Executions the backlog is spread over, message by message, each message carrying its
+    /// execution in the x-execution-id header.
+    #[arg(long, default_value_t = 1)]
+    executions: usize,
     /// Messages as large as the worker accepts (1000 events, 100-character event ids, bodies just
     /// below amqp.max_message_bytes), queued with no worker running and drained by a fresh
     /// worker, whose peak memory is reported; 0 skips it.
@@ -194,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         "quorum" => QueueType::Quorum,
         _ => QueueType::Classic,
     };
+    defaults.usage.shards = args.shards;
     let sandbox = Sandbox::create("bench", defaults, &[NOOP_QUEUE]).await?;
     log(format_args!(
         "database {}, topology prefix {}",
@@ -217,8 +229,24 @@ fn log(message: impl std::fmt::Display) {
 
 /// A worker on the defaults and `--worker-env`, ready once the roles this benchmark uses consume.
 async fn start_worker(sandbox: &Sandbox, args: &Args) -> anyhow::Result<Worker> {
+    start_worker_k(sandbox, args, 0).await
+}
+
+/// The `k`-th of the drain workers: with shards, it prefers every
+/// `drain_workers`-th shard from `k` on.
+async fn start_worker_k(sandbox: &Sandbox, args: &Args, k: usize) -> anyhow::Result<Worker> {
+    let mut env = args.worker_env.clone();
+    env.push(("BILLING__USAGE__SHARDS".into(), args.shards.to_string()));
+    if args.shards > 1 {
+        let workers = args.drain_workers.max(1);
+        let preferred: Vec<String> = (0..args.shards as usize)
+            .filter(|i| i % workers == k % workers)
+            .map(|i| i.to_string())
+            .collect();
+        env.push(("BILLING__USAGE__PREFERRED_SHARDS".into(), preferred.join(",")));
+    }
     let launch = Launch {
-        env: args.worker_env.clone(),
+        env,
         ..Launch::default()
     };
     Worker::start(sandbox, &launch, &ROLES).await
@@ -492,6 +520,51 @@ impl Publisher {
         self.publish(routing_key, bodies, None).await
     }
 
+    /// As [`Publisher::publish_all`], each message with its execution in the
+    /// `x-execution-id` header (what places it on a shard).
+    async fn publish_routed<B: AsRef<[u8]>>(
+        &self,
+        routing_key: &str,
+        bodies: impl IntoIterator<Item = anyhow::Result<(B, String)>>,
+    ) -> anyhow::Result<Vec<Instant>> {
+        let mut sent = Vec::new();
+        let mut outstanding: VecDeque<PublisherConfirm> = VecDeque::with_capacity(self.window);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        for item in bodies {
+            let (body, execution) = item?;
+            if outstanding.len() >= self.window
+                && let Some(oldest) = outstanding.pop_front()
+            {
+                confirmed(oldest).await?;
+            }
+            let mut headers = self.props.headers().clone().unwrap_or_default();
+            headers.insert(
+                EXECUTION_HEADER.into(),
+                lapin::types::AMQPValue::LongString(execution.as_str().into()),
+            );
+            sent.push(Instant::now());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    routing_key.into(),
+                    options,
+                    body.as_ref(),
+                    self.props.clone().with_headers(headers),
+                )
+                .await
+                .with_context(|| format!("publish to {}/{routing_key}", self.exchange))?;
+            outstanding.push_back(confirm);
+        }
+        for confirm in outstanding {
+            confirmed(confirm).await?;
+        }
+        Ok(sent)
+    }
+
     /// As [`Publisher::publish_all`], but message `i` leaves no earlier than
     /// `i / per_second` seconds after the first: a steady offered load.
     async fn publish_paced<B: AsRef<[u8]>>(
@@ -573,6 +646,24 @@ async fn queue_depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
         .await
         .with_context(|| format!("passive declare of {queue}"))?;
     Ok(declared.message_count())
+}
+
+/// The usage queue and, with shards, every shard.
+fn usage_queues(rig: &Rig<'_>) -> Vec<String> {
+    let names = &rig.sandbox.names;
+    let shards = if rig.args.shards > 1 { rig.args.shards } else { 0 };
+    std::iter::once(names.usage.clone())
+        .chain((0..shards).map(|shard| names.usage_shard(shard)))
+        .collect()
+}
+
+/// Messages waiting in the usage queues.
+async fn usage_depth(rig: &Rig<'_>) -> anyhow::Result<u32> {
+    let mut depth = 0;
+    for queue in usage_queues(rig) {
+        depth += queue_depth(&rig.inspect, &queue).await?;
+    }
+    Ok(depth)
 }
 
 async fn wait_queue_empty(channel: &Channel, queue: &str) -> anyhow::Result<()> {
@@ -733,6 +824,8 @@ struct Rig<'a> {
     execution: String,
     /// The execution on the plan of eight mixed metrics.
     mixed_execution: String,
+    /// The executions the backlog is spread over (`--executions`).
+    drain_executions: Vec<String>,
     connection: Connection,
     publisher: Publisher,
     inspect: Channel,
@@ -744,12 +837,17 @@ async fn run(args: &Args, sandbox: &Sandbox, worker: &mut Option<Worker>) -> any
     *worker = Some(start_worker(sandbox, args).await?);
     log("provisioning metric, plan, customer and execution");
     let (execution, mixed_execution) = provision(&sandbox.settings).await?;
+    let mut drain_executions = vec![execution.clone()];
+    for e in 1..args.executions {
+        drain_executions.push(create_execution(&sandbox.settings, PLAN, &format!("bench-drain-{e}")).await?);
+    }
     let connection = sandbox.connect("usage_bench", "publisher").await?;
     let rig = Rig {
         args,
         sandbox,
         execution,
         mixed_execution,
+        drain_executions,
         inspect: connection.create_channel().await.context("open a channel")?,
         publisher: Publisher::open(&connection, &sandbox.names.inbound, args.confirm_window).await?,
         connection,
@@ -1211,15 +1309,45 @@ async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Ph
     ));
     let started = Instant::now();
     // Generated while publishing: the backlog need not sit in memory twice.
-    let sent = rig
-        .publisher
-        .publish_all(
-            USAGE_KEY,
-            bodies("queued", &rig.execution, args.queued, QUEUED_BATCH as u64),
-        )
-        .await?;
+    let sent = if rig.drain_executions.len() > 1 {
+        // Message m goes to execution m % n, named in its header.
+        let n = rig.drain_executions.len();
+        let per_execution = args.queued.div_ceil(n as u64);
+        let mut streams: Vec<_> = rig
+            .drain_executions
+            .iter()
+            .enumerate()
+            .map(|(e, id)| {
+                let events = per_execution.min(args.queued.saturating_sub(per_execution * e as u64));
+                let tag = format!("queued{e}");
+                let bodies: Vec<anyhow::Result<Vec<u8>>> = bodies(&tag, id, events, QUEUED_BATCH as u64).collect();
+                (id.clone(), bodies.into_iter())
+            })
+            .collect();
+        let mut routed = Vec::new();
+        loop {
+            let mut any = false;
+            for (id, stream) in &mut streams {
+                if let Some(body) = stream.next() {
+                    routed.push(body.map(|b| (b, id.clone())));
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        rig.publisher.publish_routed(USAGE_KEY, routed).await?
+    } else {
+        rig.publisher
+            .publish_all(
+                USAGE_KEY,
+                bodies("queued", &rig.execution, args.queued, QUEUED_BATCH as u64),
+            )
+            .await?
+    };
     let publishing = started.elapsed();
-    let depth = queue_depth(&rig.inspect, &sandbox.names.usage).await?;
+    let depth = usage_depth(rig).await?;
     log(format_args!(
         "{} messages queued in {:.1} s; starting a fresh worker to drain them",
         thousands(u64::from(depth)),
@@ -1228,8 +1356,8 @@ async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Ph
 
     // Peers start first, so that the clock below covers them all from the start.
     let mut peers = Vec::new();
-    for _ in 1..args.drain_workers.max(1) {
-        peers.push(start_worker(sandbox, args).await?);
+    for k in 1..args.drain_workers.max(1) {
+        peers.push(start_worker_k(sandbox, args, k).await?);
     }
     let started = Instant::now();
     let fresh = worker.insert(start_worker(sandbox, args).await?);
@@ -1244,7 +1372,9 @@ async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Ph
             .collect();
         wait_counted_by_all(&addrs, args.queued).await?;
     }
-    wait_queue_empty(&rig.inspect, &sandbox.names.usage).await?;
+    for queue in usage_queues(rig) {
+        wait_queue_empty(&rig.inspect, &queue).await?;
+    }
     let elapsed = started.elapsed();
     let cpu = cpu_before.cores(&CpuTicks::now(&pids), elapsed);
     for peer in peers {
@@ -1485,10 +1615,17 @@ impl std::fmt::Display for Report {
         if let Some((drain, rss)) = &self.drain {
             writeln!(
                 f,
-                "drain of {} queued events by {} worker process{}: {} events/s, worker peak RSS {rss:.0} MB",
+                "drain of {} queued events ({} execution{}) by {} worker process{} on {}: {} events/s, worker peak RSS {rss:.0} MB",
                 thousands(drain.events),
+                self.args.executions.max(1),
+                if self.args.executions > 1 { "s" } else { "" },
                 self.args.drain_workers.max(1),
                 if self.args.drain_workers > 1 { "es" } else { "" },
+                if self.args.shards > 1 {
+                    format!("{} shards", self.args.shards)
+                } else {
+                    "one queue".to_string()
+                },
                 rate(drain.events_per_second())
             )?;
             writeln!(

@@ -162,10 +162,18 @@ impl Sandbox {
     async fn delete_topology(&self) -> anyhow::Result<()> {
         let connection = self.connect("sandbox", "cleanup").await?;
         let channel = connection.create_channel().await.context("open a channel")?;
-        let own = self.own_queues.iter().map(String::as_str);
-        for queue in self.names.queues().into_iter().chain(own) {
+        let own = self.own_queues.iter().cloned();
+        let shards = (0..self.settings.usage.shards).map(|shard| self.names.usage_shard(shard));
+        let queues = self
+            .names
+            .queues()
+            .map(str::to_string)
+            .into_iter()
+            .chain(shards)
+            .chain(own);
+        for queue in queues {
             channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await
                 .with_context(|| format!("delete queue {queue}"))?;
         }

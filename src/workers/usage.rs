@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -18,8 +19,6 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-
-use anyhow::Context as _;
 
 use super::{dead_letter, delivery, hold_through_outages, open_consumer, open_publisher, supervise};
 use crate::broker::{BrokerError, Publisher};
@@ -139,7 +138,7 @@ type Settling<'a> = Pin<Box<dyn Future<Output = Result<bool, BrokerError>> + Sen
 /// first waits `usage.standby_after` (when `wait`), so that workers that
 /// prefer the shard subscribe first; single-active-consumer then lets it
 /// count only while no earlier subscriber is there. Every `standby_after`
-/// in which it counted anything, it hands the shard back: it settles what it
+/// in which it received anything, it hands the shard back: it settles what it
 /// holds and ends, what it had received but not counted returning to the
 /// head of the queue, and subscribes again behind whoever waits (a worker
 /// that prefers the shard, back from a restart, takes over; with nobody
@@ -161,7 +160,7 @@ async fn consume(ctx: &Context, cancel: &CancellationToken, sub: &Subscription, 
         open_consumer(ctx, sub.role, &sub.queue, usage.prefetch).await?
     };
     let mut check = tokio::time::interval_at(tokio::time::Instant::now() + usage.standby_after, usage.standby_after);
-    let mut counted_since_check = false;
+    let mut received_since_check = false;
     let mut handing_back = false;
     // Batches being settled, oldest first, and the signal the newest sends once settled.
     let mut settling: FuturesOrdered<Settling<'_>> = FuturesOrdered::new();
@@ -191,7 +190,7 @@ async fn consume(ctx: &Context, cancel: &CancellationToken, sub: &Subscription, 
                     }
                 }
                 next = consumer.next(), if !full && !stopping => {
-                    counted_since_check = true;
+                    received_since_check = true;
                     let message = Message::new(ctx, delivery(next)?);
                     events += message.events();
                     bytes += message.delivery.data.len();
@@ -206,7 +205,7 @@ async fn consume(ctx: &Context, cancel: &CancellationToken, sub: &Subscription, 
                     stopping = true;
                 }
                 _ = check.tick(), if sub.standby && !stopping => {
-                    if std::mem::take(&mut counted_since_check) {
+                    if std::mem::take(&mut received_since_check) {
                         stopping = true;
                         handing_back = true;
                     }

@@ -527,42 +527,10 @@ impl Publisher {
         routing_key: &str,
         bodies: impl IntoIterator<Item = anyhow::Result<(B, String)>>,
     ) -> anyhow::Result<Vec<Instant>> {
-        let mut sent = Vec::new();
-        let mut outstanding: VecDeque<PublisherConfirm> = VecDeque::with_capacity(self.window);
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        for item in bodies {
-            let (body, execution) = item?;
-            if outstanding.len() >= self.window
-                && let Some(oldest) = outstanding.pop_front()
-            {
-                confirmed(oldest).await?;
-            }
-            let mut headers = self.props.headers().clone().unwrap_or_default();
-            headers.insert(
-                EXECUTION_HEADER.into(),
-                lapin::types::AMQPValue::LongString(execution.as_str().into()),
-            );
-            sent.push(Instant::now());
-            let confirm = self
-                .channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    routing_key.into(),
-                    options,
-                    body.as_ref(),
-                    self.props.clone().with_headers(headers),
-                )
-                .await
-                .with_context(|| format!("publish to {}/{routing_key}", self.exchange))?;
-            outstanding.push_back(confirm);
-        }
-        for confirm in outstanding {
-            confirmed(confirm).await?;
-        }
-        Ok(sent)
+        let routed = bodies
+            .into_iter()
+            .map(|item| item.map(|(body, execution)| (body, Some(execution))));
+        self.send(routing_key, routed, None).await
     }
 
     /// As [`Publisher::publish_all`], but message `i` leaves no earlier than
@@ -583,6 +551,17 @@ impl Publisher {
         bodies: impl IntoIterator<Item = anyhow::Result<B>>,
         per_second: Option<f64>,
     ) -> anyhow::Result<Vec<Instant>> {
+        let plain = bodies.into_iter().map(|item| item.map(|body| (body, None)));
+        self.send(routing_key, plain, per_second).await
+    }
+
+    /// Publishes each body, with `x-execution-id` when it names an execution.
+    async fn send<B: AsRef<[u8]>>(
+        &self,
+        routing_key: &str,
+        bodies: impl IntoIterator<Item = anyhow::Result<(B, Option<String>)>>,
+        per_second: Option<f64>,
+    ) -> anyhow::Result<Vec<Instant>> {
         let mut sent = Vec::new();
         let start = tokio::time::Instant::now();
         let mut outstanding: VecDeque<PublisherConfirm> = VecDeque::with_capacity(self.window);
@@ -591,8 +570,8 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        for body in bodies {
-            let body = body?;
+        for item in bodies {
+            let (body, execution) = item?;
             if outstanding.len() >= self.window
                 && let Some(oldest) = outstanding.pop_front()
             {
@@ -605,6 +584,17 @@ impl Publisher {
                     tokio::time::sleep_until(due).await;
                 }
             }
+            let props = match execution {
+                Some(execution) => {
+                    let mut headers = self.props.headers().clone().unwrap_or_default();
+                    headers.insert(
+                        EXECUTION_HEADER.into(),
+                        lapin::types::AMQPValue::LongString(execution.as_str().into()),
+                    );
+                    self.props.clone().with_headers(headers)
+                }
+                None => self.props.clone(),
+            };
             sent.push(Instant::now());
             let confirm = self
                 .channel
@@ -613,7 +603,7 @@ impl Publisher {
                     routing_key.into(),
                     options,
                     body.as_ref(),
-                    self.props.clone(),
+                    props,
                 )
                 .await
                 .with_context(|| format!("publish to {}/{routing_key}", self.exchange))?;
@@ -1353,6 +1343,13 @@ async fn drain(rig: &Rig<'_>, worker: &mut Option<Worker>) -> anyhow::Result<(Ph
         thousands(u64::from(depth)),
         publishing.as_secs_f64()
     ));
+    if args.shards > 1 {
+        let mut per_shard = Vec::new();
+        for queue in usage_queues(rig).iter().skip(1) {
+            per_shard.push(thousands(u64::from(queue_depth(&rig.inspect, queue).await?)));
+        }
+        log(format_args!("messages per shard: {}", per_shard.join(" / ")));
+    }
 
     // Peers start first, so that the clock below covers them all from the start.
     let mut peers = Vec::new();

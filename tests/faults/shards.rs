@@ -152,7 +152,8 @@ async fn a_worker_hands_a_shard_it_does_not_prefer_back_to_one_that_does(cluster
     let mut sent = 0;
     // Alone, the first worker stands by on shards 1 and 2, and counts them too.
     let total = wave(&app, &id, "alone", &mut sent).await;
-    counted_in_db(&app, total).await;
+    app.wait_for_count("every event counted", "SELECT count(*) FROM usage_events", total)
+        .await;
     let (_, metrics) = app.http_get("/metrics").await;
     assert!(metrics.contains("billing_usage_events_counted_total 30"), "{metrics}");
 
@@ -166,7 +167,8 @@ async fn a_worker_hands_a_shard_it_does_not_prefer_back_to_one_that_does(cluster
     let total = loop {
         round += 1;
         let total = wave(&app, &id, &format!("round{round}"), &mut sent).await;
-        counted_in_db(&app, total).await;
+        app.wait_for_count("every event counted", "SELECT count(*) FROM usage_events", total)
+            .await;
         if counted_by(peer.http).await > 0 {
             break total;
         }
@@ -199,19 +201,4 @@ async fn wave(app: &TestApp, execution: &str, name: &str, sent: &mut i64) -> i64
     }
     *sent += 30;
     *sent
-}
-
-async fn counted_in_db(app: &TestApp, n: i64) {
-    let db = app.db.clone();
-    eventually(&format!("{n} counted"), || {
-        let db = db.clone();
-        async move {
-            let got: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
-                .fetch_one(&db)
-                .await
-                .ok()?;
-            (got == n).then_some(())
-        }
-    })
-    .await;
 }

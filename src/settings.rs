@@ -178,12 +178,13 @@ pub struct UsageSettings {
     /// exchanges, each with a single active consumer; at most 64.
     pub shards: u16,
     /// The shards this worker subscribes to at once; the others it takes
-    /// only `standby_after` later and hands back when another worker waits.
+    /// only `standby_after` later, and hands back every `standby_after`
+    /// in which it counted from them, so that a waiting worker takes over.
     /// Empty (default): every shard. A list, or text such as `"0,2"`.
     #[serde(deserialize_with = "shard_list")]
     pub preferred_shards: Vec<u16>,
     /// How long a worker waits before standing by on a shard it does not
-    /// prefer, and how often it checks whether to hand one back (default 30 s).
+    /// prefer, and how often it hands such a shard back (default 30 s).
     #[serde(with = "humantime_serde")]
     pub standby_after: Duration,
 }

@@ -258,10 +258,13 @@ async fn expire_credit(
 /// of billed periods that old; a bounded number of rounds per pass.
 async fn prune_usage(ctx: &Context, now: DateTime<Utc>, limit: i64, merchant: Option<&str>) -> Result<usize, RunError> {
     let retention = ctx.settings.usage.event_retention;
-    if retention.is_zero() {
+    // Zero keeps bodies forever; a retention reaching before the calendar's start prunes nothing.
+    let Some(before) = now
+        .checked_sub_signed(duration(retention))
+        .filter(|_| !retention.is_zero())
+    else {
         return Ok(0);
-    }
-    let before = now - duration(retention);
+    };
     let rows = limit.saturating_mul(10);
     let mut pruned = 0;
     for _ in 0..MAX_ROUNDS {

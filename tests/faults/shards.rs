@@ -154,11 +154,11 @@ async fn a_worker_hands_a_shard_it_does_not_prefer_back_to_one_that_does(cluster
     let total = wave(&app, &id, "alone", &mut sent).await;
     app.wait_for_count("every event counted", "SELECT count(*) FROM usage_events", total)
         .await;
-    let (_, metrics) = app.http_get("/metrics").await;
-    assert!(metrics.contains("billing_usage_events_counted_total 30"), "{metrics}");
+    assert_eq!(counted_by(app.http).await, 30);
 
-    // A second worker that prefers shards 1 and 2 comes: the first hands
-    // them over once it sees it waiting (and keeps shard 0, which it prefers).
+    // A second worker that prefers shards 1 and 2 comes and waits: the first
+    // hands them back after its next standby interval and the second takes
+    // over (the first keeps shard 0, which it prefers).
     let mut settings = app.settings.clone();
     settings.usage.preferred_shards = vec![1, 2];
     let peer = app.spawn_peer_with(settings, Arc::new(SystemClock)).await;
@@ -177,11 +177,7 @@ async fn a_worker_hands_a_shard_it_does_not_prefer_back_to_one_that_does(cluster
             "the second worker never got a shard"
         );
     };
-    let (_, metrics) = app.http_get("/metrics").await;
-    let first = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("billing_usage_events_counted_total "))
-        .map_or(0, |v| v.trim().parse::<u64>().expect("a count"));
+    let first = counted_by(app.http).await;
     assert_eq!(
         first + counted_by(peer.http).await,
         total as u64,
